@@ -1,0 +1,628 @@
+//! Configuration: built-in defaults, then a TOML file, then the environment.
+//!
+//! The file is `$PYRON_CONFIG`, or `/etc/pyron/pyron.toml` when that exists. Its keys are
+//! the environment names in lower case without the `PYRON_` prefix (`bind`, `redis_port`,
+//! `webhook_token_file`, ...). The seed's variables keep their names (`USE_SSL`,
+//! `REDIS_HOST`, `REDIS_PORT`, `MONGO_URI`, `MONGO_DB`); everything else is `PYRON_*`.
+//!
+//! Secrets (`webhook_token`, `redis_url`, `mongo_uri`) may also come from a file named by
+//! `<KEY>_FILE`, or from a systemd credential in `$CREDENTIALS_DIRECTORY` (`webhook-token`,
+//! `redis-url`, `mongo-uri`). A bad value stops start-up with one line naming the key.
+
+use std::{
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+    value::Dict,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::Secret;
+
+/// The seed's variable names, read without the `PYRON_` prefix.
+const SEED_VARIABLES: [&str; 5] = ["USE_SSL", "REDIS_HOST", "REDIS_PORT", "MONGO_URI", "MONGO_DB"];
+
+/// Where the TOML file is looked for when `PYRON_CONFIG` is unset.
+const DEFAULT_CONFIG_FILE: &str = "/etc/pyron/pyron.toml";
+
+/// A stored alert holds its body twice (raw and parsed) and MongoDB caps a document at
+/// 16 MiB, so the body limit stays well below that.
+const MAX_BODY_LIMIT: usize = 4 * 1024 * 1024;
+
+/// Shortest accepted webhook secret. TradingView's own examples use short passphrases, so
+/// this only rules out the trivially guessable; the README recommends 32 random bytes.
+const MIN_TOKEN_LEN: usize = 8;
+
+/// The raw settings as layered by figment, before validation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Raw {
+    bind: String,
+    use_ssl: bool,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    redis_host: String,
+    redis_port: u16,
+    redis_url: Option<String>,
+    redis_url_file: Option<PathBuf>,
+    mongo_uri: Option<String>,
+    mongo_uri_file: Option<PathBuf>,
+    mongo_db: String,
+    webhook_token: Option<String>,
+    webhook_token_file: Option<PathBuf>,
+    allow_unauthenticated: bool,
+    passphrase_field: String,
+    idempotency_field: Option<String>,
+    dedup_ttl_secs: u64,
+    body_limit: usize,
+    log: String,
+    log_format: LogFormat,
+    store_timeout_ms: u64,
+    worker_batch_size: usize,
+    worker_block_ms: u64,
+    worker_consumer: Option<String>,
+}
+
+impl Default for Raw {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:8000".into(),
+            use_ssl: false,
+            tls_cert: None,
+            tls_key: None,
+            redis_host: "127.0.0.1".into(),
+            redis_port: 6379,
+            redis_url: None,
+            redis_url_file: None,
+            mongo_uri: None,
+            mongo_uri_file: None,
+            mongo_db: "pyron".into(),
+            webhook_token: None,
+            webhook_token_file: None,
+            allow_unauthenticated: false,
+            passphrase_field: "passphrase".into(),
+            idempotency_field: None,
+            dedup_ttl_secs: 24 * 60 * 60,
+            body_limit: 64 * 1024,
+            log: "info".into(),
+            log_format: LogFormat::Text,
+            store_timeout_ms: 800,
+            worker_batch_size: 100,
+            worker_block_ms: 1000,
+            worker_consumer: None,
+        }
+    }
+}
+
+/// How log lines are written when not running under journald.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Where pyron-api listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BindAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl fmt::Display for BindAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BindAddr::Tcp(addr) => write!(f, "{addr}"),
+            BindAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// Certificate and key for serving HTTPS directly (`USE_SSL=true`).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Validated configuration shared by both binaries.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub bind: BindAddr,
+    pub tls: Option<TlsFiles>,
+    pub redis_url: Secret,
+    pub mongo_uri: Secret,
+    pub mongo_db: String,
+    /// `None` only when `PYRON_ALLOW_UNAUTHENTICATED=true`.
+    pub webhook_token: Option<Secret>,
+    pub passphrase_field: String,
+    pub idempotency_field: Option<String>,
+    pub dedup_ttl: Duration,
+    pub body_limit: usize,
+    pub log: String,
+    pub log_format: LogFormat,
+    /// How long one store operation may take on the request path before it counts as down.
+    pub store_timeout: Duration,
+    pub worker: WorkerConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub batch_size: usize,
+    pub block: Duration,
+    pub consumer: String,
+}
+
+/// A configuration problem, always tied to the key that caused it.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {key}: {message}")]
+pub struct ConfigError {
+    /// The key as the user wrote it: an environment variable name, or `key` in a file.
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: &str, message: impl Into<String>) -> Self {
+        Self { key: env_name(key), message: message.into() }
+    }
+}
+
+/// The environment variable that sets `key`.
+fn env_name(key: &str) -> String {
+    let upper = key.to_ascii_uppercase();
+    if SEED_VARIABLES.contains(&upper.as_str()) { upper } else { format!("PYRON_{upper}") }
+}
+
+/// Which binary is loading: only pyron-api needs the webhook secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Api,
+    Worker,
+}
+
+impl Config {
+    /// Loads from the process environment and the configuration file.
+    pub fn load(role: Role) -> Result<Self, ConfigError> {
+        let file = match std::env::var_os("PYRON_CONFIG") {
+            Some(path) => Some(PathBuf::from(path)),
+            None => Some(PathBuf::from(DEFAULT_CONFIG_FILE)).filter(|p| p.exists()),
+        };
+        let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+        Self::from_figment(figment(file.as_deref())?, credentials.as_deref(), role)
+    }
+
+    fn from_figment(
+        figment: Figment,
+        credentials: Option<&Path>,
+        role: Role,
+    ) -> Result<Self, ConfigError> {
+        let raw: Raw = figment.extract().map_err(from_figment_error)?;
+
+        let bind = parse_bind(&raw.bind)?;
+        let tls = match (raw.use_ssl, raw.tls_cert, raw.tls_key) {
+            (false, _, _) => None,
+            (true, Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (true, None, _) => {
+                return Err(ConfigError::new("tls_cert", "required when USE_SSL=true"));
+            }
+            (true, _, None) => {
+                return Err(ConfigError::new("tls_key", "required when USE_SSL=true"));
+            }
+        };
+
+        let redis_url = match secret(
+            "redis_url",
+            raw.redis_url,
+            raw.redis_url_file.as_deref(),
+            credentials,
+        )? {
+            Some(url) => url,
+            None => Secret::new(format!("redis://{}:{}/", raw.redis_host, raw.redis_port)),
+        };
+        if raw.redis_host.is_empty() {
+            return Err(ConfigError::new("redis_host", "must not be empty"));
+        }
+        let mongo_uri =
+            secret("mongo_uri", raw.mongo_uri, raw.mongo_uri_file.as_deref(), credentials)?
+                .unwrap_or_else(|| Secret::new("mongodb://127.0.0.1:27017".to_owned()));
+        let uri = mongo_uri.expose();
+        if !(uri.starts_with("mongodb://") || uri.starts_with("mongodb+srv://")) {
+            return Err(ConfigError::new(
+                "mongo_uri",
+                "must start with mongodb:// or mongodb+srv://",
+            ));
+        }
+        if raw.mongo_db.is_empty() || raw.mongo_db.contains(['/', '\\', '.', ' ', '"', '$']) {
+            return Err(ConfigError::new(
+                "mongo_db",
+                format!("{:?} is not a valid database name", raw.mongo_db),
+            ));
+        }
+
+        let webhook_token = secret(
+            "webhook_token",
+            raw.webhook_token,
+            raw.webhook_token_file.as_deref(),
+            credentials,
+        )?;
+        if let Some(token) = &webhook_token {
+            let token = token.expose();
+            if token.len() < MIN_TOKEN_LEN {
+                return Err(ConfigError::new(
+                    "webhook_token",
+                    format!("must be at least {MIN_TOKEN_LEN} characters"),
+                ));
+            }
+            if !token.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b)) {
+                return Err(ConfigError::new(
+                    "webhook_token",
+                    "may hold only letters, digits and - . _ ~, so it can sit in a URL path as is",
+                ));
+            }
+        } else if role == Role::Api && !raw.allow_unauthenticated {
+            return Err(ConfigError::new(
+                "webhook_token",
+                "not set: set PYRON_WEBHOOK_TOKEN or PYRON_WEBHOOK_TOKEN_FILE \
+                 (or PYRON_ALLOW_UNAUTHENTICATED=true to accept alerts without a secret)",
+            ));
+        }
+
+        if raw.passphrase_field.is_empty() {
+            return Err(ConfigError::new("passphrase_field", "must not be empty"));
+        }
+        if raw.idempotency_field.as_deref() == Some("") {
+            return Err(ConfigError::new("idempotency_field", "must not be empty when set"));
+        }
+        if raw.dedup_ttl_secs == 0 {
+            return Err(ConfigError::new("dedup_ttl_secs", "must be at least 1"));
+        }
+        if raw.body_limit == 0 || raw.body_limit > MAX_BODY_LIMIT {
+            return Err(ConfigError::new(
+                "body_limit",
+                format!("must be between 1 and {MAX_BODY_LIMIT} bytes"),
+            ));
+        }
+        if let Err(err) = tracing_subscriber::EnvFilter::try_new(&raw.log) {
+            return Err(ConfigError::new("log", err.to_string()));
+        }
+        if raw.store_timeout_ms == 0 {
+            return Err(ConfigError::new("store_timeout_ms", "must be at least 1"));
+        }
+        if raw.worker_batch_size == 0 || raw.worker_batch_size > 10_000 {
+            return Err(ConfigError::new("worker_batch_size", "must be between 1 and 10000"));
+        }
+        if raw.worker_block_ms == 0 {
+            return Err(ConfigError::new("worker_block_ms", "must be at least 1"));
+        }
+        let consumer = match raw.worker_consumer {
+            Some(name) if name.is_empty() => {
+                return Err(ConfigError::new("worker_consumer", "must not be empty when set"));
+            }
+            Some(name) => name,
+            None => default_consumer_name(),
+        };
+
+        Ok(Config {
+            bind,
+            tls,
+            redis_url,
+            mongo_uri,
+            mongo_db: raw.mongo_db,
+            webhook_token,
+            passphrase_field: raw.passphrase_field,
+            idempotency_field: raw.idempotency_field,
+            dedup_ttl: Duration::from_secs(raw.dedup_ttl_secs),
+            body_limit: raw.body_limit,
+            log: raw.log,
+            log_format: raw.log_format,
+            store_timeout: Duration::from_millis(raw.store_timeout_ms),
+            worker: WorkerConfig {
+                batch_size: raw.worker_batch_size,
+                block: Duration::from_millis(raw.worker_block_ms),
+                consumer,
+            },
+        })
+    }
+}
+
+/// Defaults, then the file (if any), then the environment.
+fn figment(file: Option<&Path>) -> Result<Figment, ConfigError> {
+    let defaults = Serialized::defaults(Raw::default());
+    let known: Dict = match figment::Provider::data(&defaults) {
+        Ok(mut profiles) => profiles.remove(&figment::Profile::Default).unwrap_or_default(),
+        Err(err) => return Err(from_figment_error(err)),
+    };
+    // `Option` fields serialize to nothing, so list them as well.
+    let known_keys: Vec<String> = known
+        .keys()
+        .cloned()
+        .chain(
+            [
+                "tls_cert",
+                "tls_key",
+                "redis_url",
+                "redis_url_file",
+                "mongo_uri",
+                "mongo_uri_file",
+                "webhook_token",
+                "webhook_token_file",
+                "idempotency_field",
+                "worker_consumer",
+            ]
+            .map(String::from),
+        )
+        .collect();
+
+    let mut figment = Figment::from(defaults);
+    if let Some(path) = file {
+        if !path.exists() {
+            return Err(ConfigError {
+                key: "PYRON_CONFIG".into(),
+                message: format!("file {} does not exist", path.display()),
+            });
+        }
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    let keys = known_keys.clone();
+    figment = figment
+        .merge(Env::raw().only(&SEED_VARIABLES))
+        .merge(Env::prefixed("PYRON_").filter(move |key| {
+            keys.iter().any(|k| key.as_str().eq_ignore_ascii_case(k))
+        }));
+    Ok(figment)
+}
+
+fn from_figment_error(err: figment::Error) -> ConfigError {
+    let key = err.path.join(".");
+    let (key, message) = match &err.metadata {
+        Some(md) if md.name.contains("environment") && !key.is_empty() => {
+            (env_name(&key), err.kind.to_string())
+        }
+        Some(md) if !key.is_empty() => {
+            let source = md.source.as_ref().map(|s| s.to_string()).unwrap_or_default();
+            (format!("`{key}` in {source}"), err.kind.to_string())
+        }
+        Some(md) => (
+            md.source.as_ref().map(|s| s.to_string()).unwrap_or_else(|| md.name.to_string()),
+            err.kind.to_string(),
+        ),
+        None if !key.is_empty() => (env_name(&key), err.kind.to_string()),
+        None => ("configuration".into(), err.kind.to_string()),
+    };
+    ConfigError { key, message }
+}
+
+/// Resolves a secret from its value, its `_FILE`, or its systemd credential.
+fn secret(
+    key: &str,
+    value: Option<String>,
+    file: Option<&Path>,
+    credentials: Option<&Path>,
+) -> Result<Option<Secret>, ConfigError> {
+    let file_key = format!("{key}_file");
+    let read = |k: &str, path: &Path| {
+        std::fs::read_to_string(path)
+            .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
+            .map_err(|e| ConfigError::new(k, format!("cannot read {}: {e}", path.display())))
+    };
+    let found = match (value, file) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new(
+                key,
+                format!("set either {} or {}, not both", env_name(key), env_name(&file_key)),
+            ));
+        }
+        (Some(v), None) => Some(v),
+        (None, Some(path)) => Some(read(&file_key, path)?),
+        (None, None) => match credentials.map(|dir| dir.join(key.replace('_', "-"))) {
+            Some(path) if path.exists() => Some(read(key, &path)?),
+            _ => None,
+        },
+    };
+    match found {
+        Some(v) if v.is_empty() => Err(ConfigError::new(key, "must not be empty")),
+        Some(v) => Ok(Some(Secret::new(v))),
+        None => Ok(None),
+    }
+}
+
+fn parse_bind(bind: &str) -> Result<BindAddr, ConfigError> {
+    if let Some(path) = bind.strip_prefix("unix:") {
+        if path.is_empty() || !path.starts_with('/') {
+            return Err(ConfigError::new("bind", "unix: needs an absolute socket path"));
+        }
+        return Ok(BindAddr::Unix(PathBuf::from(path)));
+    }
+    bind.parse::<SocketAddr>().map(BindAddr::Tcp).map_err(|_| {
+        ConfigError::new(
+            "bind",
+            format!("{bind:?} is not host:port (e.g. 127.0.0.1:8000) or unix:/path"),
+        )
+    })
+}
+
+fn default_consumer_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "pyron".into());
+    format!("{host}-{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    fn load(jail: &Jail, role: Role) -> Result<Config, ConfigError> {
+        let file = jail.directory().join("pyron.toml");
+        let file = file.exists().then_some(file);
+        Config::from_figment(figment(file.as_deref())?, None, role)
+    }
+
+    #[test]
+    fn defaults_follow_the_design() {
+        Jail::expect_with(|jail| {
+            jail.set_env("PYRON_WEBHOOK_TOKEN", "0123456789abcdef");
+            let config = load(jail, Role::Api).unwrap();
+            assert_eq!(config.bind, BindAddr::Tcp("127.0.0.1:8000".parse().unwrap()));
+            assert_eq!(config.redis_url.expose(), "redis://127.0.0.1:6379/");
+            assert_eq!(config.mongo_uri.expose(), "mongodb://127.0.0.1:27017");
+            assert_eq!(config.mongo_db, "pyron");
+            assert_eq!(config.body_limit, 65536);
+            assert_eq!(config.passphrase_field, "passphrase");
+            assert!(config.tls.is_none());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn seed_variables_keep_their_names() {
+        Jail::expect_with(|jail| {
+            jail.set_env("PYRON_WEBHOOK_TOKEN", "0123456789abcdef");
+            jail.set_env("REDIS_HOST", "10.0.0.5");
+            jail.set_env("REDIS_PORT", "6380");
+            jail.set_env("MONGO_URI", "mongodb://db:27018");
+            jail.set_env("MONGO_DB", "alerts");
+            let config = load(jail, Role::Api).unwrap();
+            assert_eq!(config.redis_url.expose(), "redis://10.0.0.5:6380/");
+            assert_eq!(config.mongo_uri.expose(), "mongodb://db:27018");
+            assert_eq!(config.mongo_db, "alerts");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn redis_url_overrides_host_and_port() {
+        Jail::expect_with(|jail| {
+            jail.set_env("PYRON_WEBHOOK_TOKEN", "0123456789abcdef");
+            jail.set_env("REDIS_HOST", "10.0.0.5");
+            jail.set_env("PYRON_REDIS_URL", "redis+unix:///run/redis/redis.sock");
+            let config = load(jail, Role::Api).unwrap();
+            assert_eq!(config.redis_url.expose(), "redis+unix:///run/redis/redis.sock");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "pyron.toml",
+                "bind = \"127.0.0.1:9000\"\nbody_limit = 1000\nwebhook_token = \"from-file-123\"",
+            )?;
+            jail.set_env("PYRON_BODY_LIMIT", "2000");
+            let config = load(jail, Role::Api).unwrap();
+            assert_eq!(config.bind, BindAddr::Tcp("127.0.0.1:9000".parse().unwrap()));
+            assert_eq!(config.body_limit, 2000);
+            assert_eq!(config.webhook_token.unwrap().expose(), "from-file-123");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_bad_value_names_its_environment_variable() {
+        Jail::expect_with(|jail| {
+            jail.set_env("PYRON_WEBHOOK_TOKEN", "0123456789abcdef");
+            jail.set_env("REDIS_PORT", "sixty");
+            let err = load(jail, Role::Api).unwrap_err();
+            assert_eq!(err.key, "REDIS_PORT");
+            jail.set_env("REDIS_PORT", "6379");
+            jail.set_env("PYRON_BODY_LIMIT", "-1");
+            let err = load(jail, Role::Api).unwrap_err();
+            assert_eq!(err.key, "PYRON_BODY_LIMIT");
+            assert!(!err.to_string().contains('\n'));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_typo_in_the_file_is_an_error_naming_it() {
+        Jail::expect_with(|jail| {
+            jail.create_file("pyron.toml", "webhook_token = \"0123456789abcdef\"\nbodylimit = 5")?;
+            let err = load(jail, Role::Api).unwrap_err();
+            assert!(err.to_string().contains("bodylimit"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn api_refuses_to_start_without_a_secret() {
+        Jail::expect_with(|jail| {
+            let err = load(jail, Role::Api).unwrap_err();
+            assert_eq!(err.key, "PYRON_WEBHOOK_TOKEN");
+            assert!(load(jail, Role::Worker).is_ok());
+            jail.set_env("PYRON_ALLOW_UNAUTHENTICATED", "true");
+            assert!(load(jail, Role::Api).unwrap().webhook_token.is_none());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secrets_come_from_files_and_credentials() {
+        Jail::expect_with(|jail| {
+            jail.create_file("token", "from-a-file-0001\n")?;
+            jail.set_env("PYRON_WEBHOOK_TOKEN_FILE", jail.directory().join("token").display());
+            let config = load(jail, Role::Api).unwrap();
+            assert_eq!(config.webhook_token.unwrap().expose(), "from-a-file-0001");
+
+            jail.set_env("PYRON_WEBHOOK_TOKEN", "both-set-000001");
+            let err = load(jail, Role::Api).unwrap_err();
+            assert_eq!(err.key, "PYRON_WEBHOOK_TOKEN");
+
+            std::fs::create_dir(jail.directory().join("creds")).unwrap();
+            jail.create_file("creds/webhook-token", "from-credential-1")?;
+            let creds = jail.directory().join("creds");
+            let config = Config::from_figment(figment(None).unwrap(), Some(&creds), Role::Api);
+            assert!(config.is_err(), "explicit settings still conflict");
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            std::fs::create_dir(jail.directory().join("creds")).unwrap();
+            jail.create_file("creds/webhook-token", "from-credential-1")?;
+            let creds = jail.directory().join("creds");
+            let config = Config::from_figment(figment(None).unwrap(), Some(&creds), Role::Api).unwrap();
+            assert_eq!(config.webhook_token.unwrap().expose(), "from-credential-1");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn weak_or_unusable_tokens_are_refused() {
+        Jail::expect_with(|jail| {
+            jail.set_env("PYRON_WEBHOOK_TOKEN", "short");
+            assert_eq!(load(jail, Role::Api).unwrap_err().key, "PYRON_WEBHOOK_TOKEN");
+            jail.set_env("PYRON_WEBHOOK_TOKEN", "has a space in it");
+            assert_eq!(load(jail, Role::Api).unwrap_err().key, "PYRON_WEBHOOK_TOKEN");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bind_accepts_tcp_and_unix_and_refuses_the_rest() {
+        assert_eq!(parse_bind("unix:/run/pyron/api.sock").unwrap(), BindAddr::Unix("/run/pyron/api.sock".into()));
+        assert_eq!(parse_bind("[::1]:8000").unwrap(), BindAddr::Tcp("[::1]:8000".parse().unwrap()));
+        assert_eq!(parse_bind("localhost").unwrap_err().key, "PYRON_BIND");
+        assert_eq!(parse_bind("unix:relative").unwrap_err().key, "PYRON_BIND");
+    }
+
+    #[test]
+    fn use_ssl_needs_both_files() {
+        Jail::expect_with(|jail| {
+            jail.set_env("PYRON_WEBHOOK_TOKEN", "0123456789abcdef");
+            jail.set_env("USE_SSL", "true");
+            assert_eq!(load(jail, Role::Api).unwrap_err().key, "PYRON_TLS_CERT");
+            jail.set_env("PYRON_TLS_CERT", "/x/cert.pem");
+            assert_eq!(load(jail, Role::Api).unwrap_err().key, "PYRON_TLS_KEY");
+            jail.set_env("PYRON_TLS_KEY", "/x/key.pem");
+            assert!(load(jail, Role::Api).unwrap().tls.is_some());
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,132 @@
+//! `POST /webhook` and `POST /webhook/{token}`: read the body within the limit, let
+//! `ingest` judge it, queue it, record it, answer 202.
+
+use std::sync::Arc;
+
+use axum::{
+    Json,
+    body::Body,
+    extract::{ConnectInfo, Path, State},
+    http::{HeaderMap, StatusCode, header},
+};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::Serialize;
+
+use super::{ApiError, AppState, Peer};
+use crate::{
+    ingest::{self, Rejection},
+    queue::Enqueued,
+    store::Arrival,
+};
+
+#[derive(Debug, Serialize)]
+pub struct Ack {
+    pub id: String,
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duplicate_of: Option<String>,
+}
+
+pub async fn receive(
+    State(app): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Ack>), ApiError> {
+    handle(&app, &peer, None, &headers, body).await
+}
+
+pub async fn receive_with_token(
+    State(app): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Ack>), ApiError> {
+    handle(&app, &peer, Some(&token), &headers, body).await
+}
+
+async fn handle(
+    app: &AppState,
+    peer: &Peer,
+    token: Option<&str>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Ack>), ApiError> {
+    let sender = peer.0.map(|addr| addr.ip().to_string());
+    let result = accept(app, sender.clone(), token, headers, body).await;
+    if let Err(err) = &result {
+        tracing::info!(code = err.code, status = err.status.as_u16(), sender, "alert rejected");
+    }
+    result
+}
+
+async fn accept(
+    app: &AppState,
+    sender: Option<String>,
+    token: Option<&str>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Ack>), ApiError> {
+    let limit = app.intake.body_limit;
+    let bytes = read_body(headers, body, limit).await?;
+    let alert = app.intake.accept(ingest::Request {
+        content_type: headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes()),
+        content_encoding: headers.get(header::CONTENT_ENCODING).map(|v| v.as_bytes()),
+        path_token: token,
+        idempotency_key: headers.get("idempotency-key").map(|v| v.as_bytes()),
+        body: &bytes,
+        sender,
+    })?;
+
+    let enqueued = app.queue.enqueue(&alert, app.dedup_ttl).await.map_err(|err| {
+        tracing::error!(event_id = %alert.id, error = %err, "alert not queued");
+        ApiError::storage_unavailable("the queue is unavailable; the alert was not accepted")
+    })?;
+    let (arrival, ack) = match &enqueued {
+        Enqueued::Queued { entry } => (
+            Arrival::Queued { entry },
+            Ack { id: alert.id.to_string(), status: "queued", duplicate_of: None },
+        ),
+        Enqueued::Duplicate { first } => (
+            Arrival::Duplicate { first },
+            Ack { id: alert.id.to_string(), status: "duplicate", duplicate_of: Some(first.clone()) },
+        ),
+    };
+    // The job is durable in Redis now. Should this write fail, the worker writes the audit
+    // record from the job when it processes it, so the alert is still acknowledged.
+    if let Err(err) = app.store.insert_audit(&alert, arrival).await {
+        tracing::warn!(event_id = %alert.id, error = %err, "audit record deferred to the worker");
+    }
+    tracing::info!(
+        event_id = %alert.id,
+        kind = alert.kind.as_str(),
+        status = ack.status,
+        sender = alert.sender.as_deref(),
+        "alert accepted"
+    );
+    Ok((StatusCode::ACCEPTED, Json(ack)))
+}
+
+/// Reads the body, refusing it as soon as it passes `limit`, whether the length was
+/// declared up front or the body arrives chunked.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(Rejection::TooLarge { limit }.into());
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(Rejection::TooLarge { limit }.into())
+        }
+        Err(err) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "body_read_error",
+            format!("the body could not be read: {err}"),
+        )),
+    }
+}

@@ -1,0 +1,517 @@
+//! Intake: turns one HTTP request into an accepted `Alert`, or a precise rejection.
+//!
+//! Everything here is pure: it checks the encoding and content type, authenticates the
+//! sender, parses the body, strips the secret from what will be stored, and works out the
+//! deduplication key. Persisting the result is the job of `queue` and `store`; mapping a
+//! rejection to an HTTP answer is the job of `http`.
+
+use std::cell::Cell;
+
+use chrono::{DateTime, Utc};
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
+
+use crate::domain::{AlertKind, EventId, Secret};
+
+/// Deepest nesting accepted in a JSON alert. Real alerts are a level or two deep; MongoDB
+/// refuses documents nested past 100 levels, and parsing stays cheap well below that.
+pub const MAX_JSON_DEPTH: usize = 32;
+
+/// Longest accepted `Idempotency-Key` header.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
+
+/// What replaces a secret in anything stored or logged.
+pub const REDACTED: &str = "[redacted]";
+
+/// Why an alert was refused. Each maps to one HTTP status and one stable code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("Content-Encoding {0:?} is not supported; send the body uncompressed")]
+    UnsupportedEncoding(String),
+    #[error("Content-Type is missing; send application/json or text/plain")]
+    MissingContentType,
+    #[error("Content-Type {0:?} is not supported; send application/json or text/plain")]
+    UnsupportedContentType(String),
+    #[error("charset {0:?} is not supported; send UTF-8")]
+    UnsupportedCharset(String),
+    #[error("the body is empty")]
+    EmptyBody,
+    #[error("the body is larger than the limit of {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("the body is not valid UTF-8")]
+    InvalidUtf8,
+    #[error("the body contains a NUL byte")]
+    NulByte,
+    #[error("the body is not valid JSON: {0}")]
+    MalformedJson(String),
+    #[error("the JSON body repeats the key {0:?}")]
+    DuplicateKey(String),
+    #[error("the JSON body is nested deeper than {MAX_JSON_DEPTH} levels")]
+    TooDeep,
+    #[error("the JSON body has a key containing a NUL character")]
+    NulInKey,
+    #[error(
+        "no secret: post to /webhook/{{token}} or put the secret in the JSON field {0:?}"
+    )]
+    MissingSecret(String),
+    #[error("the secret is wrong")]
+    InvalidSecret,
+    #[error(
+        "the Idempotency-Key header must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"
+    )]
+    InvalidIdempotencyKey,
+}
+
+impl Rejection {
+    /// The stable code that clients and tests match on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Rejection::UnsupportedEncoding(_) => "unsupported_encoding",
+            Rejection::MissingContentType
+            | Rejection::UnsupportedContentType(_)
+            | Rejection::UnsupportedCharset(_) => "unsupported_media_type",
+            Rejection::EmptyBody => "empty_body",
+            Rejection::TooLarge { .. } => "payload_too_large",
+            Rejection::InvalidUtf8 => "invalid_utf8",
+            Rejection::NulByte => "nul_byte",
+            Rejection::MalformedJson(_) => "malformed_json",
+            Rejection::DuplicateKey(_) => "duplicate_key",
+            Rejection::TooDeep => "json_too_deep",
+            Rejection::NulInKey => "nul_in_key",
+            Rejection::MissingSecret(_) => "missing_secret",
+            Rejection::InvalidSecret => "invalid_secret",
+            Rejection::InvalidIdempotencyKey => "invalid_idempotency_key",
+        }
+    }
+}
+
+/// The rules an alert is checked against, from configuration.
+#[derive(Debug, Clone)]
+pub struct Intake {
+    pub token: Option<Secret>,
+    pub passphrase_field: String,
+    pub idempotency_field: Option<String>,
+    pub body_limit: usize,
+}
+
+/// One request as the HTTP layer saw it.
+#[derive(Debug)]
+pub struct Request<'a> {
+    pub content_type: Option<&'a [u8]>,
+    pub content_encoding: Option<&'a [u8]>,
+    pub path_token: Option<&'a str>,
+    pub idempotency_key: Option<&'a [u8]>,
+    pub body: &'a [u8],
+    pub sender: Option<String>,
+}
+
+/// An alert that passed every check, ready to be stored and queued.
+#[derive(Debug, Clone)]
+pub struct Alert {
+    pub id: EventId,
+    pub received_at: DateTime<Utc>,
+    pub kind: AlertKind,
+    /// The Content-Type header as sent.
+    pub content_type: String,
+    /// The body as received, with every occurrence of the secret replaced by `[redacted]`.
+    /// For a JSON alert it is still valid JSON.
+    pub body: String,
+    /// The parsed body of a JSON alert, without the passphrase field.
+    pub json: Option<Value>,
+    pub dedup_key: Option<String>,
+    pub sender: Option<String>,
+}
+
+impl Intake {
+    /// Checks a request and builds the alert it carries.
+    pub fn accept(&self, req: Request<'_>) -> Result<Alert, Rejection> {
+        if let Some(encoding) = req.content_encoding {
+            let encoding = String::from_utf8_lossy(encoding).trim().to_ascii_lowercase();
+            if encoding != "identity" && !encoding.is_empty() {
+                return Err(Rejection::UnsupportedEncoding(encoding));
+            }
+        }
+        let content_type = req.content_type.ok_or(Rejection::MissingContentType)?;
+        let kind = parse_content_type(content_type)?;
+        if req.body.len() > self.body_limit {
+            return Err(Rejection::TooLarge { limit: self.body_limit });
+        }
+        if req.body.iter().all(u8::is_ascii_whitespace) {
+            return Err(Rejection::EmptyBody);
+        }
+        let path_authenticated = match (&self.token, req.path_token) {
+            (Some(token), Some(given)) if token.matches(given.as_bytes()) => true,
+            (Some(_), Some(_)) => return Err(Rejection::InvalidSecret),
+            (Some(_), None) => false,
+            // Unauthenticated mode: a token in the path is meaningless but harmless.
+            (None, _) => true,
+        };
+        let header_key = req.idempotency_key.map(parse_idempotency_header).transpose()?;
+
+        let text = std::str::from_utf8(req.body).map_err(|_| Rejection::InvalidUtf8)?;
+        if text.contains('\0') {
+            return Err(Rejection::NulByte);
+        }
+
+        let (json, passphrase) = match kind {
+            AlertKind::Text => (None, None),
+            AlertKind::Json => {
+                let mut value = parse_json(req.body)?;
+                let passphrase = match &mut value {
+                    Value::Object(map) => map.shift_remove(&self.passphrase_field),
+                    _ => None,
+                };
+                (Some(value), passphrase)
+            }
+        };
+
+        if !path_authenticated {
+            let token = self.token.as_ref().expect("checked above");
+            match &passphrase {
+                None => return Err(Rejection::MissingSecret(self.passphrase_field.clone())),
+                Some(Value::String(given)) if token.matches(given.as_bytes()) => {}
+                Some(_) => return Err(Rejection::InvalidSecret),
+            }
+        }
+
+        let dedup_key = header_key.or_else(|| {
+            let field = self.idempotency_field.as_deref()?;
+            match json.as_ref()?.get(field)? {
+                Value::String(s) if !s.is_empty() => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            }
+        });
+
+        let body = self.redact(text, kind, json.as_ref(), passphrase.as_ref());
+        Ok(Alert {
+            id: EventId::new(),
+            received_at: Utc::now(),
+            kind,
+            content_type: String::from_utf8_lossy(content_type).into_owned(),
+            body,
+            json,
+            dedup_key,
+            sender: req.sender,
+        })
+    }
+
+    /// The body to store: every literal occurrence of the secret (and of a passphrase sent
+    /// beside a path token) replaced. Should the replacement leave a JSON body unparseable,
+    /// for instance because the secret also stood outside a string, the stored body is the
+    /// stripped JSON written out again instead, so what is stored always parses.
+    fn redact(
+        &self,
+        text: &str,
+        kind: AlertKind,
+        json: Option<&Value>,
+        passphrase: Option<&Value>,
+    ) -> String {
+        let mut secrets: Vec<&str> = Vec::with_capacity(2);
+        if let Some(token) = &self.token {
+            secrets.push(token.expose());
+        }
+        if let Some(Value::String(p)) = passphrase {
+            if !p.is_empty() {
+                secrets.push(p);
+            }
+        }
+        if !secrets.iter().any(|s| text.contains(s)) {
+            return match (kind, passphrase, json) {
+                // The passphrase was written with escapes, so no literal matched: rewrite.
+                (AlertKind::Json, Some(_), Some(json)) => json.to_string(),
+                _ => text.to_owned(),
+            };
+        }
+        let mut redacted = text.to_owned();
+        for secret in secrets {
+            redacted = redacted.replace(secret, REDACTED);
+        }
+        match (kind, json) {
+            (AlertKind::Json, Some(json)) => {
+                let still_json =
+                    serde_json::from_str::<de::IgnoredAny>(&redacted).is_ok();
+                if still_json { redacted } else { json.to_string() }
+            }
+            _ => redacted,
+        }
+    }
+}
+
+/// Accepts `application/json` and `text/plain`, with an optional UTF-8 charset.
+pub fn parse_content_type(header: &[u8]) -> Result<AlertKind, Rejection> {
+    let header = std::str::from_utf8(header)
+        .map_err(|_| Rejection::UnsupportedContentType(String::from_utf8_lossy(header).into()))?;
+    let mut parts = header.split(';');
+    let essence = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+    let kind = match essence.as_str() {
+        "application/json" => AlertKind::Json,
+        "text/plain" => AlertKind::Text,
+        "" => return Err(Rejection::MissingContentType),
+        _ => return Err(Rejection::UnsupportedContentType(essence)),
+    };
+    for param in parts {
+        let Some((name, value)) = param.split_once('=') else { continue };
+        if name.trim().eq_ignore_ascii_case("charset") {
+            let value = value.trim().trim_matches('"').to_ascii_lowercase();
+            if value != "utf-8" && value != "utf8" && value != "us-ascii" {
+                return Err(Rejection::UnsupportedCharset(value));
+            }
+        }
+    }
+    Ok(kind)
+}
+
+fn parse_idempotency_header(raw: &[u8]) -> Result<String, Rejection> {
+    let ok = !raw.is_empty()
+        && raw.len() <= MAX_IDEMPOTENCY_KEY_LEN
+        && raw.iter().all(|b| b.is_ascii_graphic() || *b == b' ');
+    let key = std::str::from_utf8(raw).map_err(|_| Rejection::InvalidIdempotencyKey)?.trim();
+    if ok && !key.is_empty() { Ok(key.to_owned()) } else { Err(Rejection::InvalidIdempotencyKey) }
+}
+
+/// Parses JSON strictly: duplicate keys, nesting past `MAX_JSON_DEPTH` and keys holding
+/// NUL are refused, because each would be read differently by different consumers (or
+/// not stored at all).
+pub fn parse_json(body: &[u8]) -> Result<Value, Rejection> {
+    let problem = Cell::new(None);
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let parsed = StrictValue { depth: 0, problem: &problem }
+        .deserialize(&mut de)
+        .and_then(|v| de.end().map(|()| v));
+    parsed.map_err(|err| problem.take().unwrap_or_else(|| Rejection::MalformedJson(err.to_string())))
+}
+
+#[derive(Clone, Copy)]
+struct StrictValue<'p> {
+    depth: usize,
+    problem: &'p Cell<Option<Rejection>>,
+}
+
+impl StrictValue<'_> {
+    fn nested(self) -> Self {
+        StrictValue { depth: self.depth + 1, problem: self.problem }
+    }
+
+    fn fail<E: de::Error>(self, rejection: Rejection) -> E {
+        let message = rejection.to_string();
+        self.problem.set(Some(rejection));
+        E::custom(message)
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for StrictValue<'_> {
+    type Value = Value;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for StrictValue<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        if self.depth >= MAX_JSON_DEPTH {
+            return Err(self.fail(Rejection::TooDeep));
+        }
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+        while let Some(item) = seq.next_element_seed(self.nested())? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        if self.depth >= MAX_JSON_DEPTH {
+            return Err(self.fail(Rejection::TooDeep));
+        }
+        let mut object = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if key.contains('\0') {
+                return Err(self.fail(Rejection::NulInKey));
+            }
+            let value = map.next_value_seed(self.nested())?;
+            if object.contains_key(&key) {
+                return Err(self.fail(Rejection::DuplicateKey(key)));
+            }
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &str = "s3cret-token-123";
+
+    fn intake() -> Intake {
+        Intake {
+            token: Some(Secret::new(TOKEN.into())),
+            passphrase_field: "passphrase".into(),
+            idempotency_field: Some("order_id".into()),
+            body_limit: 1024,
+        }
+    }
+
+    fn request<'a>(content_type: &'a str, body: &'a str) -> Request<'a> {
+        Request {
+            content_type: Some(content_type.as_bytes()),
+            content_encoding: None,
+            path_token: None,
+            idempotency_key: None,
+            body: body.as_bytes(),
+            sender: None,
+        }
+    }
+
+    #[test]
+    fn a_json_passphrase_authenticates_and_is_stripped_everywhere() {
+        let body = r#"{"passphrase":"s3cret-token-123","ticker":"BTCUSDT"}"#;
+        let alert = intake().accept(request("application/json", body)).unwrap();
+        assert_eq!(alert.kind, AlertKind::Json);
+        assert_eq!(alert.json.unwrap(), serde_json::json!({"ticker": "BTCUSDT"}));
+        assert!(!alert.body.contains(TOKEN));
+        assert_eq!(alert.body, r#"{"passphrase":"[redacted]","ticker":"BTCUSDT"}"#);
+    }
+
+    #[test]
+    fn an_escaped_passphrase_is_still_kept_out_of_the_stored_body() {
+        let body = r#"{"passphrase":"\u0073\u0033cret-token-123","ticker":"X"}"#;
+        let alert = intake().accept(request("application/json", body)).unwrap();
+        assert_eq!(alert.body, r#"{"ticker":"X"}"#);
+    }
+
+    #[test]
+    fn a_secret_standing_outside_a_string_leaves_valid_json() {
+        let mut rules = intake();
+        rules.token = Some(Secret::new("12345678".into()));
+        let body = r#"{"passphrase":"12345678","qty":12345678}"#;
+        let alert = rules.accept(request("application/json", body)).unwrap();
+        assert_eq!(alert.body, r#"{"qty":12345678}"#);
+    }
+
+    #[test]
+    fn a_path_token_authenticates_text_alerts() {
+        let mut req = request("text/plain; charset=UTF-8", "BTCUSDT Crossing 67,000.00");
+        req.path_token = Some(TOKEN);
+        let alert = intake().accept(req).unwrap();
+        assert_eq!(alert.kind, AlertKind::Text);
+        assert_eq!(alert.body, "BTCUSDT Crossing 67,000.00");
+        assert!(alert.json.is_none());
+    }
+
+    #[test]
+    fn wrong_missing_and_misplaced_secrets_are_refused() {
+        let rules = intake();
+        let mut req = request("text/plain", "hello");
+        req.path_token = Some("wrong-token-0000");
+        assert_eq!(rules.accept(req).unwrap_err(), Rejection::InvalidSecret);
+        let req = request("text/plain", "hello s3cret-token-123");
+        assert_eq!(rules.accept(req).unwrap_err().code(), "missing_secret");
+        let req = request("application/json", r#"{"passphrase":"nope-nope-nope"}"#);
+        assert_eq!(rules.accept(req).unwrap_err(), Rejection::InvalidSecret);
+        let req = request("application/json", r#"{"passphrase":12345678}"#);
+        assert_eq!(rules.accept(req).unwrap_err(), Rejection::InvalidSecret);
+        let req = request("application/json", r#"{"nested":{"passphrase":"s3cret-token-123"}}"#);
+        assert_eq!(rules.accept(req).unwrap_err().code(), "missing_secret");
+    }
+
+    #[test]
+    fn content_types_are_checked() {
+        assert_eq!(parse_content_type(b"application/json").unwrap(), AlertKind::Json);
+        assert_eq!(parse_content_type(b"Application/JSON; charset=utf-8").unwrap(), AlertKind::Json);
+        assert_eq!(parse_content_type(b"text/plain;charset=\"UTF-8\"").unwrap(), AlertKind::Text);
+        assert_eq!(
+            parse_content_type(b"text/plain; charset=latin1").unwrap_err(),
+            Rejection::UnsupportedCharset("latin1".into())
+        );
+        assert_eq!(parse_content_type(b"application/xml").unwrap_err().code(), "unsupported_media_type");
+        let mut req = request("text/plain", "x");
+        req.content_type = None;
+        assert_eq!(intake().accept(req).unwrap_err(), Rejection::MissingContentType);
+        let mut req = request("text/plain", "x");
+        req.content_encoding = Some(b"gzip");
+        assert_eq!(intake().accept(req).unwrap_err().code(), "unsupported_encoding");
+    }
+
+    #[test]
+    fn bodies_are_checked() {
+        let rules = intake();
+        let with_token = |ct: &str, body: &str| {
+            let mut req = request(ct, body);
+            req.path_token = Some(TOKEN);
+            rules.accept(req).map(|_| ()).map_err(|e| e.code())
+        };
+        assert_eq!(with_token("text/plain", ""), Err("empty_body"));
+        assert_eq!(with_token("text/plain", " \n"), Err("empty_body"));
+        assert_eq!(with_token("text/plain", &"x".repeat(1025)), Err("payload_too_large"));
+        assert_eq!(with_token("text/plain", &"x".repeat(1024)), Ok(()));
+        assert_eq!(with_token("text/plain", "a\0b"), Err("nul_byte"));
+        assert_eq!(with_token("application/json", "{"), Err("malformed_json"));
+        assert_eq!(with_token("application/json", "{} {}"), Err("malformed_json"));
+        assert_eq!(with_token("application/json", r#"{"a":1,"a":2}"#), Err("duplicate_key"));
+        assert_eq!(with_token("application/json", r#"{"x":{"a":1,"a":2}}"#), Err("duplicate_key"));
+        assert_eq!(with_token("application/json", r#"{"a\u0000":1}"#), Err("nul_in_key"));
+        let deep = format!("{}{}", "[".repeat(33), "]".repeat(33));
+        assert_eq!(with_token("application/json", &deep), Err("json_too_deep"));
+        let ok = format!("{}{}", "[".repeat(32), "]".repeat(32));
+        assert_eq!(with_token("application/json", &ok), Ok(()));
+        let mut req = request("text/plain", "x");
+        req.path_token = Some(TOKEN);
+        req.body = b"\xff\xfe";
+        assert_eq!(rules.accept(req).unwrap_err(), Rejection::InvalidUtf8);
+    }
+
+    #[test]
+    fn dedup_keys_come_from_the_header_or_the_configured_field() {
+        let rules = intake();
+        let body = r#"{"passphrase":"s3cret-token-123","order_id":"Long Entry 7"}"#;
+        let alert = rules.accept(request("application/json", body)).unwrap();
+        assert_eq!(alert.dedup_key.as_deref(), Some("Long Entry 7"));
+        let mut req = request("application/json", body);
+        req.idempotency_key = Some(b"abc-1");
+        assert_eq!(rules.accept(req).unwrap().dedup_key.as_deref(), Some("abc-1"));
+        let mut req = request("application/json", body);
+        req.idempotency_key = Some(b"");
+        assert_eq!(rules.accept(req).unwrap_err(), Rejection::InvalidIdempotencyKey);
+        let long = "k".repeat(MAX_IDEMPOTENCY_KEY_LEN + 1);
+        let mut req = request("application/json", body);
+        req.idempotency_key = Some(long.as_bytes());
+        assert_eq!(rules.accept(req).unwrap_err(), Rejection::InvalidIdempotencyKey);
+    }
+}

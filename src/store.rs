@@ -1,0 +1,330 @@
+//! The record: MongoDB collections `audit` (every alert as received) and `jobs` (the result
+//! of processing each alert), both keyed by event id.
+//!
+//! Only what both MongoDB and FerretDB support is used: plain inserts, and the `update`
+//! command with many upsert statements for batches. A parsed JSON body is stored as a
+//! document when it can be (MongoDB-compatible servers refuse some keys, and FerretDB
+//! refuses arrays nested in arrays); otherwise the record says why, and the raw body, which
+//! is always stored, still holds everything.
+
+use std::time::Duration;
+
+use bson::{Bson, Document, doc};
+use chrono::{DateTime, Utc};
+use mongodb::{
+    Client, Collection, Database,
+    error::{Error as MongoError, ErrorKind, WriteFailure},
+    options::ClientOptions,
+};
+use serde_json::Value;
+
+use crate::{domain::EventId, ingest::Alert, queue::Job, signal::Signal};
+
+pub const AUDIT: &str = "audit";
+pub const JOBS: &str = "jobs";
+
+/// Duplicate key, as MongoDB and FerretDB both report it.
+const DUPLICATE_KEY: i32 = 11000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("mongodb: {0}")]
+    Mongo(#[from] MongoError),
+    #[error("mongodb did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("mongodb refused a write: {0}")]
+    Refused(String),
+}
+
+/// How an alert ended up on arrival.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival<'a> {
+    Queued { entry: &'a str },
+    Duplicate { first: &'a str },
+}
+
+/// One job's outcome, for the `jobs` collection.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub id: EventId,
+    pub status: JobStatus,
+    pub signal: Option<Signal>,
+    pub error: Option<String>,
+    pub received_at: DateTime<Utc>,
+    pub processed_at: DateTime<Utc>,
+    pub entry: String,
+    pub worker: String,
+}
+
+/// A processed job with what the worker made of it.
+#[derive(Debug, Clone)]
+pub struct Processed<'a> {
+    pub outcome: Outcome,
+    pub job: &'a Job,
+    /// The parsed body of a JSON alert.
+    pub json: Option<Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobStatus {
+    Processed,
+    Dead,
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Processed => "processed",
+            JobStatus::Dead => "dead",
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: Database,
+    timeout: Duration,
+}
+
+impl Store {
+    /// Connects lazily: the driver finds the server on first use. `timeout` bounds every
+    /// operation, including finding a server when none answers.
+    pub async fn connect(uri: &str, db: &str, timeout: Duration) -> Result<Self, StoreError> {
+        let mut options = ClientOptions::parse(uri).await?;
+        options.app_name.get_or_insert_with(|| "pyron".to_owned());
+        options.server_selection_timeout = Some(timeout);
+        options.connect_timeout.get_or_insert(Duration::from_secs(1));
+        let client = Client::with_options(options)?;
+        Ok(Store { db: client.database(db), timeout })
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.bounded(self.db.run_command(doc! { "ping": 1 })).await?;
+        Ok(())
+    }
+
+    /// Writes the audit record of an alert. Writing the same alert twice is not an error,
+    /// so a retry after a lost reply does no harm.
+    pub async fn insert_audit(&self, alert: &Alert, arrival: Arrival<'_>) -> Result<(), StoreError> {
+        let mut record = audit_record(
+            alert.id,
+            alert.received_at,
+            alert.kind.as_str(),
+            &alert.content_type,
+            &alert.body,
+            alert.json.as_ref(),
+            alert.sender.as_deref(),
+            alert.dedup_key.as_deref(),
+        );
+        match arrival {
+            Arrival::Queued { entry } => {
+                record.insert("status", "queued");
+                record.insert("entry", entry);
+            }
+            Arrival::Duplicate { first } => {
+                record.insert("status", "duplicate");
+                record.insert("duplicate_of", first);
+            }
+        }
+        let audit: Collection<Document> = self.db.collection(AUDIT);
+        match self.bounded(audit.insert_one(record)).await {
+            Err(StoreError::Mongo(err)) if is_duplicate_key(&err) => Ok(()),
+            other => other.map(drop),
+        }
+    }
+
+    /// Records a batch of outcomes, one `jobs` document per event id whatever the number of
+    /// deliveries, and makes sure each alert also has its audit record (it is missing when
+    /// MongoDB was down as the alert arrived).
+    pub async fn record(&self, batch: &[Processed<'_>]) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let jobs: Vec<Document> = batch.iter().map(|p| job_upsert(&p.outcome)).collect();
+        self.update_many(JOBS, jobs).await?;
+        let audits: Vec<Document> = batch
+            .iter()
+            .map(|Processed { job, json, .. }| {
+                let mut record = audit_record(
+                    job.id,
+                    job.received_at,
+                    job.kind.as_str(),
+                    &job.content_type,
+                    &job.body,
+                    json.as_ref(),
+                    job.sender.as_deref(),
+                    job.dedup_key.as_deref(),
+                );
+                record.remove("_id");
+                record.insert("status", "queued");
+                doc! {
+                    "q": { "_id": job.id.to_string() },
+                    "u": { "$setOnInsert": record },
+                    "upsert": true,
+                }
+            })
+            .collect();
+        self.update_many(AUDIT, audits).await
+    }
+
+    async fn update_many(&self, collection: &str, updates: Vec<Document>) -> Result<(), StoreError> {
+        let reply = self
+            .bounded(self.db.run_command(doc! {
+                "update": collection,
+                "updates": updates,
+                "ordered": false,
+            }))
+            .await?;
+        if let Ok(errors) = reply.get_array("writeErrors") {
+            if let Some(first) = errors.first() {
+                return Err(StoreError::Refused(first.to_string()));
+            }
+        }
+        Ok(())
+    }
+
+    async fn bounded<T>(
+        &self,
+        op: impl IntoFuture<Output = Result<T, MongoError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout, op.into_future()).await {
+            Ok(result) => result.map_err(StoreError::from),
+            Err(_) => Err(StoreError::Timeout(self.timeout)),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn audit_record(
+    id: EventId,
+    received_at: DateTime<Utc>,
+    kind: &str,
+    content_type: &str,
+    body: &str,
+    json: Option<&Value>,
+    sender: Option<&str>,
+    dedup_key: Option<&str>,
+) -> Document {
+    let mut record = doc! {
+        "_id": id.to_string(),
+        "received_at": bson::DateTime::from_chrono(received_at),
+        "kind": kind,
+        "content_type": content_type,
+        "body": body,
+    };
+    if let Some(json) = json {
+        match to_bson(json, 0) {
+            Ok(value) => {
+                record.insert("json", value);
+            }
+            Err(why) => {
+                record.insert("json_note", format!("parsed JSON kept in body only: {why}"));
+            }
+        }
+    }
+    if let Some(sender) = sender {
+        record.insert("sender", sender);
+    }
+    if let Some(key) = dedup_key {
+        record.insert("dedup_key", key);
+    }
+    record
+}
+
+fn job_upsert(outcome: &Outcome) -> Document {
+    let mut set = doc! {
+        "status": outcome.status.as_str(),
+        "received_at": bson::DateTime::from_chrono(outcome.received_at),
+        "processed_at": bson::DateTime::from_chrono(outcome.processed_at),
+        "lag_ms": (outcome.processed_at - outcome.received_at).num_milliseconds(),
+        "entry": &outcome.entry,
+        "worker": &outcome.worker,
+    };
+    let mut unset = Document::new();
+    match &outcome.signal {
+        Some(signal) => {
+            set.insert("signal", bson::to_bson(signal).unwrap_or(Bson::Null));
+        }
+        None => {
+            unset.insert("signal", "");
+        }
+    }
+    match &outcome.error {
+        Some(error) => {
+            set.insert("error", error);
+        }
+        None => {
+            unset.insert("error", "");
+        }
+    }
+    let mut update = doc! { "$set": set, "$inc": { "attempts": 1 } };
+    if !unset.is_empty() {
+        update.insert("$unset", unset);
+    }
+    doc! { "q": { "_id": outcome.id.to_string() }, "u": update, "upsert": true }
+}
+
+/// JSON to BSON within what every MongoDB-compatible server stores.
+fn to_bson(value: &Value, array_depth: usize) -> Result<Bson, String> {
+    Ok(match value {
+        Value::Null => Bson::Null,
+        Value::Bool(b) => Bson::Boolean(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => Bson::Int64(i),
+            None => Bson::Double(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => Bson::String(s.clone()),
+        Value::Array(items) => {
+            if array_depth > 0 {
+                return Err("an array inside an array".into());
+            }
+            let items: Result<Vec<Bson>, String> =
+                items.iter().map(|v| to_bson(v, array_depth + 1)).collect();
+            Bson::Array(items?)
+        }
+        Value::Object(map) => {
+            let mut document = Document::new();
+            for (key, value) in map {
+                if key.starts_with('$') || key.contains('.') {
+                    return Err(format!("the key {key:?} starts with '$' or holds '.'"));
+                }
+                document.insert(key.clone(), to_bson(value, 0)?);
+            }
+            Bson::Document(document)
+        }
+    })
+}
+
+fn is_duplicate_key(err: &MongoError) -> bool {
+    match err.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == DUPLICATE_KEY,
+        ErrorKind::Command(e) => e.code == DUPLICATE_KEY,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn portable_json_becomes_a_document() {
+        let value = json!({"a": 1, "b": [1, {"c": [2]}], "big": 18446744073709551615_u64});
+        let bson = to_bson(&value, 0).unwrap();
+        let doc = bson.as_document().unwrap();
+        assert_eq!(doc.get_i64("a").unwrap(), 1);
+        assert!(matches!(doc.get("big"), Some(Bson::Double(_))));
+    }
+
+    #[test]
+    fn unportable_json_is_refused_with_a_reason() {
+        assert!(to_bson(&json!({"a.b": 1}), 0).unwrap_err().contains("a.b"));
+        assert!(to_bson(&json!({"x": {"$where": 1}}), 0).is_err());
+        assert!(to_bson(&json!({"m": [[1, 2]]}), 0).unwrap_err().contains("array inside"));
+    }
+}
