@@ -26,7 +26,13 @@ use serde::{Deserialize, Serialize};
 use crate::domain::Secret;
 
 /// The seed's variable names, read without the `PYRON_` prefix.
-const SEED_VARIABLES: [&str; 5] = ["USE_SSL", "REDIS_HOST", "REDIS_PORT", "MONGO_URI", "MONGO_DB"];
+const SEED_VARIABLES: [&str; 5] = [
+    "USE_SSL",
+    "REDIS_HOST",
+    "REDIS_PORT",
+    "MONGO_URI",
+    "MONGO_DB",
+];
 
 /// Where the TOML file is looked for when `PYRON_CONFIG` is unset.
 const DEFAULT_CONFIG_FILE: &str = "/etc/pyron/pyron.toml";
@@ -170,14 +176,21 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn new(key: &str, message: impl Into<String>) -> Self {
-        Self { key: env_name(key), message: message.into() }
+        Self {
+            key: env_name(key),
+            message: message.into(),
+        }
     }
 }
 
 /// The environment variable that sets `key`.
 fn env_name(key: &str) -> String {
     let upper = key.to_ascii_uppercase();
-    if SEED_VARIABLES.contains(&upper.as_str()) { upper } else { format!("PYRON_{upper}") }
+    if SEED_VARIABLES.contains(&upper.as_str()) {
+        upper
+    } else {
+        format!("PYRON_{upper}")
+    }
 }
 
 /// Which binary is loading: only pyron-api needs the webhook secret.
@@ -229,9 +242,13 @@ impl Config {
         if raw.redis_host.is_empty() {
             return Err(ConfigError::new("redis_host", "must not be empty"));
         }
-        let mongo_uri =
-            secret("mongo_uri", raw.mongo_uri, raw.mongo_uri_file.as_deref(), credentials)?
-                .unwrap_or_else(|| Secret::new("mongodb://127.0.0.1:27017".to_owned()));
+        let mongo_uri = secret(
+            "mongo_uri",
+            raw.mongo_uri,
+            raw.mongo_uri_file.as_deref(),
+            credentials,
+        )?
+        .unwrap_or_else(|| Secret::new("mongodb://127.0.0.1:27017".to_owned()));
         let uri = mongo_uri.expose();
         if !(uri.starts_with("mongodb://") || uri.starts_with("mongodb+srv://")) {
             return Err(ConfigError::new(
@@ -260,7 +277,10 @@ impl Config {
                     format!("must be at least {MIN_TOKEN_LEN} characters"),
                 ));
             }
-            if !token.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b)) {
+            if !token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+            {
                 return Err(ConfigError::new(
                     "webhook_token",
                     "may hold only letters, digits and - . _ ~, so it can sit in a URL path as is",
@@ -278,7 +298,10 @@ impl Config {
             return Err(ConfigError::new("passphrase_field", "must not be empty"));
         }
         if raw.idempotency_field.as_deref() == Some("") {
-            return Err(ConfigError::new("idempotency_field", "must not be empty when set"));
+            return Err(ConfigError::new(
+                "idempotency_field",
+                "must not be empty when set",
+            ));
         }
         if raw.dedup_ttl_secs == 0 {
             return Err(ConfigError::new("dedup_ttl_secs", "must be at least 1"));
@@ -296,14 +319,20 @@ impl Config {
             return Err(ConfigError::new("store_timeout_ms", "must be at least 1"));
         }
         if raw.worker_batch_size == 0 || raw.worker_batch_size > 10_000 {
-            return Err(ConfigError::new("worker_batch_size", "must be between 1 and 10000"));
+            return Err(ConfigError::new(
+                "worker_batch_size",
+                "must be between 1 and 10000",
+            ));
         }
         if raw.worker_block_ms == 0 {
             return Err(ConfigError::new("worker_block_ms", "must be at least 1"));
         }
         let consumer = match raw.worker_consumer {
             Some(name) if name.is_empty() => {
-                return Err(ConfigError::new("worker_consumer", "must not be empty when set"));
+                return Err(ConfigError::new(
+                    "worker_consumer",
+                    "must not be empty when set",
+                ));
             }
             Some(name) => name,
             None => default_consumer_name(),
@@ -336,7 +365,9 @@ impl Config {
 fn figment(file: Option<&Path>) -> Result<Figment, ConfigError> {
     let defaults = Serialized::defaults(Raw::default());
     let known: Dict = match figment::Provider::data(&defaults) {
-        Ok(mut profiles) => profiles.remove(&figment::Profile::Default).unwrap_or_default(),
+        Ok(mut profiles) => profiles
+            .remove(&figment::Profile::Default)
+            .unwrap_or_default(),
         Err(err) => return Err(from_figment_error(err)),
     };
     // `Option` fields serialize to nothing, so list them as well.
@@ -371,11 +402,10 @@ fn figment(file: Option<&Path>) -> Result<Figment, ConfigError> {
         figment = figment.merge(Toml::file_exact(path));
     }
     let keys = known_keys.clone();
-    figment = figment
-        .merge(Env::raw().only(&SEED_VARIABLES))
-        .merge(Env::prefixed("PYRON_").filter(move |key| {
-            keys.iter().any(|k| key.as_str().eq_ignore_ascii_case(k))
-        }));
+    figment = figment.merge(Env::raw().only(&SEED_VARIABLES)).merge(
+        Env::prefixed("PYRON_")
+            .filter(move |key| keys.iter().any(|k| key.as_str().eq_ignore_ascii_case(k))),
+    );
     Ok(figment)
 }
 
@@ -386,11 +416,18 @@ fn from_figment_error(err: figment::Error) -> ConfigError {
             (env_name(&key), err.kind.to_string())
         }
         Some(md) if !key.is_empty() => {
-            let source = md.source.as_ref().map(|s| s.to_string()).unwrap_or_default();
+            let source = md
+                .source
+                .as_ref()
+                .map(|s| s.to_string())
+                .unwrap_or_default();
             (format!("`{key}` in {source}"), err.kind.to_string())
         }
         Some(md) => (
-            md.source.as_ref().map(|s| s.to_string()).unwrap_or_else(|| md.name.to_string()),
+            md.source
+                .as_ref()
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| md.name.to_string()),
             err.kind.to_string(),
         ),
         None if !key.is_empty() => (env_name(&key), err.kind.to_string()),
@@ -416,7 +453,11 @@ fn secret(
         (Some(_), Some(_)) => {
             return Err(ConfigError::new(
                 key,
-                format!("set either {} or {}, not both", env_name(key), env_name(&file_key)),
+                format!(
+                    "set either {} or {}, not both",
+                    env_name(key),
+                    env_name(&file_key)
+                ),
             ));
         }
         (Some(v), None) => Some(v),
@@ -436,7 +477,10 @@ fn secret(
 fn parse_bind(bind: &str) -> Result<BindAddr, ConfigError> {
     if let Some(path) = bind.strip_prefix("unix:") {
         if path.is_empty() || !path.starts_with('/') {
-            return Err(ConfigError::new("bind", "unix: needs an absolute socket path"));
+            return Err(ConfigError::new(
+                "bind",
+                "unix: needs an absolute socket path",
+            ));
         }
         return Ok(BindAddr::Unix(PathBuf::from(path)));
     }
@@ -456,6 +500,7 @@ fn default_consumer_name() -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment's Jail fixes the closures' error type
 mod tests {
     use super::*;
     use figment::Jail;
@@ -471,7 +516,10 @@ mod tests {
         Jail::expect_with(|jail| {
             jail.set_env("PYRON_WEBHOOK_TOKEN", "0123456789abcdef");
             let config = load(jail, Role::Api).unwrap();
-            assert_eq!(config.bind, BindAddr::Tcp("127.0.0.1:8000".parse().unwrap()));
+            assert_eq!(
+                config.bind,
+                BindAddr::Tcp("127.0.0.1:8000".parse().unwrap())
+            );
             assert_eq!(config.redis_url.expose(), "redis://127.0.0.1:6379/");
             assert_eq!(config.mongo_uri.expose(), "mongodb://127.0.0.1:27017");
             assert_eq!(config.mongo_db, "pyron");
@@ -505,7 +553,10 @@ mod tests {
             jail.set_env("REDIS_HOST", "10.0.0.5");
             jail.set_env("PYRON_REDIS_URL", "redis+unix:///run/redis/redis.sock");
             let config = load(jail, Role::Api).unwrap();
-            assert_eq!(config.redis_url.expose(), "redis+unix:///run/redis/redis.sock");
+            assert_eq!(
+                config.redis_url.expose(),
+                "redis+unix:///run/redis/redis.sock"
+            );
             Ok(())
         });
     }
@@ -519,7 +570,10 @@ mod tests {
             )?;
             jail.set_env("PYRON_BODY_LIMIT", "2000");
             let config = load(jail, Role::Api).unwrap();
-            assert_eq!(config.bind, BindAddr::Tcp("127.0.0.1:9000".parse().unwrap()));
+            assert_eq!(
+                config.bind,
+                BindAddr::Tcp("127.0.0.1:9000".parse().unwrap())
+            );
             assert_eq!(config.body_limit, 2000);
             assert_eq!(config.webhook_token.unwrap().expose(), "from-file-123");
             Ok(())
@@ -545,7 +599,10 @@ mod tests {
     #[test]
     fn a_typo_in_the_file_is_an_error_naming_it() {
         Jail::expect_with(|jail| {
-            jail.create_file("pyron.toml", "webhook_token = \"0123456789abcdef\"\nbodylimit = 5")?;
+            jail.create_file(
+                "pyron.toml",
+                "webhook_token = \"0123456789abcdef\"\nbodylimit = 5",
+            )?;
             let err = load(jail, Role::Api).unwrap_err();
             assert!(err.to_string().contains("bodylimit"), "{err}");
             Ok(())
@@ -568,7 +625,10 @@ mod tests {
     fn secrets_come_from_files_and_credentials() {
         Jail::expect_with(|jail| {
             jail.create_file("token", "from-a-file-0001\n")?;
-            jail.set_env("PYRON_WEBHOOK_TOKEN_FILE", jail.directory().join("token").display());
+            jail.set_env(
+                "PYRON_WEBHOOK_TOKEN_FILE",
+                jail.directory().join("token").display(),
+            );
             let config = load(jail, Role::Api).unwrap();
             assert_eq!(config.webhook_token.unwrap().expose(), "from-a-file-0001");
 
@@ -587,7 +647,8 @@ mod tests {
             std::fs::create_dir(jail.directory().join("creds")).unwrap();
             jail.create_file("creds/webhook-token", "from-credential-1")?;
             let creds = jail.directory().join("creds");
-            let config = Config::from_figment(figment(None).unwrap(), Some(&creds), Role::Api).unwrap();
+            let config =
+                Config::from_figment(figment(None).unwrap(), Some(&creds), Role::Api).unwrap();
             assert_eq!(config.webhook_token.unwrap().expose(), "from-credential-1");
             Ok(())
         });
@@ -597,17 +658,29 @@ mod tests {
     fn weak_or_unusable_tokens_are_refused() {
         Jail::expect_with(|jail| {
             jail.set_env("PYRON_WEBHOOK_TOKEN", "short");
-            assert_eq!(load(jail, Role::Api).unwrap_err().key, "PYRON_WEBHOOK_TOKEN");
+            assert_eq!(
+                load(jail, Role::Api).unwrap_err().key,
+                "PYRON_WEBHOOK_TOKEN"
+            );
             jail.set_env("PYRON_WEBHOOK_TOKEN", "has a space in it");
-            assert_eq!(load(jail, Role::Api).unwrap_err().key, "PYRON_WEBHOOK_TOKEN");
+            assert_eq!(
+                load(jail, Role::Api).unwrap_err().key,
+                "PYRON_WEBHOOK_TOKEN"
+            );
             Ok(())
         });
     }
 
     #[test]
     fn bind_accepts_tcp_and_unix_and_refuses_the_rest() {
-        assert_eq!(parse_bind("unix:/run/pyron/api.sock").unwrap(), BindAddr::Unix("/run/pyron/api.sock".into()));
-        assert_eq!(parse_bind("[::1]:8000").unwrap(), BindAddr::Tcp("[::1]:8000".parse().unwrap()));
+        assert_eq!(
+            parse_bind("unix:/run/pyron/api.sock").unwrap(),
+            BindAddr::Unix("/run/pyron/api.sock".into())
+        );
+        assert_eq!(
+            parse_bind("[::1]:8000").unwrap(),
+            BindAddr::Tcp("[::1]:8000".parse().unwrap())
+        );
         assert_eq!(parse_bind("localhost").unwrap_err().key, "PYRON_BIND");
         assert_eq!(parse_bind("unix:relative").unwrap_err().key, "PYRON_BIND");
     }

@@ -129,7 +129,10 @@ mod tests {
     #[test]
     fn secrets_never_print_and_compare_exactly() {
         let secret = Secret::new("hunter2-hunter2".into());
-        assert_eq!(format!("{secret} {secret:?}"), "[redacted] Secret([redacted])");
+        assert_eq!(
+            format!("{secret} {secret:?}"),
+            "[redacted] Secret([redacted])"
+        );
         assert!(secret.matches(b"hunter2-hunter2"));
         assert!(!secret.matches(b"hunter2-hunter3"));
         assert!(!secret.matches(b"hunter2"));

@@ -50,9 +50,7 @@ pub enum Rejection {
     TooDeep,
     #[error("the JSON body has a key containing a NUL character")]
     NulInKey,
-    #[error(
-        "no secret: post to /webhook/{{token}} or put the secret in the JSON field {0:?}"
-    )]
+    #[error("no secret: post to /webhook/{{token}} or put the secret in the JSON field {0:?}")]
     MissingSecret(String),
     #[error("the secret is wrong")]
     InvalidSecret,
@@ -126,7 +124,9 @@ impl Intake {
     /// Checks a request and builds the alert it carries.
     pub fn accept(&self, req: Request<'_>) -> Result<Alert, Rejection> {
         if let Some(encoding) = req.content_encoding {
-            let encoding = String::from_utf8_lossy(encoding).trim().to_ascii_lowercase();
+            let encoding = String::from_utf8_lossy(encoding)
+                .trim()
+                .to_ascii_lowercase();
             if encoding != "identity" && !encoding.is_empty() {
                 return Err(Rejection::UnsupportedEncoding(encoding));
             }
@@ -134,7 +134,9 @@ impl Intake {
         let content_type = req.content_type.ok_or(Rejection::MissingContentType)?;
         let kind = parse_content_type(content_type)?;
         if req.body.len() > self.body_limit {
-            return Err(Rejection::TooLarge { limit: self.body_limit });
+            return Err(Rejection::TooLarge {
+                limit: self.body_limit,
+            });
         }
         if req.body.iter().all(u8::is_ascii_whitespace) {
             return Err(Rejection::EmptyBody);
@@ -146,7 +148,10 @@ impl Intake {
             // Unauthenticated mode: a token in the path is meaningless but harmless.
             (None, _) => true,
         };
-        let header_key = req.idempotency_key.map(parse_idempotency_header).transpose()?;
+        let header_key = req
+            .idempotency_key
+            .map(parse_idempotency_header)
+            .transpose()?;
 
         let text = std::str::from_utf8(req.body).map_err(|_| Rejection::InvalidUtf8)?;
         if text.contains('\0') {
@@ -211,10 +216,10 @@ impl Intake {
         if let Some(token) = &self.token {
             secrets.push(token.expose());
         }
-        if let Some(Value::String(p)) = passphrase {
-            if !p.is_empty() {
-                secrets.push(p);
-            }
+        if let Some(Value::String(p)) = passphrase
+            && !p.is_empty()
+        {
+            secrets.push(p);
         }
         if !secrets.iter().any(|s| text.contains(s)) {
             return match (kind, passphrase, json) {
@@ -229,9 +234,12 @@ impl Intake {
         }
         match (kind, json) {
             (AlertKind::Json, Some(json)) => {
-                let still_json =
-                    serde_json::from_str::<de::IgnoredAny>(&redacted).is_ok();
-                if still_json { redacted } else { json.to_string() }
+                let still_json = serde_json::from_str::<de::IgnoredAny>(&redacted).is_ok();
+                if still_json {
+                    redacted
+                } else {
+                    json.to_string()
+                }
             }
             _ => redacted,
         }
@@ -251,7 +259,9 @@ pub fn parse_content_type(header: &[u8]) -> Result<AlertKind, Rejection> {
         _ => return Err(Rejection::UnsupportedContentType(essence)),
     };
     for param in parts {
-        let Some((name, value)) = param.split_once('=') else { continue };
+        let Some((name, value)) = param.split_once('=') else {
+            continue;
+        };
         if name.trim().eq_ignore_ascii_case("charset") {
             let value = value.trim().trim_matches('"').to_ascii_lowercase();
             if value != "utf-8" && value != "utf8" && value != "us-ascii" {
@@ -266,8 +276,14 @@ fn parse_idempotency_header(raw: &[u8]) -> Result<String, Rejection> {
     let ok = !raw.is_empty()
         && raw.len() <= MAX_IDEMPOTENCY_KEY_LEN
         && raw.iter().all(|b| b.is_ascii_graphic() || *b == b' ');
-    let key = std::str::from_utf8(raw).map_err(|_| Rejection::InvalidIdempotencyKey)?.trim();
-    if ok && !key.is_empty() { Ok(key.to_owned()) } else { Err(Rejection::InvalidIdempotencyKey) }
+    let key = std::str::from_utf8(raw)
+        .map_err(|_| Rejection::InvalidIdempotencyKey)?
+        .trim();
+    if ok && !key.is_empty() {
+        Ok(key.to_owned())
+    } else {
+        Err(Rejection::InvalidIdempotencyKey)
+    }
 }
 
 /// Parses JSON strictly: duplicate keys, nesting past `MAX_JSON_DEPTH` and keys holding
@@ -276,10 +292,17 @@ fn parse_idempotency_header(raw: &[u8]) -> Result<String, Rejection> {
 pub fn parse_json(body: &[u8]) -> Result<Value, Rejection> {
     let problem = Cell::new(None);
     let mut de = serde_json::Deserializer::from_slice(body);
-    let parsed = StrictValue { depth: 0, problem: &problem }
-        .deserialize(&mut de)
-        .and_then(|v| de.end().map(|()| v));
-    parsed.map_err(|err| problem.take().unwrap_or_else(|| Rejection::MalformedJson(err.to_string())))
+    let parsed = StrictValue {
+        depth: 0,
+        problem: &problem,
+    }
+    .deserialize(&mut de)
+    .and_then(|v| de.end().map(|()| v));
+    parsed.map_err(|err| {
+        problem
+            .take()
+            .unwrap_or_else(|| Rejection::MalformedJson(err.to_string()))
+    })
 }
 
 #[derive(Clone, Copy)]
@@ -290,7 +313,10 @@ struct StrictValue<'p> {
 
 impl StrictValue<'_> {
     fn nested(self) -> Self {
-        StrictValue { depth: self.depth + 1, problem: self.problem }
+        StrictValue {
+            depth: self.depth + 1,
+            problem: self.problem,
+        }
     }
 
     fn fail<E: de::Error>(self, rejection: Rejection) -> E {
@@ -404,9 +430,15 @@ mod tests {
         let body = r#"{"passphrase":"s3cret-token-123","ticker":"BTCUSDT"}"#;
         let alert = intake().accept(request("application/json", body)).unwrap();
         assert_eq!(alert.kind, AlertKind::Json);
-        assert_eq!(alert.json.unwrap(), serde_json::json!({"ticker": "BTCUSDT"}));
+        assert_eq!(
+            alert.json.unwrap(),
+            serde_json::json!({"ticker": "BTCUSDT"})
+        );
         assert!(!alert.body.contains(TOKEN));
-        assert_eq!(alert.body, r#"{"passphrase":"[redacted]","ticker":"BTCUSDT"}"#);
+        assert_eq!(
+            alert.body,
+            r#"{"passphrase":"[redacted]","ticker":"BTCUSDT"}"#
+        );
     }
 
     #[test]
@@ -447,26 +479,47 @@ mod tests {
         assert_eq!(rules.accept(req).unwrap_err(), Rejection::InvalidSecret);
         let req = request("application/json", r#"{"passphrase":12345678}"#);
         assert_eq!(rules.accept(req).unwrap_err(), Rejection::InvalidSecret);
-        let req = request("application/json", r#"{"nested":{"passphrase":"s3cret-token-123"}}"#);
+        let req = request(
+            "application/json",
+            r#"{"nested":{"passphrase":"s3cret-token-123"}}"#,
+        );
         assert_eq!(rules.accept(req).unwrap_err().code(), "missing_secret");
     }
 
     #[test]
     fn content_types_are_checked() {
-        assert_eq!(parse_content_type(b"application/json").unwrap(), AlertKind::Json);
-        assert_eq!(parse_content_type(b"Application/JSON; charset=utf-8").unwrap(), AlertKind::Json);
-        assert_eq!(parse_content_type(b"text/plain;charset=\"UTF-8\"").unwrap(), AlertKind::Text);
+        assert_eq!(
+            parse_content_type(b"application/json").unwrap(),
+            AlertKind::Json
+        );
+        assert_eq!(
+            parse_content_type(b"Application/JSON; charset=utf-8").unwrap(),
+            AlertKind::Json
+        );
+        assert_eq!(
+            parse_content_type(b"text/plain;charset=\"UTF-8\"").unwrap(),
+            AlertKind::Text
+        );
         assert_eq!(
             parse_content_type(b"text/plain; charset=latin1").unwrap_err(),
             Rejection::UnsupportedCharset("latin1".into())
         );
-        assert_eq!(parse_content_type(b"application/xml").unwrap_err().code(), "unsupported_media_type");
+        assert_eq!(
+            parse_content_type(b"application/xml").unwrap_err().code(),
+            "unsupported_media_type"
+        );
         let mut req = request("text/plain", "x");
         req.content_type = None;
-        assert_eq!(intake().accept(req).unwrap_err(), Rejection::MissingContentType);
+        assert_eq!(
+            intake().accept(req).unwrap_err(),
+            Rejection::MissingContentType
+        );
         let mut req = request("text/plain", "x");
         req.content_encoding = Some(b"gzip");
-        assert_eq!(intake().accept(req).unwrap_err().code(), "unsupported_encoding");
+        assert_eq!(
+            intake().accept(req).unwrap_err().code(),
+            "unsupported_encoding"
+        );
     }
 
     #[test]
@@ -479,14 +532,29 @@ mod tests {
         };
         assert_eq!(with_token("text/plain", ""), Err("empty_body"));
         assert_eq!(with_token("text/plain", " \n"), Err("empty_body"));
-        assert_eq!(with_token("text/plain", &"x".repeat(1025)), Err("payload_too_large"));
+        assert_eq!(
+            with_token("text/plain", &"x".repeat(1025)),
+            Err("payload_too_large")
+        );
         assert_eq!(with_token("text/plain", &"x".repeat(1024)), Ok(()));
         assert_eq!(with_token("text/plain", "a\0b"), Err("nul_byte"));
         assert_eq!(with_token("application/json", "{"), Err("malformed_json"));
-        assert_eq!(with_token("application/json", "{} {}"), Err("malformed_json"));
-        assert_eq!(with_token("application/json", r#"{"a":1,"a":2}"#), Err("duplicate_key"));
-        assert_eq!(with_token("application/json", r#"{"x":{"a":1,"a":2}}"#), Err("duplicate_key"));
-        assert_eq!(with_token("application/json", r#"{"a\u0000":1}"#), Err("nul_in_key"));
+        assert_eq!(
+            with_token("application/json", "{} {}"),
+            Err("malformed_json")
+        );
+        assert_eq!(
+            with_token("application/json", r#"{"a":1,"a":2}"#),
+            Err("duplicate_key")
+        );
+        assert_eq!(
+            with_token("application/json", r#"{"x":{"a":1,"a":2}}"#),
+            Err("duplicate_key")
+        );
+        assert_eq!(
+            with_token("application/json", r#"{"a\u0000":1}"#),
+            Err("nul_in_key")
+        );
         let deep = format!("{}{}", "[".repeat(33), "]".repeat(33));
         assert_eq!(with_token("application/json", &deep), Err("json_too_deep"));
         let ok = format!("{}{}", "[".repeat(32), "]".repeat(32));
@@ -505,13 +573,22 @@ mod tests {
         assert_eq!(alert.dedup_key.as_deref(), Some("Long Entry 7"));
         let mut req = request("application/json", body);
         req.idempotency_key = Some(b"abc-1");
-        assert_eq!(rules.accept(req).unwrap().dedup_key.as_deref(), Some("abc-1"));
+        assert_eq!(
+            rules.accept(req).unwrap().dedup_key.as_deref(),
+            Some("abc-1")
+        );
         let mut req = request("application/json", body);
         req.idempotency_key = Some(b"");
-        assert_eq!(rules.accept(req).unwrap_err(), Rejection::InvalidIdempotencyKey);
+        assert_eq!(
+            rules.accept(req).unwrap_err(),
+            Rejection::InvalidIdempotencyKey
+        );
         let long = "k".repeat(MAX_IDEMPOTENCY_KEY_LEN + 1);
         let mut req = request("application/json", body);
         req.idempotency_key = Some(long.as_bytes());
-        assert_eq!(rules.accept(req).unwrap_err(), Rejection::InvalidIdempotencyKey);
+        assert_eq!(
+            rules.accept(req).unwrap_err(),
+            Rejection::InvalidIdempotencyKey
+        );
     }
 }

@@ -88,17 +88,29 @@ impl Queue {
     /// is bounded by the same `timeout`, and the connection is re-established on its own.
     pub async fn connect(url: &str, timeout: Duration) -> Result<Self, QueueError> {
         let conn = manager(url, timeout).await?;
-        Ok(Queue { conn, timeout, enqueue_once: Script::new(ENQUEUE_ONCE) })
+        Ok(Queue {
+            conn,
+            timeout,
+            enqueue_once: Script::new(ENQUEUE_ONCE),
+        })
     }
 
     pub async fn ping(&self) -> Result<(), QueueError> {
         let mut conn = self.conn.clone();
-        bounded(self.timeout, redis::cmd("PING").query_async::<String>(&mut conn)).await?;
+        bounded(
+            self.timeout,
+            redis::cmd("PING").query_async::<String>(&mut conn),
+        )
+        .await?;
         Ok(())
     }
 
     /// Adds the alert's job, unless its dedup key was seen within `dedup_ttl`.
-    pub async fn enqueue(&self, alert: &Alert, dedup_ttl: Duration) -> Result<Enqueued, QueueError> {
+    pub async fn enqueue(
+        &self,
+        alert: &Alert,
+        dedup_ttl: Duration,
+    ) -> Result<Enqueued, QueueError> {
         let id = alert.id.to_string();
         let received_at = alert.received_at.timestamp_millis().to_string();
         let mut fields: Vec<(&str, &str)> = vec![
@@ -117,13 +129,15 @@ impl Queue {
         let mut conn = self.conn.clone();
 
         let Some(key) = &alert.dedup_key else {
-            let entry: String =
-                bounded(self.timeout, conn.xadd(STREAM, "*", &fields)).await?;
+            let entry: String = bounded(self.timeout, conn.xadd(STREAM, "*", &fields)).await?;
             return Ok(Enqueued::Queued { entry });
         };
 
         let mut invocation = self.enqueue_once.key(STREAM);
-        invocation.key(dedup_key(key)).arg(&id).arg(dedup_ttl.as_secs().max(1));
+        invocation
+            .key(dedup_key(key))
+            .arg(&id)
+            .arg(dedup_ttl.as_secs().max(1));
         for (name, value) in &fields {
             invocation.arg(*name).arg(*value);
         }
@@ -155,7 +169,12 @@ impl Consumer {
     ) -> Result<Self, QueueError> {
         let conn = manager(url, timeout).await?;
         let reader = manager(url, block + timeout).await?;
-        Ok(Consumer { conn, reader, timeout, name: name.to_owned() })
+        Ok(Consumer {
+            conn,
+            reader,
+            timeout,
+            name: name.to_owned(),
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -166,8 +185,11 @@ impl Consumer {
     /// stream, so jobs queued before the first worker ever ran are processed too.
     pub async fn ensure_group(&self) -> Result<(), QueueError> {
         let mut conn = self.conn.clone();
-        let created: Result<String, QueueError> =
-            bounded(self.timeout, conn.xgroup_create_mkstream(STREAM, GROUP, "0")).await;
+        let created: Result<String, QueueError> = bounded(
+            self.timeout,
+            conn.xgroup_create_mkstream(STREAM, GROUP, "0"),
+        )
+        .await;
         match created {
             Ok(_) => Ok(()),
             Err(QueueError::Redis(err)) if err.code() == Some("BUSYGROUP") => Ok(()),
@@ -185,7 +207,9 @@ impl Consumer {
         pending: bool,
     ) -> Result<Vec<Delivery>, QueueError> {
         let mut conn = self.reader.clone();
-        let mut options = StreamReadOptions::default().group(GROUP, &self.name).count(count);
+        let mut options = StreamReadOptions::default()
+            .group(GROUP, &self.name)
+            .count(count);
         if !pending {
             options = options.block(block.as_millis() as usize);
         }
@@ -207,15 +231,22 @@ impl Consumer {
         }
         let mut conn = self.conn.clone();
         let mut pipe = redis::pipe();
-        pipe.atomic().xack(STREAM, GROUP, entries).ignore().xdel(STREAM, entries).ignore();
+        pipe.atomic()
+            .xack(STREAM, GROUP, entries)
+            .ignore()
+            .xdel(STREAM, entries)
+            .ignore();
         bounded(self.timeout, pipe.query_async::<()>(&mut conn)).await?;
         Ok(())
     }
 
     /// Moves an entry to the dead-letter stream with the reason, then acknowledges it.
     pub async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), QueueError> {
-        let mut fields: Vec<(&str, &str)> =
-            delivery.fields.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let mut fields: Vec<(&str, &str)> = delivery
+            .fields
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         fields.push(("reason", reason));
         fields.push(("entry", &delivery.entry));
         let mut conn = self.conn.clone();
@@ -247,20 +278,32 @@ impl Delivery {
             })
             .collect();
         let job = Job::from_fields(&fields.iter().cloned().collect());
-        Delivery { entry: entry.id, job, fields }
+        Delivery {
+            entry: entry.id,
+            job,
+            fields,
+        }
     }
 }
 
 impl Job {
     fn from_fields(fields: &HashMap<String, String>) -> Result<Job, String> {
-        let get = |name: &str| fields.get(name).ok_or_else(|| format!("job has no field {name:?}"));
-        let id = get("id")?.parse::<EventId>().map_err(|e| format!("job id: {e}"))?;
+        let get = |name: &str| {
+            fields
+                .get(name)
+                .ok_or_else(|| format!("job has no field {name:?}"))
+        };
+        let id = get("id")?
+            .parse::<EventId>()
+            .map_err(|e| format!("job id: {e}"))?;
         let received_at = get("received_at")?
             .parse::<i64>()
             .ok()
             .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
             .ok_or("job received_at is not a time in milliseconds")?;
-        let kind = get("kind")?.parse::<AlertKind>().map_err(|()| "job kind is not json or text")?;
+        let kind = get("kind")?
+            .parse::<AlertKind>()
+            .map_err(|()| "job kind is not json or text")?;
         Ok(Job {
             id,
             received_at,
@@ -291,7 +334,11 @@ async fn manager(url: &str, response_timeout: Duration) -> Result<ConnectionMana
         .set_response_timeout(Some(response_timeout))
         .set_number_of_retries(1)
         .set_max_delay(Duration::from_secs(2));
-    let conn = bounded(response_timeout + Duration::from_secs(1), client.get_connection_manager_with_config(config)).await?;
+    let conn = bounded(
+        response_timeout + Duration::from_secs(1),
+        client.get_connection_manager_with_config(config),
+    )
+    .await?;
     Ok(conn)
 }
 

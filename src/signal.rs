@@ -51,7 +51,10 @@ const TIME: &[&str] = &["time", "timenow", "timestamp"];
 
 impl Signal {
     pub fn from_text(text: &str) -> Signal {
-        Signal { text: Some(text.to_owned()), ..Signal::default() }
+        Signal {
+            text: Some(text.to_owned()),
+            ..Signal::default()
+        }
     }
 
     pub fn from_json(value: &Value) -> Result<Signal, SignalError> {
@@ -62,11 +65,12 @@ impl Signal {
         let mut ticker = find_string(root, TICKER);
         let mut exchange = find_string(root, EXCHANGE);
         // "NASDAQ:AAPL" names the exchange too.
-        if let Some((prefix, symbol)) = ticker.as_deref().and_then(|t| t.split_once(':')) {
-            if !prefix.is_empty() && !symbol.is_empty() {
-                exchange.get_or_insert_with(|| prefix.to_owned());
-                ticker = Some(symbol.to_owned());
-            }
+        if let Some((prefix, symbol)) = ticker.as_deref().and_then(|t| t.split_once(':'))
+            && !prefix.is_empty()
+            && !symbol.is_empty()
+        {
+            exchange.get_or_insert_with(|| prefix.to_owned());
+            ticker = Some(symbol.to_owned());
         }
         Ok(Signal {
             ticker,
@@ -120,7 +124,10 @@ fn find_number(
     let not_a_number = |value: String| SignalError::NotANumber { field, value };
     match find(root, keys) {
         None => Ok(None),
-        Some(Value::Number(n)) => n.as_f64().map(Some).ok_or_else(|| not_a_number(n.to_string())),
+        Some(Value::Number(n)) => n
+            .as_f64()
+            .map(Some)
+            .ok_or_else(|| not_a_number(n.to_string())),
         Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
         Some(Value::String(s)) => match s.trim().parse::<f64>() {
             Ok(n) if n.is_finite() => Ok(Some(n)),
@@ -137,8 +144,15 @@ fn parse_time(value: &Value) -> Option<DateTime<Utc>> {
         Value::String(s) => DateTime::parse_from_rfc3339(s.trim())
             .ok()
             .map(|t| t.with_timezone(&Utc))
-            .or_else(|| s.trim().parse::<i64>().ok().and_then(|ms| Utc.timestamp_millis_opt(ms).single())),
-        Value::Number(n) => n.as_i64().and_then(|ms| Utc.timestamp_millis_opt(ms).single()),
+            .or_else(|| {
+                s.trim()
+                    .parse::<i64>()
+                    .ok()
+                    .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
+            }),
+        Value::Number(n) => n
+            .as_i64()
+            .and_then(|ms| Utc.timestamp_millis_opt(ms).single()),
         _ => None,
     }
 }
@@ -163,7 +177,10 @@ mod tests {
         assert_eq!(signal.quantity, Some(0.015));
         assert_eq!(signal.price, Some(67234.5));
         assert_eq!(signal.strategy.as_deref(), Some("EMA Cross 9/21"));
-        assert_eq!(signal.alert_time.unwrap().to_rfc3339(), "2026-11-28T14:15:00+00:00");
+        assert_eq!(
+            signal.alert_time.unwrap().to_rfc3339(),
+            "2026-11-28T14:15:00+00:00"
+        );
     }
 
     #[test]
@@ -190,20 +207,39 @@ mod tests {
     #[test]
     fn a_price_that_is_not_a_number_is_a_permanent_failure() {
         let err = Signal::from_json(&json!({"ticker": "X", "price": "{{close}}"})).unwrap_err();
-        assert_eq!(err, SignalError::NotANumber { field: "price", value: "{{close}}".into() });
+        assert_eq!(
+            err,
+            SignalError::NotANumber {
+                field: "price",
+                value: "{{close}}".into()
+            }
+        );
         assert!(Signal::from_json(&json!({"contracts": true})).is_err());
     }
 
     #[test]
     fn text_and_scalar_alerts_keep_their_text() {
-        assert_eq!(Signal::from_text("BTCUSDT Crossing").text.as_deref(), Some("BTCUSDT Crossing"));
-        assert_eq!(Signal::from_json(&json!([1, 2])).unwrap().text.as_deref(), Some("[1,2]"));
+        assert_eq!(
+            Signal::from_text("BTCUSDT Crossing").text.as_deref(),
+            Some("BTCUSDT Crossing")
+        );
+        assert_eq!(
+            Signal::from_json(&json!([1, 2])).unwrap().text.as_deref(),
+            Some("[1,2]")
+        );
     }
 
     #[test]
     fn times_parse_as_rfc3339_or_epoch_milliseconds() {
-        let t = Signal::from_json(&json!({"time": 1764339300000_i64})).unwrap().alert_time;
+        let t = Signal::from_json(&json!({"time": 1764339300000_i64}))
+            .unwrap()
+            .alert_time;
         assert_eq!(t.unwrap().timestamp_millis(), 1764339300000);
-        assert!(Signal::from_json(&json!({"time": "yesterday"})).unwrap().alert_time.is_none());
+        assert!(
+            Signal::from_json(&json!({"time": "yesterday"}))
+                .unwrap()
+                .alert_time
+                .is_none()
+        );
     }
 }

@@ -21,7 +21,10 @@ pub enum StartupError {
     #[error("cannot reach MongoDB: {0}")]
     Mongo(#[from] StoreError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: String, source: std::io::Error },
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("USE_SSL=true: pyron-api does not serve HTTPS itself yet; terminate TLS in NGINX")]
     TlsUnsupported,
 }
@@ -44,9 +47,12 @@ impl Api {
         }
         let queue = Queue::connect(config.redis_url.expose(), config.store_timeout).await?;
         queue.ping().await?;
-        let store =
-            Store::connect(config.mongo_uri.expose(), &config.mongo_db, config.store_timeout)
-                .await?;
+        let store = Store::connect(
+            config.mongo_uri.expose(),
+            &config.mongo_db,
+            config.store_timeout,
+        )
+        .await?;
         store.ping().await?;
 
         let state = Arc::new(AppState {
@@ -61,11 +67,17 @@ impl Api {
             dedup_ttl: config.dedup_ttl,
         });
         let listener = bind(&config.bind).await?;
-        Ok(Api { listener, router: http::router(state) })
+        Ok(Api {
+            listener,
+            router: http::router(state),
+        })
     }
 
     /// Serves until `shutdown` completes, then lets in-flight requests finish.
-    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         match self.listener {
             Listener::Tcp(l) => {
                 axum::serve(l, self.router.into_make_service_with_connect_info::<Peer>())
@@ -82,9 +94,15 @@ impl Api {
 }
 
 async fn bind(addr: &BindAddr) -> Result<Listener, StartupError> {
-    let fail = |source| StartupError::Bind { addr: addr.to_string(), source };
+    let fail = |source| StartupError::Bind {
+        addr: addr.to_string(),
+        source,
+    };
     match addr {
-        BindAddr::Tcp(socket) => TcpListener::bind(socket).await.map(Listener::Tcp).map_err(fail),
+        BindAddr::Tcp(socket) => TcpListener::bind(socket)
+            .await
+            .map(Listener::Tcp)
+            .map_err(fail),
         BindAddr::Unix(path) => {
             remove_stale_socket(path).map_err(fail)?;
             UnixListener::bind(path).map(Listener::Unix).map_err(fail)

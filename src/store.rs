@@ -93,9 +93,14 @@ impl Store {
         let mut options = ClientOptions::parse(uri).await?;
         options.app_name.get_or_insert_with(|| "pyron".to_owned());
         options.server_selection_timeout = Some(timeout);
-        options.connect_timeout.get_or_insert(Duration::from_secs(1));
+        options
+            .connect_timeout
+            .get_or_insert(Duration::from_secs(1));
         let client = Client::with_options(options)?;
-        Ok(Store { db: client.database(db), timeout })
+        Ok(Store {
+            db: client.database(db),
+            timeout,
+        })
     }
 
     pub fn database(&self) -> &Database {
@@ -103,13 +108,18 @@ impl Store {
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.bounded(self.db.run_command(doc! { "ping": 1 })).await?;
+        self.bounded(self.db.run_command(doc! { "ping": 1 }))
+            .await?;
         Ok(())
     }
 
     /// Writes the audit record of an alert. Writing the same alert twice is not an error,
     /// so a retry after a lost reply does no harm.
-    pub async fn insert_audit(&self, alert: &Alert, arrival: Arrival<'_>) -> Result<(), StoreError> {
+    pub async fn insert_audit(
+        &self,
+        alert: &Alert,
+        arrival: Arrival<'_>,
+    ) -> Result<(), StoreError> {
         let mut record = audit_record(
             alert.id,
             alert.received_at,
@@ -145,7 +155,7 @@ impl Store {
             return Ok(());
         }
         let jobs: Vec<Document> = batch.iter().map(|p| job_upsert(&p.outcome)).collect();
-        self.update_many(JOBS, jobs).await?;
+        self.update_many(JOBS, jobs, false).await?;
         let audits: Vec<Document> = batch
             .iter()
             .map(|Processed { job, json, .. }| {
@@ -168,10 +178,17 @@ impl Store {
                 }
             })
             .collect();
-        self.update_many(AUDIT, audits).await
+        // An upsert racing the API's insert of the same record can lose with a duplicate
+        // key error; the record exists then, which is all this write is for.
+        self.update_many(AUDIT, audits, true).await
     }
 
-    async fn update_many(&self, collection: &str, updates: Vec<Document>) -> Result<(), StoreError> {
+    async fn update_many(
+        &self,
+        collection: &str,
+        updates: Vec<Document>,
+        existing_is_fine: bool,
+    ) -> Result<(), StoreError> {
         let reply = self
             .bounded(self.db.run_command(doc! {
                 "update": collection,
@@ -179,12 +196,18 @@ impl Store {
                 "ordered": false,
             }))
             .await?;
-        if let Ok(errors) = reply.get_array("writeErrors") {
-            if let Some(first) = errors.first() {
-                return Err(StoreError::Refused(first.to_string()));
-            }
+        let errors = reply
+            .get_array("writeErrors")
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let refused = errors.iter().find(|e| {
+            let code = e.as_document().and_then(|d| d.get_i32("code").ok());
+            !(existing_is_fine && code == Some(DUPLICATE_KEY))
+        });
+        match refused {
+            Some(error) => Err(StoreError::Refused(error.to_string())),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     async fn bounded<T>(
@@ -247,7 +270,7 @@ fn job_upsert(outcome: &Outcome) -> Document {
     let mut unset = Document::new();
     match &outcome.signal {
         Some(signal) => {
-            set.insert("signal", bson::to_bson(signal).unwrap_or(Bson::Null));
+            set.insert("signal", signal_document(signal));
         }
         None => {
             unset.insert("signal", "");
@@ -261,11 +284,38 @@ fn job_upsert(outcome: &Outcome) -> Document {
             unset.insert("error", "");
         }
     }
-    let mut update = doc! { "$set": set, "$inc": { "attempts": 1 } };
+    let mut update = doc! { "$set": set, "$inc": { "attempts": 1_i64 } };
     if !unset.is_empty() {
         update.insert("$unset", unset);
     }
     doc! { "q": { "_id": outcome.id.to_string() }, "u": update, "upsert": true }
+}
+
+/// The signal with its time as a BSON date, so it sorts and filters as one.
+fn signal_document(signal: &Signal) -> Document {
+    let mut document = Document::new();
+    let strings = [
+        ("ticker", &signal.ticker),
+        ("exchange", &signal.exchange),
+        ("interval", &signal.interval),
+        ("action", &signal.action),
+        ("strategy", &signal.strategy),
+        ("text", &signal.text),
+    ];
+    for (key, value) in strings {
+        if let Some(value) = value {
+            document.insert(key, value);
+        }
+    }
+    for (key, value) in [("price", signal.price), ("quantity", signal.quantity)] {
+        if let Some(value) = value {
+            document.insert(key, value);
+        }
+    }
+    if let Some(time) = signal.alert_time {
+        document.insert("alert_time", bson::DateTime::from_chrono(time));
+    }
+    document
 }
 
 /// JSON to BSON within what every MongoDB-compatible server stores.
@@ -325,6 +375,10 @@ mod tests {
     fn unportable_json_is_refused_with_a_reason() {
         assert!(to_bson(&json!({"a.b": 1}), 0).unwrap_err().contains("a.b"));
         assert!(to_bson(&json!({"x": {"$where": 1}}), 0).is_err());
-        assert!(to_bson(&json!({"m": [[1, 2]]}), 0).unwrap_err().contains("array inside"));
+        assert!(
+            to_bson(&json!({"m": [[1, 2]]}), 0)
+                .unwrap_err()
+                .contains("array inside")
+        );
     }
 }

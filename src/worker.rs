@@ -49,9 +49,12 @@ impl Worker {
         )
         .await?;
         consumer.ensure_group().await?;
-        let store =
-            Store::connect(config.mongo_uri.expose(), &config.mongo_db, config.store_timeout)
-                .await?;
+        let store = Store::connect(
+            config.mongo_uri.expose(),
+            &config.mongo_db,
+            config.store_timeout,
+        )
+        .await?;
         store.ping().await?;
         Ok(Worker {
             consumer,
@@ -122,9 +125,17 @@ impl Worker {
                 ),
             }
         }
-        for record in records.iter().filter(|r| r.outcome.status == JobStatus::Dead) {
-            let delivery = batch.iter().find(|d| d.entry == record.outcome.entry).expect("from batch");
-            self.consumer.dead_letter(delivery, record.outcome.error.as_deref().unwrap_or("")).await?;
+        for record in records
+            .iter()
+            .filter(|r| r.outcome.status == JobStatus::Dead)
+        {
+            let delivery = batch
+                .iter()
+                .find(|d| d.entry == record.outcome.entry)
+                .expect("from batch");
+            self.consumer
+                .dead_letter(delivery, record.outcome.error.as_deref().unwrap_or(""))
+                .await?;
         }
         for (delivery, reason) in unreadable {
             tracing::error!(entry = %delivery.entry, reason = %reason, "unreadable stream entry moved to dead letters");

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::{Json, extract::State, http::StatusCode};
 use serde_json::{Value, json};
 
-use super::{AppState, ApiError};
+use super::{ApiError, AppState};
 
 pub async fn alive() -> Json<Value> {
     Json(json!({ "status": "ok" }))
@@ -14,7 +14,9 @@ pub async fn alive() -> Json<Value> {
 pub async fn ready(State(app): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
     let (redis, mongo) = tokio::join!(app.queue.ping(), app.store.ping());
     match (redis, mongo) {
-        (Ok(()), Ok(())) => Ok(Json(json!({ "status": "ready", "redis": "ok", "mongodb": "ok" }))),
+        (Ok(()), Ok(())) => Ok(Json(
+            json!({ "status": "ready", "redis": "ok", "mongodb": "ok" }),
+        )),
         (redis, mongo) => {
             let problems: Vec<String> = [
                 redis.err().map(|e| e.to_string()),
@@ -25,7 +27,11 @@ pub async fn ready(State(app): State<Arc<AppState>>) -> Result<Json<Value>, ApiE
             .collect();
             Err(ApiError {
                 retry_after: Some(1),
-                ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", problems.join("; "))
+                ..ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not_ready",
+                    problems.join("; "),
+                )
             })
         }
     }

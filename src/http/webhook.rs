@@ -56,7 +56,12 @@ async fn handle(
     let sender = peer.0.map(|addr| addr.ip().to_string());
     let result = accept(app, sender.clone(), token, headers, body).await;
     if let Err(err) = &result {
-        tracing::info!(code = err.code, status = err.status.as_u16(), sender, "alert rejected");
+        tracing::info!(
+            code = err.code,
+            status = err.status.as_u16(),
+            sender,
+            "alert rejected"
+        );
     }
     result
 }
@@ -79,18 +84,30 @@ async fn accept(
         sender,
     })?;
 
-    let enqueued = app.queue.enqueue(&alert, app.dedup_ttl).await.map_err(|err| {
-        tracing::error!(event_id = %alert.id, error = %err, "alert not queued");
-        ApiError::storage_unavailable("the queue is unavailable; the alert was not accepted")
-    })?;
+    let enqueued = app
+        .queue
+        .enqueue(&alert, app.dedup_ttl)
+        .await
+        .map_err(|err| {
+            tracing::error!(event_id = %alert.id, error = %err, "alert not queued");
+            ApiError::storage_unavailable("the queue is unavailable; the alert was not accepted")
+        })?;
     let (arrival, ack) = match &enqueued {
         Enqueued::Queued { entry } => (
             Arrival::Queued { entry },
-            Ack { id: alert.id.to_string(), status: "queued", duplicate_of: None },
+            Ack {
+                id: alert.id.to_string(),
+                status: "queued",
+                duplicate_of: None,
+            },
         ),
         Enqueued::Duplicate { first } => (
             Arrival::Duplicate { first },
-            Ack { id: alert.id.to_string(), status: "duplicate", duplicate_of: Some(first.clone()) },
+            Ack {
+                id: alert.id.to_string(),
+                status: "duplicate",
+                duplicate_of: Some(first.clone()),
+            },
         ),
     };
     // The job is durable in Redis now. Should this write fail, the worker writes the audit
@@ -110,7 +127,11 @@ async fn accept(
 
 /// Reads the body, refusing it as soon as it passes `limit`, whether the length was
 /// declared up front or the body arrives chunked.
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<bytes::Bytes, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what Pyron's local stack and tests need on Debian: redis-server, curl and
+# openssl from apt, and a MongoDB wire server. A `mongod` on PATH is used as it is;
+# otherwise FerretDB (its embeddable package with the SQLite backend) is built with Go
+# into .tools/bin/pyron-ferretdb. Safe to run again: it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v redis-server >/dev/null || need_apt+=(redis-server)
+command -v curl >/dev/null || need_apt+=(curl)
+command -v openssl >/dev/null || need_apt+=(openssl)
+if ((${#need_apt[@]})); then
+  echo "==> installing ${need_apt[*]} from apt"
+  sudo_cmd=()
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if command -v mongod >/dev/null; then
+  echo "==> MongoDB wire server: mongod ($(command -v mongod))"
+elif [ -x .tools/bin/pyron-ferretdb ] && [ .tools/bin/pyron-ferretdb -nt tools/ferretdb/go.sum ]; then
+  echo "==> MongoDB wire server: FerretDB (.tools/bin/pyron-ferretdb)"
+else
+  command -v go >/dev/null || { echo "Go is needed to build FerretDB: install golang (1.22 or newer)" >&2; exit 1; }
+  echo "==> building FerretDB v1.24.2 (SQLite backend) into .tools/bin"
+  mkdir -p .tools/bin
+  (cd tools/ferretdb && go build -trimpath -o ../../.tools/bin/pyron-ferretdb .)
+fi

@@ -1,0 +1,483 @@
+//! Shared helpers for the integration tests: each test gets its own `redis-server`, its own
+//! MongoDB wire server (`mongod` when on `PATH`, else the project's FerretDB build), and the
+//! real `pyron-api` and `pyron-worker` binaries, all on free loopback ports in a temporary
+//! directory that disappears with the test.
+
+#![allow(dead_code)]
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use bson::{Document, doc};
+use futures_util::TryStreamExt;
+use tempfile::TempDir;
+
+pub const TOKEN: &str = "change-me";
+
+/// How long a test waits for something that should happen at once.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Finds the MongoDB wire server to run: `mongod` on `PATH`, else `pyron-ferretdb` as built
+/// by `scripts/install-deps.sh` (or named by `PYRON_FERRETDB`).
+fn mongo_server() -> (PathBuf, bool) {
+    if let Some(mongod) = which("mongod") {
+        return (mongod, true);
+    }
+    let candidates = [
+        std::env::var_os("PYRON_FERRETDB").map(PathBuf::from),
+        Some(repo_root().join(".tools/bin/pyron-ferretdb")),
+        which("pyron-ferretdb"),
+    ];
+    match candidates.into_iter().flatten().find(|p| p.is_file()) {
+        Some(ferretdb) => (ferretdb, false),
+        None => panic!(
+            "no MongoDB wire server: put `mongod` on PATH, or run scripts/install-deps.sh \
+             to build FerretDB into .tools/bin"
+        ),
+    }
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .map(|paths| {
+            std::env::split_paths(&paths)
+                .map(|p| p.join(name))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default()
+        .into_iter()
+        .find(|p| p.is_file())
+}
+
+fn wait_for_port(port: u16, what: &str, child: &mut Child, log: &Path) {
+    let deadline = Instant::now() + PATIENCE;
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited with {status}: {}", tail(log));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{what} did not listen on port {port}: {}", tail(log));
+}
+
+fn tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+fn log_file(dir: &Path, name: &str) -> (PathBuf, Stdio, Stdio) {
+    let path = dir.join(format!("{name}.log"));
+    let file = std::fs::File::create(&path).unwrap();
+    (
+        path,
+        Stdio::from(file.try_clone().unwrap()),
+        Stdio::from(file),
+    )
+}
+
+/// A child process that is killed when dropped.
+pub struct Process {
+    pub name: String,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Process {
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{} ignored SIGTERM", self.name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- {} log ---\n{}", self.name, tail(&self.log));
+        }
+        self.kill();
+    }
+}
+
+/// Redis and a MongoDB wire server, fresh for one test.
+/// Fields drop in order: the processes go before the directory holding their logs.
+pub struct Stores {
+    pub redis_port: u16,
+    pub mongo_port: u16,
+    pub redis: Process,
+    pub mongo: Process,
+    pub mongo_is_mongod: bool,
+    pub dir: TempDir,
+}
+
+impl Stores {
+    pub fn start() -> Stores {
+        let dir = tempfile::Builder::new()
+            .prefix("pyron-test-")
+            .tempdir()
+            .unwrap();
+        let redis_port = free_port();
+        let redis = start_redis(dir.path(), redis_port);
+        let mongo_port = free_port();
+        let (mongo, mongo_is_mongod) = start_mongo(dir.path(), mongo_port);
+        Stores {
+            redis_port,
+            mongo_port,
+            redis,
+            mongo,
+            mongo_is_mongod,
+            dir,
+        }
+    }
+
+    pub fn redis_url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.redis_port)
+    }
+
+    pub fn mongo_uri(&self) -> String {
+        format!("mongodb://127.0.0.1:{}", self.mongo_port)
+    }
+
+    pub fn restart_redis(&mut self) {
+        self.redis.kill();
+        self.redis = start_redis(self.dir.path(), self.redis_port);
+    }
+
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.redis_url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    pub async fn db(&self, name: &str) -> mongodb::Database {
+        mongodb::Client::with_uri_str(self.mongo_uri())
+            .await
+            .unwrap()
+            .database(name)
+    }
+}
+
+fn start_redis(dir: &Path, port: u16) -> Process {
+    let data = dir.join("redis");
+    std::fs::create_dir_all(&data).unwrap();
+    let (log, out, err) = log_file(dir, "redis");
+    let mut child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .args(["--appendonly", "yes", "--appendfsync", "everysec"])
+        .arg("--dir")
+        .arg(&data)
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .expect("redis-server not found: run scripts/install-deps.sh");
+    wait_for_port(port, "redis-server", &mut child, &log);
+    Process {
+        name: "redis-server".into(),
+        child,
+        log,
+    }
+}
+
+fn start_mongo(dir: &Path, port: u16) -> (Process, bool) {
+    let (binary, is_mongod) = mongo_server();
+    let data = dir.join("mongo");
+    std::fs::create_dir_all(&data).unwrap();
+    let (log, out, err) = log_file(dir, "mongo");
+    let mut command = Command::new(&binary);
+    if is_mongod {
+        command.args([
+            "--port",
+            &port.to_string(),
+            "--bind_ip",
+            "127.0.0.1",
+            "--quiet",
+        ]);
+        command.arg("--dbpath").arg(&data);
+    } else {
+        command.args(["--listen-addr", &format!("127.0.0.1:{port}")]);
+        command
+            .arg("--sqlite-dir")
+            .arg(&data)
+            .args(["--log-level", "error"]);
+    }
+    let mut child = command.stdout(out).stderr(err).spawn().unwrap();
+    wait_for_port(port, "MongoDB wire server", &mut child, &log);
+    (
+        Process {
+            name: "mongo".into(),
+            child,
+            log,
+        },
+        is_mongod,
+    )
+}
+
+/// The two Pyron binaries running against a test's `Stores`.
+pub struct App {
+    pub port: u16,
+    pub api: Option<Process>,
+    pub worker: Option<Process>,
+    pub db_name: String,
+    pub env: Vec<(String, String)>,
+    pub http: reqwest::Client,
+    pub stores: Stores,
+}
+
+impl App {
+    /// Starts the stores, pyron-api and pyron-worker with the test token.
+    pub async fn start() -> App {
+        Self::start_with(&[]).await
+    }
+
+    pub async fn start_with(extra: &[(&str, &str)]) -> App {
+        let mut app = Self::stores_only(extra);
+        app.start_api().await;
+        app.start_worker();
+        app
+    }
+
+    /// Prepares the environment without starting either binary.
+    pub fn stores_only(extra: &[(&str, &str)]) -> App {
+        let stores = Stores::start();
+        let port = free_port();
+        let db_name = "pyron".to_owned();
+        let mut env: Vec<(String, String)> = vec![
+            ("PYRON_BIND".into(), format!("127.0.0.1:{port}")),
+            ("REDIS_HOST".into(), "127.0.0.1".into()),
+            ("REDIS_PORT".into(), stores.redis_port.to_string()),
+            ("MONGO_URI".into(), stores.mongo_uri()),
+            ("MONGO_DB".into(), db_name.clone()),
+            ("PYRON_WEBHOOK_TOKEN".into(), TOKEN.into()),
+            ("PYRON_LOG".into(), "info,pyron=debug".into()),
+            ("PYRON_WORKER_BLOCK_MS".into(), "200".into()),
+        ];
+        for (k, v) in extra {
+            env.retain(|(key, _)| key != k);
+            env.push(((*k).into(), (*v).into()));
+        }
+        App {
+            port,
+            api: None,
+            worker: None,
+            db_name,
+            env,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+            stores,
+        }
+    }
+
+    pub fn command(&self, binary: &str) -> Command {
+        let path = match binary {
+            "pyron-api" => env!("CARGO_BIN_EXE_pyron-api"),
+            "pyron-worker" => env!("CARGO_BIN_EXE_pyron-worker"),
+            other => panic!("unknown binary {other}"),
+        };
+        let mut command = Command::new(path);
+        command
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
+        command
+    }
+
+    fn spawn(&self, binary: &str) -> Process {
+        let (log, out, err) = log_file(self.stores.dir.path(), binary);
+        let child = self
+            .command(binary)
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap();
+        Process {
+            name: binary.into(),
+            child,
+            log,
+        }
+    }
+
+    pub async fn start_api(&mut self) {
+        let mut api = self.spawn("pyron-api");
+        wait_for_port(self.port, "pyron-api", &mut api.child, &api.log);
+        self.api = Some(api);
+    }
+
+    /// Starts pyron-worker and waits until it is consuming.
+    pub fn start_worker(&mut self) {
+        let mut worker = self.spawn("pyron-worker");
+        let deadline = Instant::now() + PATIENCE;
+        while !worker.log().contains("pyron-worker consuming") {
+            if let Ok(Some(status)) = worker.child.try_wait() {
+                panic!("pyron-worker exited with {status}: {}", worker.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pyron-worker did not start: {}",
+                worker.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.worker = Some(worker);
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub async fn post(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn db(&self) -> mongodb::Database {
+        self.stores.db(&self.db_name).await
+    }
+
+    pub async fn docs(&self, collection: &str, filter: Document) -> Vec<Document> {
+        let db = self.db().await;
+        db.collection::<Document>(collection)
+            .find(filter)
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap()
+    }
+
+    pub async fn count(&self, collection: &str) -> u64 {
+        self.db()
+            .await
+            .collection::<Document>(collection)
+            .count_documents(doc! {})
+            .await
+            .unwrap()
+    }
+
+    /// Waits until `collection` holds `n` documents matching `filter`.
+    pub async fn wait_for_docs(
+        &self,
+        collection: &str,
+        filter: Document,
+        n: usize,
+    ) -> Vec<Document> {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let docs = self.docs(collection, filter.clone()).await;
+            if docs.len() >= n || Instant::now() > deadline {
+                return docs;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Everything Pyron keeps in Redis: stream length and dedup keys.
+    pub async fn redis_state(&self) -> (u64, u64) {
+        let mut conn = self.stores.redis().await;
+        let len: u64 = redis::cmd("XLEN")
+            .arg("webhook-jobs")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("pyron:dedup:*")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        (len, keys.len() as u64)
+    }
+
+    pub fn api_log(&self) -> String {
+        self.api.as_ref().map(Process::log).unwrap_or_default()
+    }
+
+    pub fn worker_log(&self) -> String {
+        self.worker.as_ref().map(Process::log).unwrap_or_default()
+    }
+}
+
+/// The sample alerts in `samples/`, as (file name, content type, body).
+pub fn samples() -> Vec<(String, &'static str, Vec<u8>)> {
+    read_samples(&repo_root().join("samples"))
+}
+
+/// The team's shared samples beside the repository, when present.
+pub fn shared_samples() -> Option<Vec<(String, &'static str, Vec<u8>)>> {
+    let dir = repo_root().join("../shared/samples");
+    dir.is_dir().then(|| read_samples(&dir))
+}
+
+fn read_samples(dir: &Path) -> Vec<(String, &'static str, Vec<u8>)> {
+    let mut samples: Vec<_> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("cannot read samples in {}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter_map(|path| {
+            let content_type = match path.extension()?.to_str()? {
+                "json" => "application/json",
+                "txt" => "text/plain",
+                _ => return None,
+            };
+            let name = path.file_name()?.to_str()?.to_owned();
+            Some((name, content_type, std::fs::read(&path).unwrap()))
+        })
+        .collect();
+    samples.sort();
+    samples
+}
