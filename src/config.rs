@@ -72,6 +72,7 @@ struct Raw {
     store_timeout_ms: u64,
     worker_batch_size: usize,
     worker_block_ms: u64,
+    worker_write_timeout_ms: u64,
     worker_consumer: Option<String>,
 }
 
@@ -101,6 +102,7 @@ impl Default for Raw {
             store_timeout_ms: 800,
             worker_batch_size: 100,
             worker_block_ms: 1000,
+            worker_write_timeout_ms: 10_000,
             worker_consumer: None,
         }
     }
@@ -162,6 +164,8 @@ pub struct Config {
 pub struct WorkerConfig {
     pub batch_size: usize,
     pub block: Duration,
+    /// How long one batch write to MongoDB may take before it is retried.
+    pub write_timeout: Duration,
     pub consumer: String,
 }
 
@@ -327,6 +331,12 @@ impl Config {
         if raw.worker_block_ms == 0 {
             return Err(ConfigError::new("worker_block_ms", "must be at least 1"));
         }
+        if raw.worker_write_timeout_ms == 0 {
+            return Err(ConfigError::new(
+                "worker_write_timeout_ms",
+                "must be at least 1",
+            ));
+        }
         let consumer = match raw.worker_consumer {
             Some(name) if name.is_empty() => {
                 return Err(ConfigError::new(
@@ -355,6 +365,7 @@ impl Config {
             worker: WorkerConfig {
                 batch_size: raw.worker_batch_size,
                 block: Duration::from_millis(raw.worker_block_ms),
+                write_timeout: Duration::from_millis(raw.worker_write_timeout_ms),
                 consumer,
             },
         })

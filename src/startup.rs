@@ -65,6 +65,7 @@ impl Api {
             queue,
             store,
             dedup_ttl: config.dedup_ttl,
+            store_timeout: config.store_timeout,
         });
         let listener = bind(&config.bind).await?;
         Ok(Api {

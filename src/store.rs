@@ -37,10 +37,10 @@ pub enum StoreError {
 }
 
 /// How an alert ended up on arrival.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Arrival<'a> {
-    Queued { entry: &'a str },
-    Duplicate { first: &'a str },
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Arrival {
+    Queued { entry: String },
+    Duplicate { first: String },
 }
 
 /// One job's outcome, for the `jobs` collection.
@@ -114,12 +114,10 @@ impl Store {
     }
 
     /// Writes the audit record of an alert. Writing the same alert twice is not an error,
-    /// so a retry after a lost reply does no harm.
-    pub async fn insert_audit(
-        &self,
-        alert: &Alert,
-        arrival: Arrival<'_>,
-    ) -> Result<(), StoreError> {
+    /// so a retry after a lost reply does no harm. Not bounded by the timeout: the caller
+    /// decides how long to wait, and should let the write finish rather than abandon it
+    /// mid-flight (which FerretDB's SQLite backend handles badly).
+    pub async fn insert_audit(&self, alert: &Alert, arrival: Arrival) -> Result<(), StoreError> {
         let mut record = audit_record(
             alert.id,
             alert.received_at,
@@ -141,7 +139,7 @@ impl Store {
             }
         }
         let audit: Collection<Document> = self.db.collection(AUDIT);
-        match self.bounded(audit.insert_one(record)).await {
+        match audit.insert_one(record).await.map_err(StoreError::from) {
             Err(StoreError::Mongo(err)) if is_duplicate_key(&err) => Ok(()),
             other => other.map(drop),
         }
@@ -150,12 +148,27 @@ impl Store {
     /// Records a batch of outcomes, one `jobs` document per event id whatever the number of
     /// deliveries, and makes sure each alert also has its audit record (it is missing when
     /// MongoDB was down as the alert arrived).
+    ///
+    /// The common case, a first delivery, is one multi-document insert per collection. A
+    /// redelivered job already has its record, so its insert fails with a duplicate key and
+    /// that record alone is then updated. (Many upsert statements in one `update` command
+    /// would be simpler, but FerretDB 1.x holds a cursor open per matching statement until
+    /// the command ends, and a batch of them exhausts its SQLite pool and stalls.)
     pub async fn record(&self, batch: &[Processed<'_>]) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
         }
-        let jobs: Vec<Document> = batch.iter().map(|p| job_upsert(&p.outcome)).collect();
-        self.update_many(JOBS, jobs, false).await?;
+        let jobs: Vec<Document> = batch.iter().map(|p| job_document(&p.outcome)).collect();
+        for index in self.insert_many(JOBS, jobs).await? {
+            let update = job_update(&batch[index].outcome);
+            let reply = self
+                .bounded(
+                    self.db
+                        .run_command(doc! { "update": JOBS, "updates": [update] }),
+                )
+                .await?;
+            refused(&reply, false)?;
+        }
         let audits: Vec<Document> = batch
             .iter()
             .map(|Processed { job, json, .. }| {
@@ -169,45 +182,35 @@ impl Store {
                     job.sender.as_deref(),
                     job.dedup_key.as_deref(),
                 );
-                record.remove("_id");
                 record.insert("status", "queued");
-                doc! {
-                    "q": { "_id": job.id.to_string() },
-                    "u": { "$setOnInsert": record },
-                    "upsert": true,
-                }
+                record
             })
             .collect();
-        // An upsert racing the API's insert of the same record can lose with a duplicate
-        // key error; the record exists then, which is all this write is for.
-        self.update_many(AUDIT, audits, true).await
+        // Existing audit records are what this write makes sure of, so duplicates are fine.
+        self.insert_many(AUDIT, audits).await?;
+        Ok(())
     }
 
-    async fn update_many(
+    /// Inserts documents unordered; returns the indexes of those whose `_id` existed.
+    async fn insert_many(
         &self,
         collection: &str,
-        updates: Vec<Document>,
-        existing_is_fine: bool,
-    ) -> Result<(), StoreError> {
+        documents: Vec<Document>,
+    ) -> Result<Vec<usize>, StoreError> {
         let reply = self
             .bounded(self.db.run_command(doc! {
-                "update": collection,
-                "updates": updates,
+                "insert": collection,
+                "documents": documents,
                 "ordered": false,
             }))
             .await?;
-        let errors = reply
-            .get_array("writeErrors")
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        let refused = errors.iter().find(|e| {
-            let code = e.as_document().and_then(|d| d.get_i32("code").ok());
-            !(existing_is_fine && code == Some(DUPLICATE_KEY))
-        });
-        match refused {
-            Some(error) => Err(StoreError::Refused(error.to_string())),
-            None => Ok(()),
-        }
+        refused(&reply, true)?;
+        let existing = write_errors(&reply)
+            .iter()
+            .filter_map(|e| e.as_document()?.get_i32("index").ok())
+            .map(|i| i as usize)
+            .collect();
+        Ok(existing)
     }
 
     async fn bounded<T>(
@@ -258,15 +261,53 @@ fn audit_record(
     record
 }
 
-fn job_upsert(outcome: &Outcome) -> Document {
-    let mut set = doc! {
+fn write_errors(reply: &Document) -> &[Bson] {
+    reply
+        .get_array("writeErrors")
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+}
+
+/// The first write error, unless it is a duplicate key and those are expected.
+fn refused(reply: &Document, duplicates_expected: bool) -> Result<(), StoreError> {
+    let refused = write_errors(reply).iter().find(|e| {
+        let code = e.as_document().and_then(|d| d.get_i32("code").ok());
+        !(duplicates_expected && code == Some(DUPLICATE_KEY))
+    });
+    match refused {
+        Some(error) => Err(StoreError::Refused(error.to_string())),
+        None => Ok(()),
+    }
+}
+
+/// The `jobs` record of a first delivery.
+fn job_document(outcome: &Outcome) -> Document {
+    let mut document = job_fields(outcome);
+    document.insert("_id", outcome.id.to_string());
+    document.insert("attempts", 1_i64);
+    if let Some(signal) = &outcome.signal {
+        document.insert("signal", signal_document(signal));
+    }
+    if let Some(error) = &outcome.error {
+        document.insert("error", error);
+    }
+    document
+}
+
+fn job_fields(outcome: &Outcome) -> Document {
+    doc! {
         "status": outcome.status.as_str(),
         "received_at": bson::DateTime::from_chrono(outcome.received_at),
         "processed_at": bson::DateTime::from_chrono(outcome.processed_at),
         "lag_ms": (outcome.processed_at - outcome.received_at).num_milliseconds(),
         "entry": &outcome.entry,
         "worker": &outcome.worker,
-    };
+    }
+}
+
+/// The update statement that rewrites a redelivered job's record in place.
+fn job_update(outcome: &Outcome) -> Document {
+    let mut set = job_fields(outcome);
     let mut unset = Document::new();
     match &outcome.signal {
         Some(signal) => {

@@ -596,3 +596,60 @@ async fn both_binaries_stop_cleanly_on_sigterm() {
     assert!(stopped.contains("worker stopped"), "{stopped}");
     assert!(matches!(jobs[0].get("status"), Some(Bson::String(s)) if s == "processed"));
 }
+
+#[tokio::test]
+async fn a_redelivered_batch_rewrites_the_same_records_without_stalling() {
+    let app = App::start_with(&[("PYRON_WORKER_BATCH_SIZE", "200")]).await;
+    let path = format!("/webhook/{TOKEN}");
+    let mut ids = Vec::new();
+    for i in 0..150 {
+        let (status, ack) = json(app.post(&path, "text/plain", format!("alert {i}")).await).await;
+        assert_eq!(status, 202);
+        ids.push(ack["id"].as_str().unwrap().to_owned());
+    }
+    let first = app.wait_for_docs("jobs", doc! {}, ids.len()).await;
+    assert_eq!(first.len(), ids.len());
+
+    // Deliver every job again, as after a worker died between its write and its XACK.
+    let mut conn = app.stores.redis().await;
+    for record in &first {
+        let received = record
+            .get_datetime("received_at")
+            .unwrap()
+            .timestamp_millis()
+            .to_string();
+        let id = record.get_str("_id").unwrap();
+        let _: String = redis::cmd("XADD")
+            .arg("webhook-jobs")
+            .arg("*")
+            .arg(&[
+                ("id", id),
+                ("received_at", &received),
+                ("kind", "text"),
+                ("content_type", "text/plain"),
+                ("body", "again"),
+            ])
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let again = app
+        .wait_for_docs("jobs", doc! { "attempts": 2_i64 }, ids.len())
+        .await;
+    assert_eq!(
+        again.len(),
+        ids.len(),
+        "redelivered jobs were not all recorded"
+    );
+    assert_eq!(
+        app.count("jobs").await,
+        ids.len() as u64,
+        "a redelivery created a second record"
+    );
+    assert_eq!(app.count("audit").await, ids.len() as u64);
+    assert!(
+        again
+            .iter()
+            .all(|j| j.get_document("signal").unwrap().get_str("text").unwrap() == "again")
+    );
+}

@@ -25,6 +25,8 @@ pub struct AppState {
     pub queue: Queue,
     pub store: Store,
     pub dedup_ttl: Duration,
+    /// How long a request waits for MongoDB once its job is queued.
+    pub store_timeout: Duration,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {

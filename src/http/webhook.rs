@@ -92,7 +92,7 @@ async fn accept(
             tracing::error!(event_id = %alert.id, error = %err, "alert not queued");
             ApiError::storage_unavailable("the queue is unavailable; the alert was not accepted")
         })?;
-    let (arrival, ack) = match &enqueued {
+    let (arrival, ack) = match enqueued {
         Enqueued::Queued { entry } => (
             Arrival::Queued { entry },
             Ack {
@@ -102,18 +102,33 @@ async fn accept(
             },
         ),
         Enqueued::Duplicate { first } => (
-            Arrival::Duplicate { first },
+            Arrival::Duplicate {
+                first: first.clone(),
+            },
             Ack {
                 id: alert.id.to_string(),
                 status: "duplicate",
-                duplicate_of: Some(first.clone()),
+                duplicate_of: Some(first),
             },
         ),
     };
-    // The job is durable in Redis now. Should this write fail, the worker writes the audit
-    // record from the job when it processes it, so the alert is still acknowledged.
-    if let Err(err) = app.store.insert_audit(&alert, arrival).await {
-        tracing::warn!(event_id = %alert.id, error = %err, "audit record deferred to the worker");
+    // The job is durable in Redis now, so the answer need not wait long for MongoDB. The
+    // write runs in its own task: past the wait it still completes, and should it fail,
+    // the worker writes the audit record from the job when it processes it.
+    let store = app.store.clone();
+    let record = alert.clone();
+    let write = tokio::spawn(async move { store.insert_audit(&record, arrival).await });
+    match tokio::time::timeout(app.store_timeout, write).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(err))) => {
+            tracing::warn!(event_id = %alert.id, error = %err, "audit record deferred to the worker");
+        }
+        Ok(Err(panic)) => {
+            tracing::error!(event_id = %alert.id, error = %panic, "audit write task failed");
+        }
+        Err(_) => {
+            tracing::warn!(event_id = %alert.id, "audit record still being written; answering now");
+        }
     }
     tracing::info!(
         event_id = %alert.id,
