@@ -10,7 +10,7 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{TimeZone, Utc};
 use redis::{
     AsyncCommands, Client, RedisError, Script, Value as RedisValue,
     aio::{ConnectionManager, ConnectionManagerConfig},
@@ -56,23 +56,12 @@ pub enum Enqueued {
     Duplicate { first: String },
 }
 
-/// One job as read back from the stream.
-#[derive(Debug, Clone)]
-pub struct Job {
-    pub id: EventId,
-    pub received_at: DateTime<Utc>,
-    pub kind: AlertKind,
-    pub content_type: String,
-    pub body: String,
-    pub sender: Option<String>,
-    pub dedup_key: Option<String>,
-}
-
-/// A stream entry; `job` is `Err` when the entry cannot be read as a job at all.
+/// A stream entry; `alert` is `Err` when the entry cannot be read as a job at all. The
+/// alert's `json` is left for the worker to parse from the body.
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub entry: String,
-    pub job: Result<Job, String>,
+    pub alert: Result<Alert, String>,
     fields: Vec<(String, String)>,
 }
 
@@ -277,43 +266,42 @@ impl Delivery {
                 (k, v)
             })
             .collect();
-        let job = Job::from_fields(&fields.iter().cloned().collect());
+        let alert = alert_from_fields(&fields.iter().cloned().collect());
         Delivery {
             entry: entry.id,
-            job,
+            alert,
             fields,
         }
     }
 }
 
-impl Job {
-    fn from_fields(fields: &HashMap<String, String>) -> Result<Job, String> {
-        let get = |name: &str| {
-            fields
-                .get(name)
-                .ok_or_else(|| format!("job has no field {name:?}"))
-        };
-        let id = get("id")?
-            .parse::<EventId>()
-            .map_err(|e| format!("job id: {e}"))?;
-        let received_at = get("received_at")?
-            .parse::<i64>()
-            .ok()
-            .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
-            .ok_or("job received_at is not a time in milliseconds")?;
-        let kind = get("kind")?
-            .parse::<AlertKind>()
-            .map_err(|()| "job kind is not json or text")?;
-        Ok(Job {
-            id,
-            received_at,
-            kind,
-            content_type: get("content_type")?.clone(),
-            body: get("body")?.clone(),
-            sender: fields.get("sender").cloned(),
-            dedup_key: fields.get("dedup_key").cloned(),
-        })
-    }
+fn alert_from_fields(fields: &HashMap<String, String>) -> Result<Alert, String> {
+    let get = |name: &str| {
+        fields
+            .get(name)
+            .ok_or_else(|| format!("job has no field {name:?}"))
+    };
+    let id = get("id")?
+        .parse::<EventId>()
+        .map_err(|e| format!("job id: {e}"))?;
+    let received_at = get("received_at")?
+        .parse::<i64>()
+        .ok()
+        .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
+        .ok_or("job received_at is not a time in milliseconds")?;
+    let kind = get("kind")?
+        .parse::<AlertKind>()
+        .map_err(|()| "job kind is not json or text")?;
+    Ok(Alert {
+        id,
+        received_at,
+        kind,
+        content_type: get("content_type")?.clone(),
+        body: get("body")?.clone(),
+        json: None,
+        sender: fields.get("sender").cloned(),
+        dedup_key: fields.get("dedup_key").cloned(),
+    })
 }
 
 /// Dedup keys are hashed: any length or bytes a sender uses make a short, safe Redis key.
@@ -366,7 +354,7 @@ mod tests {
     }
 
     #[test]
-    fn a_job_needs_its_fields() {
+    fn a_stream_entry_needs_every_field_of_an_alert() {
         let mut fields: HashMap<String, String> = [
             ("id", "0192f0c0-0000-7000-8000-000000000000"),
             ("received_at", "1764339300000"),
@@ -377,12 +365,12 @@ mod tests {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
-        let job = Job::from_fields(&fields).unwrap();
-        assert_eq!(job.kind, AlertKind::Text);
+        let alert = alert_from_fields(&fields).unwrap();
+        assert_eq!(alert.kind, AlertKind::Text);
         fields.insert("kind".into(), "xml".into());
-        assert!(Job::from_fields(&fields).unwrap_err().contains("kind"));
+        assert!(alert_from_fields(&fields).unwrap_err().contains("kind"));
         fields.insert("kind".into(), "json".into());
         fields.remove("body");
-        assert!(Job::from_fields(&fields).unwrap_err().contains("body"));
+        assert!(alert_from_fields(&fields).unwrap_err().contains("body"));
     }
 }

@@ -18,7 +18,7 @@ use mongodb::{
 };
 use serde_json::Value;
 
-use crate::{domain::EventId, ingest::Alert, queue::Job, signal::Signal};
+use crate::{domain::EventId, ingest::Alert, signal::Signal};
 
 pub const AUDIT: &str = "audit";
 pub const JOBS: &str = "jobs";
@@ -56,13 +56,11 @@ pub struct Outcome {
     pub worker: String,
 }
 
-/// A processed job with what the worker made of it.
+/// A processed job: the alert it carried (with its body parsed, for JSON) and the outcome.
 #[derive(Debug, Clone)]
-pub struct Processed<'a> {
+pub struct Processed {
     pub outcome: Outcome,
-    pub job: &'a Job,
-    /// The parsed body of a JSON alert.
-    pub json: Option<Value>,
+    pub alert: Alert,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,16 +116,7 @@ impl Store {
     /// decides how long to wait, and should let the write finish rather than abandon it
     /// mid-flight (which FerretDB's SQLite backend handles badly).
     pub async fn insert_audit(&self, alert: &Alert, arrival: Arrival) -> Result<(), StoreError> {
-        let mut record = audit_record(
-            alert.id,
-            alert.received_at,
-            alert.kind.as_str(),
-            &alert.content_type,
-            &alert.body,
-            alert.json.as_ref(),
-            alert.sender.as_deref(),
-            alert.dedup_key.as_deref(),
-        );
+        let mut record = audit_record(alert);
         match arrival {
             Arrival::Queued { entry } => {
                 record.insert("status", "queued");
@@ -154,7 +143,7 @@ impl Store {
     /// that record alone is then updated. (Many upsert statements in one `update` command
     /// would be simpler, but FerretDB 1.x holds a cursor open per matching statement until
     /// the command ends, and a batch of them exhausts its SQLite pool and stalls.)
-    pub async fn record(&self, batch: &[Processed<'_>]) -> Result<(), StoreError> {
+    pub async fn record(&self, batch: &[Processed]) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -171,17 +160,8 @@ impl Store {
         }
         let audits: Vec<Document> = batch
             .iter()
-            .map(|Processed { job, json, .. }| {
-                let mut record = audit_record(
-                    job.id,
-                    job.received_at,
-                    job.kind.as_str(),
-                    &job.content_type,
-                    &job.body,
-                    json.as_ref(),
-                    job.sender.as_deref(),
-                    job.dedup_key.as_deref(),
-                );
+            .map(|Processed { alert, .. }| {
+                let mut record = audit_record(alert);
                 record.insert("status", "queued");
                 record
             })
@@ -224,25 +204,15 @@ impl Store {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn audit_record(
-    id: EventId,
-    received_at: DateTime<Utc>,
-    kind: &str,
-    content_type: &str,
-    body: &str,
-    json: Option<&Value>,
-    sender: Option<&str>,
-    dedup_key: Option<&str>,
-) -> Document {
+fn audit_record(alert: &Alert) -> Document {
     let mut record = doc! {
-        "_id": id.to_string(),
-        "received_at": bson::DateTime::from_chrono(received_at),
-        "kind": kind,
-        "content_type": content_type,
-        "body": body,
+        "_id": alert.id.to_string(),
+        "received_at": bson::DateTime::from_chrono(alert.received_at),
+        "kind": alert.kind.as_str(),
+        "content_type": &alert.content_type,
+        "body": &alert.body,
     };
-    if let Some(json) = json {
+    if let Some(json) = &alert.json {
         match to_bson(json, 0) {
             Ok(value) => {
                 record.insert("json", value);
@@ -252,10 +222,10 @@ fn audit_record(
             }
         }
     }
-    if let Some(sender) = sender {
+    if let Some(sender) = &alert.sender {
         record.insert("sender", sender);
     }
-    if let Some(key) = dedup_key {
+    if let Some(key) = &alert.dedup_key {
         record.insert("dedup_key", key);
     }
     record

@@ -16,7 +16,8 @@ use tokio::sync::watch;
 use crate::{
     config::Config,
     domain::AlertKind,
-    queue::{Consumer, Delivery, Job, QueueError},
+    ingest::Alert,
+    queue::{Consumer, Delivery, QueueError},
     signal::Signal,
     store::{JobStatus, Outcome, Processed, Store, StoreError},
 };
@@ -52,7 +53,7 @@ impl Worker {
         let store = Store::connect(
             config.mongo_uri.expose(),
             &config.mongo_db,
-            config.store_timeout,
+            config.worker.write_timeout,
         )
         .await?;
         store.ping().await?;
@@ -100,70 +101,58 @@ impl Worker {
 
     async fn process(&self, batch: &[Delivery]) -> Result<(), WorkerError> {
         let processed_at = Utc::now();
-        let mut records: Vec<Processed<'_>> = Vec::with_capacity(batch.len());
+        let mut records: Vec<Processed> = Vec::with_capacity(batch.len());
         let mut unreadable = Vec::new();
         for delivery in batch {
-            match &delivery.job {
-                Ok(job) => records.push(self.outcome(delivery, job, processed_at)),
+            match &delivery.alert {
+                Ok(alert) => records.push(self.outcome(delivery, alert.clone(), processed_at)),
                 Err(reason) => unreadable.push((delivery, reason)),
             }
         }
         self.store.record(&records).await?;
-        for record in &records {
+
+        let mut done: Vec<&str> = Vec::with_capacity(records.len());
+        for (record, delivery) in records.iter().zip(batch.iter().filter(|d| d.alert.is_ok())) {
             let o = &record.outcome;
-            match o.status {
-                JobStatus::Processed => tracing::info!(
-                    event_id = %o.id,
-                    ticker = o.signal.as_ref().and_then(|s| s.ticker.as_deref()),
-                    lag_ms = (o.processed_at - o.received_at).num_milliseconds(),
-                    "alert processed"
-                ),
-                JobStatus::Dead => tracing::warn!(
-                    event_id = %o.id,
-                    error = o.error.as_deref(),
-                    "alert cannot be processed; moved to dead letters"
-                ),
+            match (o.status, &o.error) {
+                (JobStatus::Dead, Some(error)) => {
+                    tracing::warn!(event_id = %o.id, error, "alert cannot be processed; moved to dead letters");
+                    self.consumer.dead_letter(delivery, error).await?;
+                }
+                _ => {
+                    tracing::info!(
+                        event_id = %o.id,
+                        ticker = o.signal.as_ref().and_then(|s| s.ticker.as_deref()),
+                        lag_ms = (o.processed_at - o.received_at).num_milliseconds(),
+                        "alert processed"
+                    );
+                    done.push(&delivery.entry);
+                }
             }
-        }
-        for record in records
-            .iter()
-            .filter(|r| r.outcome.status == JobStatus::Dead)
-        {
-            let delivery = batch
-                .iter()
-                .find(|d| d.entry == record.outcome.entry)
-                .expect("from batch");
-            self.consumer
-                .dead_letter(delivery, record.outcome.error.as_deref().unwrap_or(""))
-                .await?;
         }
         for (delivery, reason) in unreadable {
             tracing::error!(entry = %delivery.entry, reason = %reason, "unreadable stream entry moved to dead letters");
             self.consumer.dead_letter(delivery, reason).await?;
         }
-        let done: Vec<&str> = records
-            .iter()
-            .filter(|r| r.outcome.status == JobStatus::Processed)
-            .map(|r| r.outcome.entry.as_str())
-            .collect();
         self.consumer.ack(&done).await?;
         Ok(())
     }
 
-    fn outcome<'a>(
+    fn outcome(
         &self,
         delivery: &Delivery,
-        job: &'a Job,
+        mut alert: Alert,
         processed_at: chrono::DateTime<Utc>,
-    ) -> Processed<'a> {
-        let (json, signal) = match job.kind {
-            AlertKind::Text => (None, Ok(Signal::from_text(&job.body))),
-            AlertKind::Json => match serde_json::from_str::<Value>(&job.body) {
+    ) -> Processed {
+        let signal = match alert.kind {
+            AlertKind::Text => Ok(Signal::from_text(&alert.body)),
+            AlertKind::Json => match serde_json::from_str::<Value>(&alert.body) {
                 Ok(value) => {
                     let signal = Signal::from_json(&value).map_err(|e| e.to_string());
-                    (Some(value), signal)
+                    alert.json = Some(value);
+                    signal
                 }
-                Err(e) => (None, Err(format!("stored body is not JSON: {e}"))),
+                Err(e) => Err(format!("stored body is not JSON: {e}")),
             },
         };
         let (status, signal, error) = match signal {
@@ -172,17 +161,16 @@ impl Worker {
         };
         Processed {
             outcome: Outcome {
-                id: job.id,
+                id: alert.id,
                 status,
                 signal,
                 error,
-                received_at: job.received_at,
+                received_at: alert.received_at,
                 processed_at,
                 entry: delivery.entry.clone(),
                 worker: self.consumer.name().to_owned(),
             },
-            job,
-            json,
+            alert,
         }
     }
 }
