@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what Pyron's local stack and tests need on Debian: redis-server, curl and
+# Installs what Pyron's local stack and tests need on Debian: redis-server, nginx, curl and
 # openssl from apt, and a MongoDB wire server. A `mongod` on PATH is used as it is;
 # otherwise FerretDB (its embeddable package with the SQLite backend) is built with Go
 # into .tools/bin/pyron-ferretdb. Safe to run again: it only installs what is missing.
@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v openssl >/dev/null || need_apt+=(openssl)
 if ((${#need_apt[@]})); then

@@ -21,6 +21,7 @@ use figment::{
     providers::{Env, Format, Serialized, Toml},
     value::Dict,
 };
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::Secret;
@@ -67,6 +68,10 @@ struct Raw {
     idempotency_field: Option<String>,
     dedup_ttl_secs: u64,
     body_limit: usize,
+    body_timeout_ms: u64,
+    header_limit: usize,
+    trusted_proxies: String,
+    allowed_senders: String,
     log: String,
     log_format: LogFormat,
     store_timeout_ms: u64,
@@ -97,6 +102,10 @@ impl Default for Raw {
             idempotency_field: None,
             dedup_ttl_secs: 24 * 60 * 60,
             body_limit: 64 * 1024,
+            body_timeout_ms: 10_000,
+            header_limit: 8 * 1024,
+            trusted_proxies: "127.0.0.1, ::1".into(),
+            allowed_senders: String::new(),
             log: "info".into(),
             log_format: LogFormat::Text,
             store_timeout_ms: 800,
@@ -153,6 +162,14 @@ pub struct Config {
     pub idempotency_field: Option<String>,
     pub dedup_ttl: Duration,
     pub body_limit: usize,
+    /// How long a request body may take to arrive.
+    pub body_timeout: Duration,
+    /// Largest total size of a request's headers, in bytes.
+    pub header_limit: usize,
+    /// Peers whose `X-Forwarded-For` / `X-Real-IP` are believed. A unix-socket peer always is.
+    pub trusted_proxies: Vec<IpNet>,
+    /// When set, only these senders may post alerts.
+    pub allowed_senders: Option<Vec<IpNet>>,
     pub log: String,
     pub log_format: LogFormat,
     /// How long one store operation may take on the request path before it counts as down.
@@ -316,6 +333,18 @@ impl Config {
                 format!("must be between 1 and {MAX_BODY_LIMIT} bytes"),
             ));
         }
+        if raw.body_timeout_ms == 0 {
+            return Err(ConfigError::new("body_timeout_ms", "must be at least 1"));
+        }
+        if raw.header_limit < 1024 {
+            return Err(ConfigError::new(
+                "header_limit",
+                "must be at least 1024 bytes",
+            ));
+        }
+        let trusted_proxies = parse_networks("trusted_proxies", &raw.trusted_proxies)?;
+        let allowed_senders = parse_networks("allowed_senders", &raw.allowed_senders)?;
+        let allowed_senders = (!allowed_senders.is_empty()).then_some(allowed_senders);
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&raw.log) {
             return Err(ConfigError::new("log", err.to_string()));
         }
@@ -359,6 +388,10 @@ impl Config {
             idempotency_field: raw.idempotency_field,
             dedup_ttl: Duration::from_secs(raw.dedup_ttl_secs),
             body_limit: raw.body_limit,
+            body_timeout: Duration::from_millis(raw.body_timeout_ms),
+            header_limit: raw.header_limit,
+            trusted_proxies,
+            allowed_senders,
             log: raw.log,
             log_format: raw.log_format,
             store_timeout: Duration::from_millis(raw.store_timeout_ms),
@@ -501,6 +534,23 @@ fn parse_bind(bind: &str) -> Result<BindAddr, ConfigError> {
             format!("{bind:?} is not host:port (e.g. 127.0.0.1:8000) or unix:/path"),
         )
     })
+}
+
+/// A list of addresses or CIDR networks, separated by commas or white space.
+fn parse_networks(key: &str, list: &str) -> Result<Vec<IpNet>, ConfigError> {
+    list.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            item.parse::<IpNet>()
+                .or_else(|_| item.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    ConfigError::new(
+                        key,
+                        format!("{item:?} is not an IP address or CIDR network"),
+                    )
+                })
+        })
+        .collect()
 }
 
 fn default_consumer_name() -> String {
@@ -694,6 +744,21 @@ mod tests {
         );
         assert_eq!(parse_bind("localhost").unwrap_err().key, "PYRON_BIND");
         assert_eq!(parse_bind("unix:relative").unwrap_err().key, "PYRON_BIND");
+    }
+
+    #[test]
+    fn sender_lists_take_addresses_and_networks() {
+        let nets = parse_networks(
+            "allowed_senders",
+            "52.89.214.238, 34.212.75.30 10.0.0.0/8\n::1",
+        )
+        .unwrap();
+        assert_eq!(nets.len(), 4);
+        assert!(nets[2].contains(&"10.1.2.3".parse::<std::net::IpAddr>().unwrap()));
+        assert!(parse_networks("allowed_senders", "").unwrap().is_empty());
+        let err = parse_networks("allowed_senders", "52.89.214.238, tradingview").unwrap_err();
+        assert_eq!(err.key, "PYRON_ALLOWED_SENDERS");
+        assert!(err.message.contains("tradingview"));
     }
 
     #[test]

@@ -5,10 +5,11 @@ use std::{path::Path, sync::Arc};
 
 use axum::Router;
 use tokio::net::{TcpListener, UnixListener};
+use tokio_rustls::TlsAcceptor;
 
 use crate::{
     config::{BindAddr, Config},
-    http::{self, AppState, Peer},
+    http::{self, AppState, Peer, SenderRules, TlsError, serve_tls, tls_acceptor},
     ingest::Intake,
     queue::{Queue, QueueError},
     store::{Store, StoreError},
@@ -25,12 +26,15 @@ pub enum StartupError {
         addr: String,
         source: std::io::Error,
     },
-    #[error("USE_SSL=true: pyron-api does not serve HTTPS itself yet; terminate TLS in NGINX")]
-    TlsUnsupported,
+    #[error("cannot serve HTTPS: {0}")]
+    Tls(#[from] TlsError),
+    #[error("USE_SSL=true needs a host:port PYRON_BIND, not a unix socket")]
+    TlsOnUnixSocket,
 }
 
 pub enum Listener {
     Tcp(TcpListener),
+    Tls(TcpListener, TlsAcceptor),
     Unix(UnixListener),
 }
 
@@ -42,9 +46,10 @@ pub struct Api {
 
 impl Api {
     pub async fn build(config: &Config) -> Result<Api, StartupError> {
-        if config.tls.is_some() {
-            return Err(StartupError::TlsUnsupported);
-        }
+        let acceptor = match &config.tls {
+            Some(files) => Some(tls_acceptor(&files.cert, &files.key)?),
+            None => None,
+        };
         let queue = Queue::connect(config.redis_url.expose(), config.store_timeout).await?;
         queue.ping().await?;
         let store = Store::connect(
@@ -66,8 +71,18 @@ impl Api {
             store,
             dedup_ttl: config.dedup_ttl,
             store_timeout: config.store_timeout,
+            body_timeout: config.body_timeout,
+            header_limit: config.header_limit,
+            senders: SenderRules {
+                trusted_proxies: config.trusted_proxies.clone(),
+                allowed: config.allowed_senders.clone(),
+            },
         });
-        let listener = bind(&config.bind).await?;
+        let listener = match (bind(&config.bind).await?, acceptor) {
+            (Listener::Tcp(tcp), Some(acceptor)) => Listener::Tls(tcp, acceptor),
+            (Listener::Unix(_), Some(_)) => return Err(StartupError::TlsOnUnixSocket),
+            (listener, _) => listener,
+        };
         Ok(Api {
             listener,
             router: http::router(state),
@@ -85,6 +100,7 @@ impl Api {
                     .with_graceful_shutdown(shutdown)
                     .await
             }
+            Listener::Tls(l, acceptor) => serve_tls(l, acceptor, self.router, shutdown).await,
             Listener::Unix(l) => {
                 axum::serve(l, self.router.into_make_service_with_connect_info::<Peer>())
                     .with_graceful_shutdown(shutdown)

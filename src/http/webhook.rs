@@ -1,7 +1,7 @@
 //! `POST /webhook` and `POST /webhook/{token}`: read the body within the limit, let
 //! `ingest` judge it, queue it, record it, answer 202.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     Json,
@@ -53,8 +53,20 @@ async fn handle(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Ack>), ApiError> {
-    let sender = peer.0.map(|addr| addr.ip().to_string());
-    let result = accept(app, sender.clone(), token, headers, body).await;
+    let client = app.senders.client(peer, headers);
+    let sender = client.map(|addr| addr.to_string());
+    let result = if app.senders.allows(client) {
+        accept(app, sender.clone(), token, headers, body).await
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "sender_not_allowed",
+            format!(
+                "sender {} is not on the allowlist",
+                sender.as_deref().unwrap_or("unknown")
+            ),
+        ))
+    };
     if let Err(err) = &result {
         tracing::info!(
             code = err.code,
@@ -74,7 +86,7 @@ async fn accept(
     body: Body,
 ) -> Result<(StatusCode, Json<Ack>), ApiError> {
     let limit = app.intake.body_limit;
-    let bytes = read_body(headers, body, limit).await?;
+    let bytes = read_body(headers, body, limit, app.body_timeout).await?;
     let alert = app.intake.accept(ingest::Request {
         content_type: headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes()),
         content_encoding: headers.get(header::CONTENT_ENCODING).map(|v| v.as_bytes()),
@@ -141,11 +153,12 @@ async fn accept(
 }
 
 /// Reads the body, refusing it as soon as it passes `limit`, whether the length was
-/// declared up front or the body arrives chunked.
+/// declared up front or the body arrives chunked, or when it takes longer than `timeout`.
 async fn read_body(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
+    timeout: Duration,
 ) -> Result<bytes::Bytes, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -154,7 +167,15 @@ async fn read_body(
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(Rejection::TooLarge { limit }.into());
     }
-    match Limited::new(body, limit).collect().await {
+    let read = tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await;
+    let Ok(read) = read else {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!("the body did not arrive within {} ms", timeout.as_millis()),
+        ));
+    };
+    match read {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => {
             Err(Rejection::TooLarge { limit }.into())

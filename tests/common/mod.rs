@@ -481,3 +481,187 @@ fn read_samples(dir: &Path) -> Vec<(String, &'static str, Vec<u8>)> {
     samples.sort();
     samples
 }
+
+/// A self-signed certificate for `localhost` and 127.0.0.1, made with openssl as
+/// `scripts/dev-cert.sh` makes the local stack's. Returns (certificate, key) paths.
+pub fn make_cert(dir: &Path) -> (PathBuf, PathBuf) {
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    let status = Command::new(repo_root().join("scripts/dev-cert.sh"))
+        .arg(dir)
+        .stdout(Stdio::null())
+        .status()
+        .expect("scripts/dev-cert.sh (needs openssl)");
+    assert!(status.success(), "dev-cert.sh failed");
+    (cert, key)
+}
+
+/// NGINX with the project's configuration, in front of `upstream`.
+pub struct Nginx {
+    pub process: Process,
+    pub http_port: u16,
+    pub https_port: u16,
+    pub prefix: PathBuf,
+}
+
+impl Nginx {
+    pub fn start(
+        dir: &Path,
+        upstream: &str,
+        cert: &Path,
+        key: &Path,
+        settings: &[(&str, &str)],
+    ) -> Nginx {
+        let prefix = dir.join("nginx");
+        std::fs::create_dir_all(prefix.join("tmp")).unwrap();
+        let http_port = free_port();
+        let https_port = free_port();
+        let mut values: Vec<(String, String)> = vec![
+            ("PREFIX".into(), prefix.display().to_string()),
+            ("HTTP_LISTEN".into(), format!("127.0.0.1:{http_port}")),
+            ("HTTPS_LISTEN".into(), format!("127.0.0.1:{https_port}")),
+            ("HTTPS_PORT".into(), format!(":{https_port}")),
+            ("CERT".into(), cert.display().to_string()),
+            ("KEY".into(), key.display().to_string()),
+            ("UPSTREAM".into(), upstream.into()),
+            ("BODY_LIMIT".into(), "65536".into()),
+            ("CLIENT_TIMEOUT".into(), "10".into()),
+            ("RATE".into(), "50".into()),
+            ("BURST".into(), "200".into()),
+        ];
+        for (k, v) in settings {
+            values.retain(|(key, _)| key != k);
+            values.push(((*k).into(), (*v).into()));
+        }
+        let mut config = std::fs::read_to_string(repo_root().join("dev/nginx.conf.in")).unwrap();
+        for (k, v) in &values {
+            config = config.replace(&format!("@{k}@"), v);
+        }
+        assert!(!config.contains("@PREFIX@"), "unfilled placeholder");
+        let conf = prefix.join("nginx.conf");
+        std::fs::write(&conf, config).unwrap();
+        let nginx = which("nginx")
+            .or_else(|| Some(PathBuf::from("/usr/sbin/nginx")).filter(|p| p.is_file()))
+            .expect("nginx not found: run scripts/install-deps.sh");
+        let (log, out, err) = log_file(dir, "nginx");
+        let mut child = Command::new(nginx)
+            .arg("-c")
+            .arg(&conf)
+            .arg("-p")
+            .arg(&prefix)
+            .arg("-e")
+            .arg(prefix.join("error.log"))
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap();
+        wait_for_port(https_port, "nginx", &mut child, &log);
+        wait_for_port(http_port, "nginx", &mut child, &log);
+        Nginx {
+            process: Process {
+                name: "nginx".into(),
+                child,
+                log,
+            },
+            http_port,
+            https_port,
+            prefix,
+        }
+    }
+
+    /// The access and error logs NGINX wrote.
+    pub fn logs(&self) -> String {
+        let read = |name: &str| std::fs::read_to_string(self.prefix.join(name)).unwrap_or_default();
+        format!("{}{}", read("access.log"), read("error.log"))
+    }
+}
+
+impl App {
+    /// A second pyron-api on the same stores, with extra settings (HTTPS, say).
+    pub fn spawn_api(&self, name: &str, extra: &[(&str, &str)]) -> (Process, u16) {
+        let port = free_port();
+        let (log, out, err) = log_file(self.stores.dir.path(), name);
+        let mut command = self.command("pyron-api");
+        command.env("PYRON_BIND", format!("127.0.0.1:{port}"));
+        command.envs(extra.iter().copied());
+        let mut child = command.stdout(out).stderr(err).spawn().unwrap();
+        wait_for_port(port, name, &mut child, &log);
+        (
+            Process {
+                name: name.into(),
+                child,
+                log,
+            },
+            port,
+        )
+    }
+}
+
+/// What came back for a raw request: a status and JSON body, or a closed connection.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    Answer { status: u16, body: String },
+    Closed,
+}
+
+/// Sends raw bytes, in steps with pauses between them, from `source` to `port`, over TLS
+/// (trusting `cert`) or plain TCP, and reads the reply until the server closes.
+pub async fn raw_request(
+    source: std::net::IpAddr,
+    port: u16,
+    tls_cert: Option<&Path>,
+    steps: &[(Vec<u8>, Duration)],
+) -> Reply {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind((source, 0).into()).unwrap();
+    let tcp = socket.connect(([127, 0, 0, 1], port).into()).await.unwrap();
+    let mut stream: Box<dyn Stream> = match tls_cert {
+        Some(cert) => {
+            use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+            let mut roots = rustls::RootCertStore::empty();
+            roots
+                .add(CertificateDer::from_pem_file(cert).unwrap())
+                .unwrap();
+            let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+            let name = ServerName::try_from("localhost").unwrap();
+            Box::new(connector.connect(name, tcp).await.unwrap())
+        }
+        None => Box::new(tcp),
+    };
+    for (bytes, pause) in steps {
+        if stream.write_all(bytes).await.is_err() {
+            break;
+        }
+        let _ = stream.flush().await;
+        tokio::time::sleep(*pause).await;
+    }
+    let mut reply = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut reply)).await;
+    if read.is_err() {
+        panic!("no reply and no close within {PATIENCE:?}");
+    }
+    if reply.is_empty() {
+        return Reply::Closed;
+    }
+    let text = String::from_utf8_lossy(&reply);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Reply::Answer { status, body }
+}
+
+pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
