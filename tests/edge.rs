@@ -23,6 +23,9 @@ enum Via {
     NginxOnly,
 }
 
+/// A status (or `None`: the connection closes) and the JSON error code.
+type Expected = (Option<u16>, &'static str);
+
 struct Case {
     name: &'static str,
     via: Via,
@@ -31,8 +34,8 @@ struct Case {
     plain: bool,
     steps: Vec<(Vec<u8>, Duration)>,
     /// Expected through NGINX, then directly; `None` status means the connection closes.
-    nginx: (Option<u16>, &'static str),
-    direct: (Option<u16>, &'static str),
+    nginx: Expected,
+    direct: Expected,
 }
 
 fn request(
@@ -472,7 +475,7 @@ async fn hostile_requests_are_refused_through_nginx_and_directly_and_write_nothi
     let table = cases();
     assert!(table.len() >= 25, "the table has {} cases", table.len());
     for case in &table {
-        let targets: Vec<(&str, u16, (Option<u16>, &str))> = match case.via {
+        let targets: Vec<(&str, u16, Expected)> = match case.via {
             Via::Both => vec![
                 ("nginx", nginx.https_port, case.nginx),
                 ("direct", tls_port, case.direct),
