@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what Pyron's local stack and tests need on Debian: redis-server, nginx, curl and
-# openssl from apt, and a MongoDB wire server. A `mongod` on PATH is used as it is;
+# openssl from apt, a MongoDB wire server, and check-jsonschema in a virtualenv. A `mongod` on PATH is used as it is;
 # otherwise FerretDB (its embeddable package with the SQLite backend) is built with Go
 # into .tools/bin/pyron-ferretdb. Safe to run again: it only installs what is missing.
 set -euo pipefail
@@ -11,10 +11,10 @@ command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v openssl >/dev/null || need_apt+=(openssl)
+sudo_cmd=()
+[ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
 if ((${#need_apt[@]})); then
   echo "==> installing ${need_apt[*]} from apt"
-  sudo_cmd=()
-  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
   "${sudo_cmd[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
@@ -28,4 +28,14 @@ else
   echo "==> building FerretDB v1.24.2 (SQLite backend) into .tools/bin"
   mkdir -p .tools/bin
   (cd tools/ferretdb && go build -trimpath -o ../../.tools/bin/pyron-ferretdb .)
+fi
+
+# check-jsonschema validates compose.yaml against the compose specification.
+if [ ! -x .tools/venv/bin/check-jsonschema ]; then
+  echo "==> installing check-jsonschema into .tools/venv"
+  python3 -m venv .tools/venv 2>/dev/null || {
+    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv .tools/venv
+  }
+  .tools/venv/bin/pip install -q check-jsonschema==0.39.0
 fi

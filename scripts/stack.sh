@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
 # Runs the whole Pyron stack on loopback: redis-server, a MongoDB wire server (mongod if on
-# PATH, else FerretDB built by install-deps.sh), pyron-api and pyron-worker. Data and logs
-# live in .dev/. Ctrl-C stops everything.
+# PATH, else FerretDB built by install-deps.sh), pyron-api, pyron-worker, and NGINX
+# terminating TLS in front with a self-signed certificate. Data and logs live in .dev/.
+# Ctrl-C stops everything.
 #
-# Ports: PYRON_DEV_API_PORT (8000), PYRON_DEV_REDIS_PORT (6379), PYRON_DEV_MONGO_PORT (27017).
+# Ports: PYRON_DEV_HTTPS_PORT (8443), PYRON_DEV_HTTP_PORT (8080, redirects to HTTPS),
+# PYRON_DEV_API_PORT (8000), PYRON_DEV_REDIS_PORT (6379), PYRON_DEV_MONGO_PORT (27017).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
+https_port=${PYRON_DEV_HTTPS_PORT:-8443}
+http_port=${PYRON_DEV_HTTP_PORT:-8080}
 api_port=${PYRON_DEV_API_PORT:-8000}
 redis_port=${PYRON_DEV_REDIS_PORT:-6379}
 mongo_port=${PYRON_DEV_MONGO_PORT:-27017}
 
-for port in "$api_port" "$redis_port" "$mongo_port"; do
+for port in "$https_port" "$http_port" "$api_port" "$redis_port" "$mongo_port"; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    echo "port $port on 127.0.0.1 is taken; set PYRON_DEV_API_PORT, PYRON_DEV_REDIS_PORT or PYRON_DEV_MONGO_PORT" >&2
+    echo "port $port on 127.0.0.1 is taken; set the PYRON_DEV_*_PORT variables (see the top of this script)" >&2
     exit 1
   fi
 done
@@ -24,7 +28,8 @@ echo "==> building pyron (release)"
 cargo build --release --locked --bins --quiet
 
 dev=$root/.dev
-mkdir -p "$dev/redis" "$dev/mongo" "$dev/logs"
+mkdir -p "$dev/redis" "$dev/mongo" "$dev/logs" "$dev/nginx"
+[ -s "$dev/tls/cert.pem" ] || ./scripts/dev-cert.sh "$dev/tls"
 if [ ! -s "$dev/webhook-token" ]; then
   echo "==> making a webhook secret in .dev/webhook-token"
   (umask 077 && openssl rand -hex 24 >"$dev/webhook-token")
@@ -88,20 +93,30 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 
+echo "==> nginx: https://localhost:$https_port (http://localhost:$http_port redirects)"
+https_suffix=":$https_port"
+[ "$https_port" = 443 ] && https_suffix=""
+./scripts/render-nginx.sh "$dev/nginx" "127.0.0.1:$http_port" "127.0.0.1:$https_port" \
+  "$https_suffix" "$dev/tls/cert.pem" "$dev/tls/key.pem" "127.0.0.1:$api_port" >"$dev/nginx/nginx.conf"
+nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
+"$nginx_bin" -c "$dev/nginx/nginx.conf" -p "$dev/nginx" -e "$dev/nginx/error.log" >"$dev/logs/nginx.log" 2>&1 &
+pids+=($!)
+wait_port "$https_port" nginx nginx
+
 cat <<MSG
 
-Pyron is running. Post an alert:
+Pyron is running behind NGINX with a self-signed certificate. Post an alert over HTTPS:
 
-  curl -sS -H 'Content-Type: text/plain' --data 'BTCUSDT Crossing 67,000.00' \\
-       http://127.0.0.1:$api_port/webhook/$token
+  curl -sS --cacert .dev/tls/cert.pem -H 'Content-Type: text/plain' \\
+       --data 'BTCUSDT Crossing 67,000.00' https://localhost:$https_port/webhook/$token
 
 or a JSON alert with the secret in its passphrase field:
 
-  curl -sS -H 'Content-Type: application/json' \\
+  curl -sS --cacert .dev/tls/cert.pem -H 'Content-Type: application/json' \\
        --data '{"passphrase":"$token","ticker":"BTCUSDT","action":"buy","price":67234.5}' \\
-       http://127.0.0.1:$api_port/webhook
+       https://localhost:$https_port/webhook
 
-Logs: .dev/logs/   Readiness: http://127.0.0.1:$api_port/readyz   Stop: Ctrl-C
+Logs: .dev/logs/ and .dev/nginx/   Readiness: https://localhost:$https_port/readyz   Stop: Ctrl-C
 MSG
 
 # Exit (and stop the rest) as soon as any process dies.

@@ -10,6 +10,11 @@ cargo fmt --all -- --check
 echo "==> gofmt (tools/ferretdb)"
 unformatted=$(gofmt -l tools/ferretdb)
 [ -z "$unformatted" ] || { echo "gofmt needed: $unformatted" >&2; exit 1; }
+echo "==> compose.yaml against the compose specification; Dockerfile runs as non-root"
+.tools/venv/bin/check-jsonschema --builtin-schema vendor.compose-spec compose.yaml
+last_user=$(awk 'toupper($1) == "USER" { user = $2 } END { print user }' Dockerfile)
+[ -n "$last_user" ] && [ "$last_user" != root ] && [ "$last_user" != 0 ] \
+  || { echo "Dockerfile's final stage must run as a non-root USER" >&2; exit 1; }
 echo "==> cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
 echo "==> cargo test"

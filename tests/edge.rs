@@ -518,3 +518,81 @@ async fn hostile_requests_are_refused_through_nginx_and_directly_and_write_nothi
     assert!(!logs.contains(TOKEN), "a log holds the secret");
     assert!(nginx.logs().contains("/webhook/[redacted]"));
 }
+
+#[tokio::test]
+async fn alerts_arrive_over_https_through_nginx_http_redirects_and_floods_are_rate_limited() {
+    let app = App::start().await;
+    let (cert, key) = common::make_cert(app.stores.dir.path());
+    let nginx = Nginx::start(
+        app.stores.dir.path(),
+        &format!("127.0.0.1:{}", app.port),
+        &cert,
+        &key,
+        &[("RATE", "5"), ("BURST", "5")],
+    );
+    let root = reqwest::Certificate::from_pem(&std::fs::read(&cert).unwrap()).unwrap();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(root)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+
+    // A real client posts a sample over HTTPS; the sender recorded is the client's address.
+    let body = std::fs::read("samples/strategy-order.json").unwrap();
+    let url = format!("https://localhost:{}/webhook", nginx.https_port);
+    let response = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    assert!(response.headers().contains_key("strict-transport-security"));
+    let ack: serde_json::Value = response.json().await.unwrap();
+    let audit = app
+        .wait_for_docs("audit", doc! { "_id": ack["id"].as_str().unwrap() }, 1)
+        .await;
+    assert_eq!(audit[0].get_str("sender").unwrap(), "127.0.0.1");
+    let jobs = app
+        .wait_for_docs("jobs", doc! { "_id": ack["id"].as_str().unwrap() }, 1)
+        .await;
+    assert_eq!(jobs[0].get_str("status").unwrap(), "processed");
+
+    // Plain HTTP is sent to HTTPS.
+    let http = format!("http://localhost:{}/webhook/{TOKEN}", nginx.http_port);
+    let response = client
+        .post(&http)
+        .header("content-type", "text/plain")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 301);
+    let location = response.headers()["location"].to_str().unwrap();
+    assert_eq!(
+        location,
+        format!("https://localhost:{}/webhook/{TOKEN}", nginx.https_port)
+    );
+
+    // Past the burst, one address is refused with 429 and Retry-After, in JSON.
+    let mut limited = None;
+    for _ in 0..30 {
+        let response = client
+            .post(format!("{url}/not-the-secret"))
+            .header("content-type", "text/plain")
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 429 {
+            limited = Some(response);
+            break;
+        }
+        assert_eq!(response.status(), 401);
+    }
+    let limited = limited.expect("30 rapid requests were never rate limited");
+    assert_eq!(limited.headers()["retry-after"], "1");
+    let error: serde_json::Value = limited.json().await.unwrap();
+    assert_eq!(error["error"], "rate_limited");
+}

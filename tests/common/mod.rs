@@ -513,7 +513,7 @@ impl Nginx {
         settings: &[(&str, &str)],
     ) -> Nginx {
         let prefix = dir.join("nginx");
-        std::fs::create_dir_all(prefix.join("tmp")).unwrap();
+        std::fs::create_dir_all(&prefix).unwrap();
         let http_port = free_port();
         let https_port = free_port();
         let mut values: Vec<(String, String)> = vec![
