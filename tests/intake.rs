@@ -653,3 +653,27 @@ async fn a_redelivered_batch_rewrites_the_same_records_without_stalling() {
             .all(|j| j.get_document("signal").unwrap().get_str("text").unwrap() == "again")
     );
 }
+
+#[tokio::test]
+async fn json_the_store_cannot_hold_as_a_document_is_kept_whole_in_the_body() {
+    let app = App::start().await;
+    let body = format!(
+        r#"{{"passphrase":"{TOKEN}","ticker":"BTCUSDT","levels":[[1,2],[3,4]],"a.b":{{"$x":1}}}}"#
+    );
+    let (status, ack) = json(app.post("/webhook", "application/json", body).await).await;
+    assert_eq!(status, 202, "{ack}");
+    let id = ack["id"].as_str().unwrap();
+    let jobs = app.wait_for_docs("jobs", doc! { "_id": id }, 1).await;
+    assert_eq!(str_at(&jobs[0], "ticker"), "BTCUSDT");
+    let audit = app.docs("audit", doc! { "_id": id }).await;
+    assert!(!audit[0].contains_key("json"));
+    assert!(
+        audit[0]
+            .get_str("json_note")
+            .unwrap()
+            .contains("array inside an array")
+    );
+    let stored: Value = serde_json::from_str(audit[0].get_str("body").unwrap()).unwrap();
+    assert_eq!(stored["levels"], serde_json::json!([[1, 2], [3, 4]]));
+    assert_eq!(stored["passphrase"], "[redacted]");
+}
