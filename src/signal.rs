@@ -7,29 +7,19 @@
 //! match wins. A text alert keeps its text.
 
 use chrono::{DateTime, TimeZone, Utc};
-use serde::Serialize;
 use serde_json::{Map, Value};
 
 /// The normalized content of an alert.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Signal {
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub ticker: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub exchange: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub interval: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub action: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub price: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub quantity: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub strategy: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub alert_time: Option<DateTime<Utc>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
 }
 
