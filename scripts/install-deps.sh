@@ -24,7 +24,7 @@ if command -v mongod >/dev/null; then
 elif [ -x .tools/bin/pyron-ferretdb ] && [ .tools/bin/pyron-ferretdb -nt tools/ferretdb/go.sum ]; then
   echo "==> MongoDB wire server: FerretDB (.tools/bin/pyron-ferretdb)"
 else
-  command -v go >/dev/null || { echo "Go is needed to build FerretDB: install golang (1.22 or newer)" >&2; exit 1; }
+  command -v go >/dev/null || { echo "Go is needed to build FerretDB: install Go 1.24 or newer" >&2; exit 1; }
   echo "==> building FerretDB v1.24.2 (SQLite backend) into .tools/bin"
   mkdir -p .tools/bin
   (cd tools/ferretdb && go build -trimpath -o ../../.tools/bin/pyron-ferretdb .)
