@@ -107,9 +107,27 @@ impl Process {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// SIGKILL: the process dies as in a crash.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then SIGKILL if it is still running after two seconds. NGINX needs this:
+    /// its workers outlive a killed master.
+    pub fn stop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let pid = self.child.id().to_string();
+            let _ = Command::new("kill").args(["-TERM", &pid]).status();
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        self.kill();
     }
 
     /// Sends SIGTERM and waits for the exit status.
@@ -132,7 +150,7 @@ impl Drop for Process {
         if std::thread::panicking() {
             eprintln!("--- {} log ---\n{}", self.name, tail(&self.log));
         }
-        self.kill();
+        self.stop();
     }
 }
 
