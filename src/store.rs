@@ -1,8 +1,8 @@
 //! The record: MongoDB collections `audit` (every alert as received) and `jobs` (the result
 //! of processing each alert), both keyed by event id.
 //!
-//! Only what both MongoDB and FerretDB support is used: plain inserts, and the `update`
-//! command with many upsert statements for batches. A parsed JSON body is stored as a
+//! Only what both MongoDB and FerretDB support is used: single and multi-document inserts,
+//! and single-statement updates. A parsed JSON body is stored as a
 //! document when it can be (MongoDB-compatible servers refuse some keys, and FerretDB
 //! refuses arrays nested in arrays); otherwise the record says why, and the raw body, which
 //! is always stored, still holds everything.
@@ -43,13 +43,11 @@ pub enum Arrival {
     Duplicate { first: String },
 }
 
-/// One job's outcome, for the `jobs` collection.
+/// One job's outcome, for the `jobs` collection: its signal, or why it can never have one.
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub id: EventId,
-    pub status: JobStatus,
-    pub signal: Option<Signal>,
-    pub error: Option<String>,
+    pub result: Result<Signal, String>,
     pub received_at: DateTime<Utc>,
     pub processed_at: DateTime<Utc>,
     pub entry: String,
@@ -78,6 +76,15 @@ impl JobStatus {
     }
 }
 
+impl Outcome {
+    pub fn status(&self) -> JobStatus {
+        match self.result {
+            Ok(_) => JobStatus::Processed,
+            Err(_) => JobStatus::Dead,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Store {
     db: Database,
@@ -99,10 +106,6 @@ impl Store {
             db: client.database(db),
             timeout,
         })
-    }
-
-    pub fn database(&self) -> &Database {
-        &self.db
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
@@ -255,18 +258,16 @@ fn job_document(outcome: &Outcome) -> Document {
     let mut document = job_fields(outcome);
     document.insert("_id", outcome.id.to_string());
     document.insert("attempts", 1_i64);
-    if let Some(signal) = &outcome.signal {
-        document.insert("signal", signal_document(signal));
-    }
-    if let Some(error) = &outcome.error {
-        document.insert("error", error);
-    }
+    match &outcome.result {
+        Ok(signal) => document.insert("signal", signal_document(signal)),
+        Err(error) => document.insert("error", error),
+    };
     document
 }
 
 fn job_fields(outcome: &Outcome) -> Document {
     doc! {
-        "status": outcome.status.as_str(),
+        "status": outcome.status().as_str(),
         "received_at": bson::DateTime::from_chrono(outcome.received_at),
         "processed_at": bson::DateTime::from_chrono(outcome.processed_at),
         "lag_ms": (outcome.processed_at - outcome.received_at).num_milliseconds(),
@@ -278,27 +279,17 @@ fn job_fields(outcome: &Outcome) -> Document {
 /// The update statement that rewrites a redelivered job's record in place.
 fn job_update(outcome: &Outcome) -> Document {
     let mut set = job_fields(outcome);
-    let mut unset = Document::new();
-    match &outcome.signal {
-        Some(signal) => {
+    let unset = match &outcome.result {
+        Ok(signal) => {
             set.insert("signal", signal_document(signal));
+            "error"
         }
-        None => {
-            unset.insert("signal", "");
-        }
-    }
-    match &outcome.error {
-        Some(error) => {
+        Err(error) => {
             set.insert("error", error);
+            "signal"
         }
-        None => {
-            unset.insert("error", "");
-        }
-    }
-    let mut update = doc! { "$set": set, "$inc": { "attempts": 1_i64 } };
-    if !unset.is_empty() {
-        update.insert("$unset", unset);
-    }
+    };
+    let update = doc! { "$set": set, "$unset": { unset: "" }, "$inc": { "attempts": 1_i64 } };
     doc! { "q": { "_id": outcome.id.to_string() }, "u": update, "upsert": true }
 }
 

@@ -19,7 +19,7 @@ use crate::{
     ingest::Alert,
     queue::{Consumer, Delivery, QueueError},
     signal::Signal,
-    store::{JobStatus, Outcome, Processed, Store, StoreError},
+    store::{Outcome, Processed, Store, StoreError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -114,15 +114,15 @@ impl Worker {
         let mut done: Vec<&str> = Vec::with_capacity(records.len());
         for (record, delivery) in records.iter().zip(batch.iter().filter(|d| d.alert.is_ok())) {
             let o = &record.outcome;
-            match (o.status, &o.error) {
-                (JobStatus::Dead, Some(error)) => {
+            match &o.result {
+                Err(error) => {
                     tracing::warn!(event_id = %o.id, error, "alert cannot be processed; moved to dead letters");
                     self.consumer.dead_letter(delivery, error).await?;
                 }
-                _ => {
+                Ok(signal) => {
                     tracing::info!(
                         event_id = %o.id,
-                        ticker = o.signal.as_ref().and_then(|s| s.ticker.as_deref()),
+                        ticker = signal.ticker.as_deref(),
                         lag_ms = (o.processed_at - o.received_at).num_milliseconds(),
                         "alert processed"
                     );
@@ -144,7 +144,7 @@ impl Worker {
         mut alert: Alert,
         processed_at: chrono::DateTime<Utc>,
     ) -> Processed {
-        let signal = match alert.kind {
+        let result = match alert.kind {
             AlertKind::Text => Ok(Signal::from_text(&alert.body)),
             AlertKind::Json => match serde_json::from_str::<Value>(&alert.body) {
                 Ok(value) => {
@@ -155,16 +155,10 @@ impl Worker {
                 Err(e) => Err(format!("stored body is not JSON: {e}")),
             },
         };
-        let (status, signal, error) = match signal {
-            Ok(signal) => (JobStatus::Processed, Some(signal), None),
-            Err(error) => (JobStatus::Dead, None, Some(error)),
-        };
         Processed {
             outcome: Outcome {
                 id: alert.id,
-                status,
-                signal,
-                error,
+                result,
                 received_at: alert.received_at,
                 processed_at,
                 entry: delivery.entry.clone(),
