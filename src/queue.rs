@@ -8,7 +8,7 @@
 //! script, so a duplicate can never create a second job and a first alert can never be
 //! marked seen without its job.
 
-use std::{collections::HashMap, time::Duration};
+use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
 use redis::{
@@ -266,7 +266,7 @@ impl Delivery {
                 (k, v)
             })
             .collect();
-        let alert = alert_from_fields(&fields.iter().cloned().collect());
+        let alert = alert_from_fields(&fields);
         Delivery {
             entry: entry.id,
             alert,
@@ -275,12 +275,9 @@ impl Delivery {
     }
 }
 
-fn alert_from_fields(fields: &HashMap<String, String>) -> Result<Alert, String> {
-    let get = |name: &str| {
-        fields
-            .get(name)
-            .ok_or_else(|| format!("job has no field {name:?}"))
-    };
+fn alert_from_fields(fields: &[(String, String)]) -> Result<Alert, String> {
+    let find = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+    let get = |name: &str| find(name).ok_or_else(|| format!("job has no field {name:?}"));
     let id = get("id")?
         .parse::<EventId>()
         .map_err(|e| format!("job id: {e}"))?;
@@ -299,8 +296,8 @@ fn alert_from_fields(fields: &HashMap<String, String>) -> Result<Alert, String> 
         content_type: get("content_type")?.clone(),
         body: get("body")?.clone(),
         json: None,
-        sender: fields.get("sender").cloned(),
-        dedup_key: fields.get("dedup_key").cloned(),
+        sender: find("sender").cloned(),
+        dedup_key: find("dedup_key").cloned(),
     })
 }
 
@@ -355,22 +352,30 @@ mod tests {
 
     #[test]
     fn a_stream_entry_needs_every_field_of_an_alert() {
-        let mut fields: HashMap<String, String> = [
-            ("id", "0192f0c0-0000-7000-8000-000000000000"),
-            ("received_at", "1764339300000"),
-            ("kind", "text"),
-            ("content_type", "text/plain"),
-            ("body", "hi"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
-        let alert = alert_from_fields(&fields).unwrap();
+        let entry = |kind: &str, with_body: bool| -> Vec<(String, String)> {
+            [
+                ("id", "0192f0c0-0000-7000-8000-000000000000"),
+                ("received_at", "1764339300000"),
+                ("kind", kind),
+                ("content_type", "text/plain"),
+                ("body", "hi"),
+            ]
+            .into_iter()
+            .filter(|(k, _)| with_body || *k != "body")
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+        };
+        let alert = alert_from_fields(&entry("text", true)).unwrap();
         assert_eq!(alert.kind, AlertKind::Text);
-        fields.insert("kind".into(), "xml".into());
-        assert!(alert_from_fields(&fields).unwrap_err().contains("kind"));
-        fields.insert("kind".into(), "json".into());
-        fields.remove("body");
-        assert!(alert_from_fields(&fields).unwrap_err().contains("body"));
+        assert!(
+            alert_from_fields(&entry("xml", true))
+                .unwrap_err()
+                .contains("kind")
+        );
+        assert!(
+            alert_from_fields(&entry("json", false))
+                .unwrap_err()
+                .contains("body")
+        );
     }
 }

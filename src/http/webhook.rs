@@ -124,24 +124,6 @@ async fn accept(
             },
         ),
     };
-    // The job is durable in Redis now, so the answer need not wait long for MongoDB. The
-    // write runs in its own task: past the wait it still completes, and should it fail,
-    // the worker writes the audit record from the job when it processes it.
-    let store = app.store.clone();
-    let record = alert.clone();
-    let write = tokio::spawn(async move { store.insert_audit(&record, arrival).await });
-    match tokio::time::timeout(app.store_timeout, write).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(err))) => {
-            tracing::warn!(event_id = %alert.id, error = %err, "audit record deferred to the worker");
-        }
-        Ok(Err(panic)) => {
-            tracing::error!(event_id = %alert.id, error = %panic, "audit write task failed");
-        }
-        Err(_) => {
-            tracing::warn!(event_id = %alert.id, "audit record still being written; answering now");
-        }
-    }
     tracing::info!(
         event_id = %alert.id,
         kind = alert.kind.as_str(),
@@ -149,6 +131,24 @@ async fn accept(
         sender = alert.sender.as_deref(),
         "alert accepted"
     );
+    // The job is durable in Redis now, so the answer need not wait long for MongoDB. The
+    // write runs in its own task (which takes the alert): past the wait it still
+    // completes, and should it fail, the worker writes the audit record from the job.
+    let id = alert.id;
+    let store = app.store.clone();
+    let write = tokio::spawn(async move { store.insert_audit(&alert, arrival).await });
+    match tokio::time::timeout(app.store_timeout, write).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(err))) => {
+            tracing::warn!(event_id = %id, error = %err, "audit record deferred to the worker");
+        }
+        Ok(Err(panic)) => {
+            tracing::error!(event_id = %id, error = %panic, "audit write task failed");
+        }
+        Err(_) => {
+            tracing::warn!(event_id = %id, "audit record still being written; answering now");
+        }
+    }
     Ok((StatusCode::ACCEPTED, Json(ack)))
 }
 
