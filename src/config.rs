@@ -5,9 +5,9 @@
 //! `webhook_token_file`, ...). The seed's variables keep their names (`USE_SSL`,
 //! `REDIS_HOST`, `REDIS_PORT`, `MONGO_URI`, `MONGO_DB`); everything else is `PYRON_*`.
 //!
-//! Secrets (`webhook_token`, `redis_url`, `mongo_uri`) may also come from a file named by
-//! `<KEY>_FILE`, or from a systemd credential in `$CREDENTIALS_DIRECTORY` (`webhook-token`,
-//! `redis-url`, `mongo-uri`). A bad value stops start-up with one line naming the key.
+//! Secrets (`webhook_token`, `admin_token`, `redis_url`, `mongo_uri`) may also come from a
+//! file named by `<KEY>_FILE`, or from a systemd credential in `$CREDENTIALS_DIRECTORY`
+//! (`webhook-token`, `admin-token`, `redis-url`, `mongo-uri`). A bad value stops start-up with one line naming the key.
 
 use std::{
     fmt,
@@ -46,6 +46,10 @@ const MAX_BODY_LIMIT: usize = 4 * 1024 * 1024;
 /// this only rules out the trivially guessable; the README recommends 32 random bytes.
 const MIN_TOKEN_LEN: usize = 8;
 
+/// Shortest accepted admin secret: it guards replaying and reading every alert, and no
+/// third party's format constrains it.
+const MIN_ADMIN_TOKEN_LEN: usize = 16;
+
 /// The raw settings as layered by figment, before validation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -79,6 +83,11 @@ struct Raw {
     worker_block_ms: u64,
     worker_write_timeout_ms: u64,
     worker_consumer: Option<String>,
+    worker_max_attempts: u32,
+    worker_retry_base_ms: u64,
+    worker_claim_idle_ms: u64,
+    admin_token: Option<String>,
+    admin_token_file: Option<PathBuf>,
 }
 
 impl Default for Raw {
@@ -113,6 +122,11 @@ impl Default for Raw {
             worker_block_ms: 1000,
             worker_write_timeout_ms: 10_000,
             worker_consumer: None,
+            worker_max_attempts: 5,
+            worker_retry_base_ms: 500,
+            worker_claim_idle_ms: 60_000,
+            admin_token: None,
+            admin_token_file: None,
         }
     }
 }
@@ -174,6 +188,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// How long one store operation may take on the request path before it counts as down.
     pub store_timeout: Duration,
+    /// The operator's secret for the dead-letter API (`Authorization: Bearer`); the admin
+    /// endpoints answer 401 while it is unset.
+    pub admin_token: Option<Secret>,
     pub worker: WorkerConfig,
 }
 
@@ -184,6 +201,12 @@ pub struct WorkerConfig {
     /// How long one batch write to MongoDB may take before it is retried.
     pub write_timeout: Duration,
     pub consumer: String,
+    /// Attempts a job gets when its write keeps failing, before it is dead-lettered.
+    pub max_attempts: u32,
+    /// Wait before the second attempt; it doubles with each attempt after that.
+    pub retry_base: Duration,
+    /// How long an entry may sit unacknowledged with another consumer before it is claimed.
+    pub claim_idle: Duration,
 }
 
 /// A configuration problem, always tied to the key that caused it.
@@ -366,6 +389,39 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        if !(1..=100).contains(&raw.worker_max_attempts) {
+            return Err(ConfigError::new(
+                "worker_max_attempts",
+                "must be between 1 and 100",
+            ));
+        }
+        if raw.worker_retry_base_ms == 0 {
+            return Err(ConfigError::new(
+                "worker_retry_base_ms",
+                "must be at least 1",
+            ));
+        }
+        if raw.worker_claim_idle_ms < 1000 {
+            return Err(ConfigError::new(
+                "worker_claim_idle_ms",
+                "must be at least 1000: a live worker's batch must not be taken from it",
+            ));
+        }
+        let admin_token = secret(
+            "admin_token",
+            raw.admin_token,
+            raw.admin_token_file.as_deref(),
+            credentials,
+        )?;
+        if admin_token
+            .as_ref()
+            .is_some_and(|t| t.expose().len() < MIN_ADMIN_TOKEN_LEN)
+        {
+            return Err(ConfigError::new(
+                "admin_token",
+                format!("must be at least {MIN_ADMIN_TOKEN_LEN} characters"),
+            ));
+        }
         let consumer = match raw.worker_consumer {
             Some(name) if name.is_empty() => {
                 return Err(ConfigError::new(
@@ -395,11 +451,15 @@ impl Config {
             log: raw.log,
             log_format: raw.log_format,
             store_timeout: Duration::from_millis(raw.store_timeout_ms),
+            admin_token,
             worker: WorkerConfig {
                 batch_size: raw.worker_batch_size,
                 block: Duration::from_millis(raw.worker_block_ms),
                 write_timeout: Duration::from_millis(raw.worker_write_timeout_ms),
                 consumer,
+                max_attempts: raw.worker_max_attempts,
+                retry_base: Duration::from_millis(raw.worker_retry_base_ms),
+                claim_idle: Duration::from_millis(raw.worker_claim_idle_ms),
             },
         })
     }
@@ -711,6 +771,31 @@ mod tests {
             let config =
                 Config::from_figment(figment(None).unwrap(), Some(&creds), Role::Api).unwrap();
             assert_eq!(config.webhook_token.unwrap().expose(), "from-credential-1");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn delivery_settings_are_checked() {
+        Jail::expect_with(|jail| {
+            let config = load(jail, Role::Worker).unwrap();
+            assert_eq!(config.worker.max_attempts, 5);
+            assert_eq!(config.worker.retry_base, Duration::from_millis(500));
+            assert_eq!(config.worker.claim_idle, Duration::from_secs(60));
+            assert!(config.admin_token.is_none());
+            for (key, value) in [
+                ("PYRON_WORKER_MAX_ATTEMPTS", "0"),
+                ("PYRON_WORKER_RETRY_BASE_MS", "0"),
+                ("PYRON_WORKER_CLAIM_IDLE_MS", "500"),
+                ("PYRON_ADMIN_TOKEN", "too-short"),
+            ] {
+                jail.set_env(key, value);
+                assert_eq!(load(jail, Role::Worker).unwrap_err().key, key);
+                jail.clear_env();
+            }
+            jail.set_env("PYRON_ADMIN_TOKEN", "0123456789abcdef");
+            let config = load(jail, Role::Worker).unwrap();
+            assert!(config.admin_token.unwrap().matches(b"0123456789abcdef"));
             Ok(())
         });
     }

@@ -10,6 +10,7 @@ pub mod domain;
 pub mod http;
 pub mod ingest;
 pub mod queue;
+pub mod reconcile;
 pub mod signal;
 pub mod startup;
 pub mod store;

@@ -14,7 +14,10 @@ use chrono::{TimeZone, Utc};
 use redis::{
     AsyncCommands, Client, RedisError, Script, Value as RedisValue,
     aio::{ConnectionManager, ConnectionManagerConfig},
-    streams::{StreamId, StreamReadOptions, StreamReadReply},
+    streams::{
+        StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamRangeReply,
+        StreamReadOptions, StreamReadReply,
+    },
 };
 use sha2::{Digest, Sha256};
 
@@ -28,13 +31,50 @@ pub const GROUP: &str = "pyron-workers";
 pub const DEAD_LETTERS: &str = "webhook-jobs:dead";
 const DEDUP_PREFIX: &str = "pyron:dedup:";
 
-/// Sets the dedup key and adds the job in one step, or reports the first alert's id.
+/// Prefix of the keys the reconciler sets for alerts without a dedup key, so that two
+/// reconcilers (or one retrying after a lost reply) queue an alert once.
+const REQUEUED_PREFIX: &str = "pyron:requeued:";
+
+/// How long a reconciler's key lives when the alert has no dedup key of its own.
+const REQUEUED_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Sets the key to the alert's id and adds the job, in one step. When the key already
+/// holds another alert's id, a duplicate entry is added instead (so the worker writes its
+/// audit record even if MongoDB is down now); when it holds this alert's id, the alert was
+/// queued before and nothing is added.
 const ENQUEUE_ONCE: &str = r"
 local first = redis.call('SET', KEYS[2], ARGV[1], 'NX', 'EX', ARGV[2], 'GET')
-if first then
-  return {0, first}
+if not first then
+  return {1, redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))}
 end
-return {1, redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))}
+if first == ARGV[1] then
+  return {2, first}
+end
+redis.call('XADD', KEYS[1], '*', 'duplicate_of', first, unpack(ARGV, 3))
+return {0, first}
+";
+
+/// Moves one dead letter back to the work stream, without its dead-letter fields.
+const REPLAY: &str = r"
+local found = redis.call('XRANGE', KEYS[2], ARGV[1], ARGV[1])
+if #found == 0 then
+  return false
+end
+local fields = found[1][2]
+local job = {}
+for i = 1, #fields, 2 do
+  local name = fields[i]
+  if name ~= 'reason' and name ~= 'entry' and name ~= 'attempts' and name ~= 'dead_at'
+     and name ~= 'replayed_from' then
+    job[#job + 1] = name
+    job[#job + 1] = fields[i + 1]
+  end
+end
+job[#job + 1] = 'replayed_from'
+job[#job + 1] = ARGV[1]
+local entry = redis.call('XADD', KEYS[1], '*', unpack(job))
+redis.call('XDEL', KEYS[2], ARGV[1])
+return entry
 ";
 
 #[derive(Debug, thiserror::Error)]
@@ -54,15 +94,32 @@ pub enum Enqueued {
     Queued { entry: String },
     /// The dedup key was seen before; no job was added. Holds the first alert's id.
     Duplicate { first: String },
+    /// This very alert was queued before (a reconciler retrying after a lost reply).
+    AlreadyQueued,
 }
 
 /// A stream entry; `alert` is `Err` when the entry cannot be read as a job at all. The
-/// alert's `json` is left for the worker to parse from the body.
+/// alert's `json` is left for the worker to parse from the body. `duplicate_of` is set for
+/// the entry of a duplicate alert, which only needs its audit record.
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub entry: String,
     pub alert: Result<Alert, String>,
+    pub duplicate_of: Option<String>,
     fields: Vec<(String, String)>,
+}
+
+/// An entry of `webhook-jobs:dead`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeadLetter {
+    /// The dead-letter entry's own id, which replay takes.
+    pub entry: String,
+    /// The alert's event id, when the job had one.
+    pub id: Option<String>,
+    pub reason: String,
+    pub received_at: Option<String>,
+    pub kind: Option<String>,
+    pub body: Option<String>,
 }
 
 #[derive(Clone)]
@@ -70,6 +127,7 @@ pub struct Queue {
     conn: ConnectionManager,
     timeout: Duration,
     enqueue_once: Script,
+    replay: Script,
 }
 
 impl Queue {
@@ -81,6 +139,7 @@ impl Queue {
             conn,
             timeout,
             enqueue_once: Script::new(ENQUEUE_ONCE),
+            replay: Script::new(REPLAY),
         })
     }
 
@@ -100,11 +159,165 @@ impl Queue {
         alert: &Alert,
         dedup_ttl: Duration,
     ) -> Result<Enqueued, QueueError> {
-        let id = alert.id.to_string();
-        let received_at = alert.received_at.timestamp_millis().to_string();
+        match &alert.dedup_key {
+            Some(key) => self.enqueue_once(alert, &dedup_key(key), dedup_ttl).await,
+            None => {
+                let fields = JobFields::of(alert);
+                let mut conn = self.conn.clone();
+                let entry: String =
+                    bounded(self.timeout, conn.xadd(STREAM, "*", &fields.pairs())).await?;
+                Ok(Enqueued::Queued { entry })
+            }
+        }
+    }
+
+    /// Queues alerts that only MongoDB took (the reconciler's step), in one pipeline.
+    /// Safe to repeat: an alert already queued under its key is not queued again, and one
+    /// whose dedup key belongs to another alert comes back as a duplicate. Alerts without
+    /// a dedup key get one of their own, `pyron:requeued:<id>`, for a day.
+    pub async fn requeue(
+        &self,
+        alerts: &[Alert],
+        dedup_ttl: Duration,
+    ) -> Result<Vec<Enqueued>, QueueError> {
+        if alerts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<(String, Duration)> = alerts
+            .iter()
+            .map(|alert| match &alert.dedup_key {
+                Some(key) => (dedup_key(key), dedup_ttl),
+                None => (format!("{REQUEUED_PREFIX}{}", alert.id), REQUEUED_TTL),
+            })
+            .collect();
+        let fields: Vec<JobFields> = alerts.iter().map(JobFields::of).collect();
+        let mut invocations = Vec::with_capacity(alerts.len());
+        for ((key, ttl), fields) in keys.iter().zip(&fields) {
+            let mut invocation = self.enqueue_once.key(STREAM);
+            invocation
+                .key(key)
+                .arg(&fields.id)
+                .arg(ttl.as_secs().max(1));
+            for (name, value) in fields.pairs() {
+                invocation.arg(name).arg(value);
+            }
+            invocations.push(invocation);
+        }
+        let mut pipe = redis::pipe();
+        pipe.load_script(&self.enqueue_once).ignore();
+        for invocation in &invocations {
+            pipe.invoke_script(invocation);
+        }
+        let mut conn = self.conn.clone();
+        let replies: Vec<(i64, String)> =
+            bounded(self.timeout, pipe.query_async(&mut conn)).await?;
+        Ok(replies.into_iter().map(enqueued).collect())
+    }
+
+    async fn enqueue_once(
+        &self,
+        alert: &Alert,
+        key: &str,
+        ttl: Duration,
+    ) -> Result<Enqueued, QueueError> {
+        let fields = JobFields::of(alert);
+        let mut invocation = self.enqueue_once.key(STREAM);
+        invocation
+            .key(key)
+            .arg(&fields.id)
+            .arg(ttl.as_secs().max(1));
+        for (name, value) in fields.pairs() {
+            invocation.arg(name).arg(value);
+        }
+        let mut conn = self.conn.clone();
+        let reply: (i64, String) =
+            bounded(self.timeout, invocation.invoke_async(&mut conn)).await?;
+        Ok(enqueued(reply))
+    }
+
+    /// The dead letters, oldest first, at most `limit`.
+    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        let mut conn = self.conn.clone();
+        let reply: StreamRangeReply = bounded(
+            self.timeout,
+            conn.xrange_count(DEAD_LETTERS, "-", "+", limit),
+        )
+        .await?;
+        Ok(reply.ids.into_iter().map(DeadLetter::from_entry).collect())
+    }
+
+    /// Moves dead letters back to the work stream: those of the given event ids, or all
+    /// of them when `ids` is `None`. Returns how many were moved.
+    pub async fn replay(&self, ids: Option<&[String]>) -> Result<usize, QueueError> {
+        let mut replayed = 0;
+        let mut start = "-".to_owned();
+        loop {
+            let mut conn = self.conn.clone();
+            let page: StreamRangeReply = bounded(
+                self.timeout,
+                conn.xrange_count(DEAD_LETTERS, &start, "+", 500),
+            )
+            .await?;
+            let Some(last) = page.ids.last() else {
+                return Ok(replayed);
+            };
+            start = format!("({}", last.id);
+            for letter in page.ids.into_iter().map(DeadLetter::from_entry) {
+                let wanted = match ids {
+                    None => true,
+                    Some(ids) => letter.id.as_ref().is_some_and(|id| ids.contains(id)),
+                };
+                if !wanted {
+                    continue;
+                }
+                let moved: Option<String> = bounded(
+                    self.timeout,
+                    self.replay
+                        .key(STREAM)
+                        .key(DEAD_LETTERS)
+                        .arg(&letter.entry)
+                        .invoke_async(&mut conn),
+                )
+                .await?;
+                if moved.is_some() {
+                    replayed += 1;
+                    tracing::info!(event_id = letter.id.as_deref(), dead_letter = %letter.entry, "dead letter replayed");
+                }
+            }
+        }
+    }
+}
+
+/// The answer of `ENQUEUE_ONCE`.
+fn enqueued((queued, value): (i64, String)) -> Enqueued {
+    match queued {
+        1 => Enqueued::Queued { entry: value },
+        2 => Enqueued::AlreadyQueued,
+        _ => Enqueued::Duplicate { first: value },
+    }
+}
+
+/// The fields of an alert's job, as strings for Redis.
+struct JobFields<'a> {
+    id: String,
+    received_at: String,
+    alert: &'a Alert,
+}
+
+impl<'a> JobFields<'a> {
+    fn of(alert: &'a Alert) -> Self {
+        JobFields {
+            id: alert.id.to_string(),
+            received_at: alert.received_at.timestamp_millis().to_string(),
+            alert,
+        }
+    }
+
+    fn pairs(&self) -> Vec<(&str, &str)> {
+        let alert = self.alert;
         let mut fields: Vec<(&str, &str)> = vec![
-            ("id", &id),
-            ("received_at", &received_at),
+            ("id", &self.id),
+            ("received_at", &self.received_at),
             ("kind", alert.kind.as_str()),
             ("content_type", &alert.content_type),
             ("body", &alert.body),
@@ -115,28 +328,7 @@ impl Queue {
         if let Some(key) = &alert.dedup_key {
             fields.push(("dedup_key", key));
         }
-        let mut conn = self.conn.clone();
-
-        let Some(key) = &alert.dedup_key else {
-            let entry: String = bounded(self.timeout, conn.xadd(STREAM, "*", &fields)).await?;
-            return Ok(Enqueued::Queued { entry });
-        };
-
-        let mut invocation = self.enqueue_once.key(STREAM);
-        invocation
-            .key(dedup_key(key))
-            .arg(&id)
-            .arg(dedup_ttl.as_secs().max(1));
-        for (name, value) in &fields {
-            invocation.arg(*name).arg(*value);
-        }
-        let (queued, value): (i64, String) =
-            bounded(self.timeout, invocation.invoke_async(&mut conn)).await?;
-        Ok(if queued == 1 {
-            Enqueued::Queued { entry: value }
-        } else {
-            Enqueued::Duplicate { first: value }
-        })
+        fields
     }
 }
 
@@ -186,23 +378,23 @@ impl Consumer {
         }
     }
 
-    /// Reads up to `count` entries. `pending` re-reads entries this consumer was given
-    /// before but never acknowledged (after a failed write, say); otherwise new entries
-    /// are awaited for up to `block`.
+    /// Reads up to `count` entries. With `pending` set to a stream id, re-reads the
+    /// entries this consumer was given before but never acknowledged, after that id (start
+    /// at "0"); otherwise awaits new entries for up to `block`.
     pub async fn read(
         &self,
         count: usize,
         block: Duration,
-        pending: bool,
+        pending: Option<&str>,
     ) -> Result<Vec<Delivery>, QueueError> {
         let mut conn = self.reader.clone();
         let mut options = StreamReadOptions::default()
             .group(GROUP, &self.name)
             .count(count);
-        if !pending {
+        if pending.is_none() {
             options = options.block(block.as_millis() as usize);
         }
-        let start = if pending { "0" } else { ">" };
+        let start = pending.unwrap_or(">");
         let reply: Option<StreamReadReply> = bounded(
             block + self.timeout,
             conn.xread_options(&[STREAM], &[start], &options),
@@ -210,6 +402,33 @@ impl Consumer {
         .await?;
         let entries = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids);
         Ok(entries.map(Delivery::from_entry).collect())
+    }
+
+    /// Takes over entries that another consumer was given but has not acknowledged for
+    /// `min_idle` (it died, or hangs). Entries deleted meanwhile are dropped by Redis.
+    pub async fn claim(
+        &self,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<Delivery>, QueueError> {
+        let mut conn = self.conn.clone();
+        let reply: StreamAutoClaimReply = bounded(
+            self.timeout,
+            conn.xautoclaim_options(
+                STREAM,
+                GROUP,
+                &self.name,
+                min_idle.as_millis() as u64,
+                "0-0",
+                StreamAutoClaimOptions::default().count(count),
+            ),
+        )
+        .await?;
+        Ok(reply
+            .claimed
+            .into_iter()
+            .map(Delivery::from_entry)
+            .collect())
     }
 
     /// Acknowledges entries and deletes them from the stream in one transaction: once a
@@ -229,8 +448,16 @@ impl Consumer {
         Ok(())
     }
 
-    /// Moves an entry to the dead-letter stream with the reason, then acknowledges it.
-    pub async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), QueueError> {
+    /// Moves an entry to the dead-letter stream with the reason and the attempts it had,
+    /// then acknowledges it, in one transaction.
+    pub async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        reason: &str,
+        attempts: u32,
+    ) -> Result<(), QueueError> {
+        let attempts = attempts.to_string();
+        let dead_at = Utc::now().timestamp_millis().to_string();
         let mut fields: Vec<(&str, &str)> = delivery
             .fields
             .iter()
@@ -238,6 +465,8 @@ impl Consumer {
             .collect();
         fields.push(("reason", reason));
         fields.push(("entry", &delivery.entry));
+        fields.push(("attempts", &attempts));
+        fields.push(("dead_at", &dead_at));
         let mut conn = self.conn.clone();
         let mut pipe = redis::pipe();
         pipe.atomic()
@@ -267,10 +496,36 @@ impl Delivery {
             })
             .collect();
         let alert = alert_from_fields(&fields);
+        let duplicate_of = fields
+            .iter()
+            .find(|(k, _)| k == "duplicate_of")
+            .map(|(_, v)| v.clone());
         Delivery {
             entry: entry.id,
             alert,
+            duplicate_of,
             fields,
+        }
+    }
+}
+
+impl DeadLetter {
+    fn from_entry(entry: StreamId) -> DeadLetter {
+        let delivery = Delivery::from_entry(entry);
+        let mut fields = delivery.fields;
+        let mut take = |name: &str| {
+            fields
+                .iter()
+                .position(|(k, _)| k == name)
+                .map(|i| fields.swap_remove(i).1)
+        };
+        DeadLetter {
+            entry: delivery.entry,
+            id: take("id"),
+            reason: take("reason").unwrap_or_default(),
+            received_at: take("received_at"),
+            kind: take("kind"),
+            body: take("body"),
         }
     }
 }

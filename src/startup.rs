@@ -1,17 +1,22 @@
 //! Wiring: builds pyron-api from a `Config` and serves it until shutdown. Tests start the
 //! real binaries; this is what those binaries call.
 
-use std::{path::Path, sync::Arc};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use axum::Router;
-use tokio::net::{TcpListener, UnixListener};
+use tokio::{
+    net::{TcpListener, UnixListener},
+    sync::{Notify, watch},
+};
 use tokio_rustls::TlsAcceptor;
+use tokio_util::task::TaskTracker;
 
 use crate::{
     config::{BindAddr, Config},
-    http::{self, AppState, Peer, SenderRules, TlsError, serve_tls, tls_acceptor},
+    http::{self, AppState, Breaker, Peer, SenderRules, TlsError, serve_tls, tls_acceptor},
     ingest::Intake,
     queue::{Queue, QueueError},
+    reconcile::Reconciler,
     store::{Store, StoreError},
 };
 
@@ -42,7 +47,19 @@ pub enum Listener {
 pub struct Api {
     listener: Listener,
     router: Router,
+    reconciler: Reconciler,
+    tasks: TaskTracker,
 }
+
+/// How long the reconciler leaves a fresh unqueued record alone, in case its request ends
+/// with a 503 (the write landed after the answer's deadline) and withdraws it.
+const RECONCILE_GRACE: Duration = Duration::from_secs(5);
+
+/// How long alerts skip Redis after it failed one.
+const QUEUE_BREAKER_WINDOW: Duration = Duration::from_secs(1);
+
+/// How long shutdown waits for audit writes still in flight.
+const DRAIN_TASKS: Duration = Duration::from_secs(10);
 
 impl Api {
     pub async fn build(config: &Config) -> Result<Api, StartupError> {
@@ -50,15 +67,31 @@ impl Api {
             Some(files) => Some(tls_acceptor(&files.cert, &files.key)?),
             None => None,
         };
-        let queue = Queue::connect(config.redis_url.expose(), config.store_timeout).await?;
+        // A request's storing budget is split: Redis first, MongoDB with what is left if
+        // Redis fails, so that both down still answers within the budget.
+        let half = config.store_timeout / 2;
+        let queue = Queue::connect(config.redis_url.expose(), half).await?;
         queue.ping().await?;
-        let store = Store::connect(
+        let store = Store::connect(config.mongo_uri.expose(), &config.mongo_db, half).await?;
+        store.ping().await?;
+        let sweeps = Store::connect(
             config.mongo_uri.expose(),
             &config.mongo_db,
-            config.store_timeout,
+            config.worker.write_timeout,
         )
         .await?;
-        store.ping().await?;
+        if let Err(err) = sweeps.ensure_indexes().await {
+            tracing::warn!(error = %err, "audit.status index not created; the reconciler will scan");
+        }
+        let reconcile = Arc::new(Notify::new());
+        let reconciler = Reconciler {
+            grace: RECONCILE_GRACE.max(config.store_timeout * 2),
+            queue: queue.clone(),
+            store: sweeps.clone(),
+            dedup_ttl: config.dedup_ttl,
+            wake: reconcile.clone(),
+        };
+        let tasks = TaskTracker::new();
 
         let state = Arc::new(AppState {
             intake: Intake {
@@ -71,6 +104,11 @@ impl Api {
             store,
             dedup_ttl: config.dedup_ttl,
             store_timeout: config.store_timeout,
+            queue_breaker: Breaker::new(QUEUE_BREAKER_WINDOW),
+            background_store: sweeps,
+            reconcile,
+            tasks: tasks.clone(),
+            admin_token: config.admin_token.clone(),
             body_timeout: config.body_timeout,
             header_limit: config.header_limit,
             senders: SenderRules {
@@ -86,15 +124,24 @@ impl Api {
         Ok(Api {
             listener,
             router: http::router(state),
+            reconciler,
+            tasks,
         })
     }
 
-    /// Serves until `shutdown` completes, then lets in-flight requests finish.
+    /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests
+    /// finish and the audit writes they started complete.
     pub async fn serve(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        match self.listener {
+        let (stop, stopped) = watch::channel(false);
+        let reconciler = tokio::spawn(self.reconciler.run(stopped));
+        let shutdown = async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new connections; finishing requests in flight");
+        };
+        let served = match self.listener {
             Listener::Tcp(l) => {
                 axum::serve(l, self.router.into_make_service_with_connect_info::<Peer>())
                     .with_graceful_shutdown(shutdown)
@@ -106,7 +153,20 @@ impl Api {
                     .with_graceful_shutdown(shutdown)
                     .await
             }
+        };
+        let _ = stop.send(true);
+        self.tasks.close();
+        if tokio::time::timeout(DRAIN_TASKS, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = self.tasks.len(),
+                "audit writes still running at exit; the worker writes them from the jobs"
+            );
         }
+        let _ = reconciler.await;
+        served
     }
 }
 

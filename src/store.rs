@@ -36,12 +36,55 @@ pub enum StoreError {
     Refused(String),
 }
 
-/// How an alert ended up on arrival.
+/// Server error codes that mean "not now" rather than "not this document": shutting
+/// down, stepping down, no primary, interrupted.
+const UNAVAILABLE_CODES: [i32; 11] = [6, 7, 89, 91, 189, 9001, 10107, 11600, 11602, 13435, 13436];
+
+impl StoreError {
+    /// Whether MongoDB could not be reached or did not answer, as opposed to answering
+    /// and refusing this particular write. An outage is waited out; a refusal counts
+    /// against the job.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            StoreError::Timeout(_) => true,
+            StoreError::Refused(_) => false,
+            StoreError::Mongo(err) => match err.kind.as_ref() {
+                ErrorKind::Command(e) => UNAVAILABLE_CODES.contains(&e.code),
+                ErrorKind::Write(_)
+                | ErrorKind::InsertMany(_)
+                | ErrorKind::BulkWrite(_)
+                | ErrorKind::InvalidArgument { .. }
+                | ErrorKind::BsonSerialization(_)
+                | ErrorKind::BsonDeserialization(_) => false,
+                _ => true,
+            },
+        }
+    }
+}
+
+/// How an alert ended up on arrival: its audit record's `status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Arrival {
-    Queued { entry: String },
+    /// In the stream, as this entry (the entry is unknown when the worker writes it).
+    Queued { entry: Option<String> },
+    /// A repeat of `first` under the same idempotency key.
     Duplicate { first: String },
+    /// Redis could not take it: MongoDB holds it alone until the reconciler queues it.
+    Unqueued,
 }
+
+impl Arrival {
+    pub fn status(&self) -> &'static str {
+        match self {
+            Arrival::Queued { .. } => "queued",
+            Arrival::Duplicate { .. } => "duplicate",
+            Arrival::Unqueued => UNQUEUED,
+        }
+    }
+}
+
+/// The audit status of an alert that only MongoDB holds.
+pub const UNQUEUED: &str = "unqueued";
 
 /// One job's outcome, for the `jobs` collection: its signal, or why it can never have one.
 #[derive(Debug, Clone)]
@@ -54,16 +97,22 @@ pub struct Outcome {
     pub worker: String,
 }
 
-/// A processed job: the alert it carried (with its body parsed, for JSON) and the outcome.
+/// What a worker writes for one stream entry: the alert's audit record (in case the API
+/// could not) and, unless the alert is a duplicate, its outcome.
 #[derive(Debug, Clone)]
-pub struct Processed {
-    pub outcome: Outcome,
+pub struct Record {
     pub alert: Alert,
+    pub arrival: Arrival,
+    pub outcome: Option<Outcome>,
 }
 
+/// A job's status in `jobs`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobStatus {
     Processed,
+    /// Its last attempt failed; another follows.
+    Retrying,
+    /// It can never be processed, or ran out of attempts: see `webhook-jobs:dead`.
     Dead,
 }
 
@@ -71,6 +120,7 @@ impl JobStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             JobStatus::Processed => "processed",
+            JobStatus::Retrying => "retrying",
             JobStatus::Dead => "dead",
         }
     }
@@ -83,6 +133,18 @@ impl Outcome {
             Err(_) => JobStatus::Dead,
         }
     }
+}
+
+/// A failed attempt at a job, for its `jobs` record.
+#[derive(Debug, Clone)]
+pub struct Failure<'a> {
+    pub id: EventId,
+    pub received_at: DateTime<Utc>,
+    pub entry: &'a str,
+    pub worker: &'a str,
+    pub error: &'a str,
+    /// When the next attempt is due; `None` when this was the last one.
+    pub next_attempt_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Clone)]
@@ -98,9 +160,7 @@ impl Store {
         let mut options = ClientOptions::parse(uri).await?;
         options.app_name.get_or_insert_with(|| "pyron".to_owned());
         options.server_selection_timeout = Some(timeout);
-        options
-            .connect_timeout
-            .get_or_insert(Duration::from_secs(1));
+        options.connect_timeout = Some(options.connect_timeout.unwrap_or(timeout).min(timeout));
         let client = Client::with_options(options)?;
         Ok(Store {
             db: client.database(db),
@@ -115,21 +175,12 @@ impl Store {
     }
 
     /// Writes the audit record of an alert. Writing the same alert twice is not an error,
-    /// so a retry after a lost reply does no harm. Not bounded by the timeout: the caller
-    /// decides how long to wait, and should let the write finish rather than abandon it
-    /// mid-flight (which FerretDB's SQLite backend handles badly).
+    /// so a retry after a lost reply does no harm. Bounded only by the driver's own
+    /// server-selection timeout: the caller decides how long to wait, and should let the
+    /// write finish rather than abandon it mid-flight (which FerretDB's SQLite backend
+    /// handles badly).
     pub async fn insert_audit(&self, alert: &Alert, arrival: Arrival) -> Result<(), StoreError> {
-        let mut record = audit_record(alert);
-        match arrival {
-            Arrival::Queued { entry } => {
-                record.insert("status", "queued");
-                record.insert("entry", entry);
-            }
-            Arrival::Duplicate { first } => {
-                record.insert("status", "duplicate");
-                record.insert("duplicate_of", first);
-            }
-        }
+        let record = audit_record(alert, &arrival);
         let audit: Collection<Document> = self.db.collection(AUDIT);
         match audit.insert_one(record).await.map_err(StoreError::from) {
             Err(StoreError::Mongo(err)) if is_duplicate_key(&err) => Ok(()),
@@ -137,49 +188,205 @@ impl Store {
         }
     }
 
-    /// Records a batch of outcomes, one `jobs` document per event id whatever the number of
-    /// deliveries, and makes sure each alert also has its audit record (it is missing when
-    /// MongoDB was down as the alert arrived).
+    /// Records a batch: every alert's audit record (it is missing when MongoDB was down
+    /// as the alert arrived; an existing one is left as it is) and one `jobs` document per
+    /// event id, whatever the number of deliveries.
+    ///
+    /// `Err` means MongoDB is unreachable and nothing can be said of the batch. Otherwise
+    /// the answer lists the records MongoDB refused, by index, with its reason; the rest
+    /// are written.
     ///
     /// The common case, a first delivery, is one multi-document insert per collection. A
     /// redelivered job already has its record, so its insert fails with a duplicate key and
     /// that record alone is then updated. (Many upsert statements in one `update` command
     /// would be simpler, but FerretDB 1.x holds a cursor open per matching statement until
     /// the command ends, and a batch of them exhausts its SQLite pool and stalls.)
-    pub async fn record(&self, batch: &[Processed]) -> Result<(), StoreError> {
+    pub async fn record(&self, batch: &[Record]) -> Result<Vec<(usize, String)>, StoreError> {
         if batch.is_empty() {
-            return Ok(());
-        }
-        let jobs: Vec<Document> = batch.iter().map(|p| job_document(&p.outcome)).collect();
-        for index in self.insert_many(JOBS, jobs).await? {
-            let update = job_update(&batch[index].outcome);
-            let reply = self
-                .bounded(
-                    self.db
-                        .run_command(doc! { "update": JOBS, "updates": [update] }),
-                )
-                .await?;
-            refused(&reply, false)?;
+            return Ok(Vec::new());
         }
         let audits: Vec<Document> = batch
             .iter()
-            .map(|Processed { alert, .. }| {
-                let mut record = audit_record(alert);
-                record.insert("status", "queued");
-                record
-            })
+            .map(|r| audit_record(&r.alert, &r.arrival))
             .collect();
-        // Existing audit records are what this write makes sure of, so duplicates are fine.
-        self.insert_many(AUDIT, audits).await?;
+        let mut refused: Vec<(usize, String)> = match self.insert_many(AUDIT, audits).await {
+            // Existing audit records are what this write makes sure of.
+            Ok(errors) => errors
+                .into_iter()
+                .filter(|(_, e)| !e.duplicate)
+                .map(|(i, e)| (i, e.message))
+                .collect(),
+            Err(err) if err.is_outage() || batch.len() == 1 => return Err(err),
+            // MongoDB refused the command as a whole: find the record it minds.
+            Err(_) => return self.record_one_by_one(batch).await,
+        };
+
+        let jobs: Vec<(usize, &Outcome)> = batch
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !refused.iter().any(|(r, _)| r == i))
+            .filter_map(|(i, r)| r.outcome.as_ref().map(|o| (i, o)))
+            .collect();
+        if jobs.is_empty() {
+            return Ok(finish(refused));
+        }
+        let documents = jobs.iter().map(|(_, o)| job_document(o)).collect();
+        let errors = match self.insert_many(JOBS, documents).await {
+            Ok(errors) => errors,
+            Err(err) if err.is_outage() || batch.len() == 1 => return Err(err),
+            Err(_) => return self.record_one_by_one(batch).await,
+        };
+        for (position, error) in errors {
+            let (index, outcome) = jobs[position];
+            if !error.duplicate {
+                refused.push((index, error.message));
+                continue;
+            }
+            // A record exists: a redelivery, or an earlier attempt that failed.
+            match self.update_one(JOBS, job_update(outcome)).await {
+                Ok(()) => {}
+                Err(err) if err.is_outage() => return Err(err),
+                Err(err) => refused.push((index, err.to_string())),
+            }
+        }
+        Ok(finish(refused))
+    }
+
+    /// `record`, one record at a time, to tell which one MongoDB refuses.
+    async fn record_one_by_one(
+        &self,
+        batch: &[Record],
+    ) -> Result<Vec<(usize, String)>, StoreError> {
+        let mut refused = Vec::new();
+        for (index, record) in batch.iter().enumerate() {
+            match Box::pin(self.record(std::slice::from_ref(record))).await {
+                Ok(errors) => refused.extend(errors.into_iter().map(|(_, e)| (index, e))),
+                Err(err) if err.is_outage() => return Err(err),
+                Err(err) => refused.push((index, err.to_string())),
+            }
+        }
+        Ok(refused)
+    }
+
+    /// Notes a failed attempt in the job's record: `retrying` with the error and when the
+    /// next attempt is due, or `dead` after the last one. Counts the attempt.
+    pub async fn record_failure(&self, failure: &Failure<'_>) -> Result<(), StoreError> {
+        let status = match failure.next_attempt_at {
+            Some(_) => JobStatus::Retrying,
+            None => JobStatus::Dead,
+        };
+        let mut set = doc! {
+            "status": status.as_str(),
+            "received_at": bson::DateTime::from_chrono(failure.received_at),
+            "entry": failure.entry,
+            "worker": failure.worker,
+            "last_error": failure.error,
+            "updated_at": bson::DateTime::now(),
+        };
+        let mut unset = doc! { "processed_at": "", "lag_ms": "" };
+        match failure.next_attempt_at {
+            Some(at) => {
+                set.insert("next_attempt_at", bson::DateTime::from_chrono(at));
+            }
+            None => {
+                set.insert(
+                    "error",
+                    format!("gave up after repeated failures: {}", failure.error),
+                );
+                unset.insert("next_attempt_at", "");
+            }
+        }
+        let update = doc! {
+            "q": { "_id": failure.id.to_string() },
+            "u": { "$set": set, "$unset": unset, "$inc": { "attempts": 1_i64 } },
+            "upsert": true,
+        };
+        self.update_one(JOBS, update).await
+    }
+
+    /// Creates the index the reconciler's query uses (`audit.status`). Idempotent.
+    pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
+        self.bounded(self.db.run_command(doc! {
+            "createIndexes": AUDIT,
+            "indexes": [{ "key": { "status": 1 }, "name": "status" }],
+        }))
+        .await?;
         Ok(())
     }
 
-    /// Inserts documents unordered; returns the indexes of those whose `_id` existed.
+    /// Audit records of alerts that only MongoDB holds, oldest first, after the event id
+    /// `after` when given.
+    pub async fn unqueued(
+        &self,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Alert>, StoreError> {
+        use futures_util::TryStreamExt;
+        let audit: Collection<Document> = self.db.collection(AUDIT);
+        let mut filter = doc! { "status": UNQUEUED };
+        if let Some(after) = after {
+            filter.insert("_id", doc! { "$gt": after });
+        }
+        let cursor = self
+            .bounded(audit.find(filter).sort(doc! { "_id": 1 }).limit(limit))
+            .await?;
+        let documents: Vec<Document> = self.bounded(cursor.try_collect()).await?;
+        Ok(documents.iter().filter_map(alert_from_audit).collect())
+    }
+
+    /// Marks unqueued audit records as queued (by the reconciler), a hundred per statement.
+    pub async fn mark_queued(&self, ids: &[String]) -> Result<(), StoreError> {
+        let now = bson::DateTime::now();
+        for chunk in ids.chunks(100) {
+            let update = doc! {
+                "q": { "_id": { "$in": chunk }, "status": UNQUEUED },
+                "u": { "$set": { "status": "queued", "queued_at": now } },
+                "multi": true,
+            };
+            self.update_one(AUDIT, update).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes an unqueued audit record whose request was answered 503 before it landed.
+    /// False when it is no longer unqueued (the reconciler got to it first).
+    pub async fn withdraw_unqueued(&self, id: &str) -> Result<bool, StoreError> {
+        let audit: Collection<Document> = self.db.collection(AUDIT);
+        let deleted = self
+            .bounded(audit.delete_one(doc! { "_id": id, "status": UNQUEUED }))
+            .await?;
+        Ok(deleted.deleted_count == 1)
+    }
+
+    /// Marks an unqueued audit record as the duplicate it turned out to be.
+    pub async fn mark_duplicate(&self, id: &str, first: &str) -> Result<(), StoreError> {
+        let update = doc! {
+            "q": { "_id": id, "status": UNQUEUED },
+            "u": { "$set": { "status": "duplicate", "duplicate_of": first } },
+        };
+        self.update_one(AUDIT, update).await
+    }
+
+    /// Runs one update statement, bounded by the timeout.
+    async fn update_one(&self, collection: &str, statement: Document) -> Result<(), StoreError> {
+        let reply = self
+            .bounded(
+                self.db
+                    .run_command(doc! { "update": collection, "updates": [statement] }),
+            )
+            .await?;
+        match write_errors(&reply).first() {
+            Some(error) => Err(StoreError::Refused(error.to_string())),
+            None => Ok(()),
+        }
+    }
+
+    /// Inserts documents unordered; returns the write errors by document index.
     async fn insert_many(
         &self,
         collection: &str,
         documents: Vec<Document>,
-    ) -> Result<Vec<usize>, StoreError> {
+    ) -> Result<Vec<(usize, WriteErrorInfo)>, StoreError> {
         let reply = self
             .bounded(self.db.run_command(doc! {
                 "insert": collection,
@@ -187,13 +394,23 @@ impl Store {
                 "ordered": false,
             }))
             .await?;
-        refused(&reply, true)?;
-        let existing = write_errors(&reply)
+        let errors = write_errors(&reply)
             .iter()
-            .filter_map(|e| e.as_document()?.get_i32("index").ok())
-            .map(|i| i as usize)
+            .filter_map(|e| {
+                let e = e.as_document()?;
+                let index = e.get_i32("index").ok()? as usize;
+                let code = e.get_i32("code").unwrap_or_default();
+                let message = e.get_str("errmsg").unwrap_or("refused").to_owned();
+                Some((
+                    index,
+                    WriteErrorInfo {
+                        duplicate: code == DUPLICATE_KEY,
+                        message: format!("mongodb refused a write ({code}): {message}"),
+                    },
+                ))
+            })
             .collect();
-        Ok(existing)
+        Ok(errors)
     }
 
     async fn bounded<T>(
@@ -207,14 +424,51 @@ impl Store {
     }
 }
 
-fn audit_record(alert: &Alert) -> Document {
+struct WriteErrorInfo {
+    duplicate: bool,
+    message: String,
+}
+
+/// One entry per refused record, in index order.
+fn finish(mut refused: Vec<(usize, String)>) -> Vec<(usize, String)> {
+    refused.sort_by_key(|(i, _)| *i);
+    refused.dedup_by_key(|(i, _)| *i);
+    refused
+}
+
+/// Rebuilds an alert from its audit record, for the reconciler. `None` for a record that
+/// is not one Pyron wrote.
+fn alert_from_audit(record: &Document) -> Option<Alert> {
+    Some(Alert {
+        id: record.get_str("_id").ok()?.parse().ok()?,
+        received_at: record.get_datetime("received_at").ok()?.to_chrono(),
+        kind: record.get_str("kind").ok()?.parse().ok()?,
+        content_type: record.get_str("content_type").ok()?.to_owned(),
+        body: record.get_str("body").ok()?.to_owned(),
+        json: None,
+        sender: record.get_str("sender").ok().map(str::to_owned),
+        dedup_key: record.get_str("dedup_key").ok().map(str::to_owned),
+    })
+}
+
+fn audit_record(alert: &Alert, arrival: &Arrival) -> Document {
     let mut record = doc! {
         "_id": alert.id.to_string(),
         "received_at": bson::DateTime::from_chrono(alert.received_at),
         "kind": alert.kind.as_str(),
         "content_type": &alert.content_type,
         "body": &alert.body,
+        "status": arrival.status(),
     };
+    match arrival {
+        Arrival::Queued { entry: Some(entry) } => {
+            record.insert("entry", entry);
+        }
+        Arrival::Duplicate { first } => {
+            record.insert("duplicate_of", first);
+        }
+        Arrival::Queued { entry: None } | Arrival::Unqueued => {}
+    }
     if let Some(json) = &alert.json {
         match to_bson(json, 0) {
             Ok(value) => {
@@ -239,18 +493,6 @@ fn write_errors(reply: &Document) -> &[Bson] {
         .get_array("writeErrors")
         .map(Vec::as_slice)
         .unwrap_or_default()
-}
-
-/// The first write error, unless it is a duplicate key and those are expected.
-fn refused(reply: &Document, duplicates_expected: bool) -> Result<(), StoreError> {
-    let refused = write_errors(reply).iter().find(|e| {
-        let code = e.as_document().and_then(|d| d.get_i32("code").ok());
-        !(duplicates_expected && code == Some(DUPLICATE_KEY))
-    });
-    match refused {
-        Some(error) => Err(StoreError::Refused(error.to_string())),
-        None => Ok(()),
-    }
 }
 
 /// The `jobs` record of a first delivery.
@@ -279,17 +521,19 @@ fn job_fields(outcome: &Outcome) -> Document {
 /// The update statement that rewrites a redelivered job's record in place.
 fn job_update(outcome: &Outcome) -> Document {
     let mut set = job_fields(outcome);
-    let unset = match &outcome.result {
+    let mut unset = doc! { "next_attempt_at": "" };
+    match &outcome.result {
         Ok(signal) => {
             set.insert("signal", signal_document(signal));
-            "error"
+            unset.insert("error", "");
+            unset.insert("last_error", "");
         }
         Err(error) => {
             set.insert("error", error);
-            "signal"
+            unset.insert("signal", "");
         }
-    };
-    let update = doc! { "$set": set, "$unset": { unset: "" }, "$inc": { "attempts": 1_i64 } };
+    }
+    let update = doc! { "$set": set, "$unset": unset, "$inc": { "attempts": 1_i64 } };
     doc! { "q": { "_id": outcome.id.to_string() }, "u": update, "upsert": true }
 }
 

@@ -1,15 +1,30 @@
 //! The worker loop: read a batch of jobs, normalize each alert into a `Signal`, record the
 //! outcomes in MongoDB, and only then acknowledge the entries.
 //!
-//! Acknowledging after the write makes processing at-least-once; the `jobs` upsert keyed by
-//! event id makes a second delivery rewrite the same record, so every alert still ends
-//! with exactly one. A failed write leaves the batch pending: the loop waits, re-reads its
-//! pending entries, and tries again. An alert that can never be processed goes to the
-//! dead-letter stream with its reason.
+//! Acknowledging after the write makes processing at-least-once; the `jobs` record keyed
+//! by event id makes a second delivery rewrite the same record, so every alert still ends
+//! with exactly one. Failures come in three kinds:
+//!
+//! - MongoDB or Redis unreachable (an outage): nothing is the job's fault, so nothing is
+//!   counted. The batch stays pending; the loop waits (exponential backoff with jitter,
+//!   up to five seconds) and re-reads its pending entries until the stores are back.
+//! - MongoDB refuses one job's write (a transient failure of that job): the job's record
+//!   says `retrying` with the error and the next attempt's time, and the entry stays
+//!   pending until then (backoff doubling from `PYRON_WORKER_RETRY_BASE_MS`, with jitter).
+//!   After `PYRON_WORKER_MAX_ATTEMPTS` the job is dead-lettered.
+//! - An alert that can never be processed (a price that is not a number, an unreadable
+//!   entry) is dead-lettered at once, with its reason.
+//!
+//! Entries left pending by a consumer that died are claimed (`XAUTOCLAIM`) once they have
+//! been idle for `PYRON_WORKER_CLAIM_IDLE_MS`.
 
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use chrono::Utc;
+use rand::Rng;
 use serde_json::Value;
 use tokio::sync::watch;
 
@@ -19,7 +34,7 @@ use crate::{
     ingest::Alert,
     queue::{Consumer, Delivery, QueueError},
     signal::Signal,
-    store::{Outcome, Processed, Store, StoreError},
+    store::{Arrival, Failure, Outcome, Record, Store, StoreError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -30,14 +45,46 @@ pub enum WorkerError {
     Store(#[from] StoreError),
 }
 
-/// Longest wait between attempts while a store is down.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// First and longest wait while a store is down.
+const OUTAGE_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+
+/// Longest wait between two attempts at a failing job.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
 
 pub struct Worker {
     consumer: Consumer,
     store: Store,
     batch_size: usize,
     block: Duration,
+    max_attempts: u32,
+    retry_base: Duration,
+    claim_idle: Duration,
+}
+
+/// Jobs that failed and wait for their next attempt, by stream entry.
+#[derive(Default)]
+struct Retries {
+    attempts: HashMap<String, u32>,
+    waiting: HashMap<String, (Delivery, Instant)>,
+}
+
+impl Retries {
+    fn take_due(&mut self, now: Instant, limit: usize) -> Vec<Delivery> {
+        let due: Vec<String> = self
+            .waiting
+            .iter()
+            .filter(|(_, (_, at))| *at <= now)
+            .map(|(entry, _)| entry.clone())
+            .take(limit)
+            .collect();
+        due.iter()
+            .filter_map(|entry| self.waiting.remove(entry).map(|(d, _)| d))
+            .collect()
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.waiting.values().map(|(_, at)| *at).min()
+    }
 }
 
 impl Worker {
@@ -62,67 +109,121 @@ impl Worker {
             store,
             batch_size: config.worker.batch_size,
             block: config.worker.block,
+            max_attempts: config.worker.max_attempts,
+            retry_base: config.worker.retry_base,
+            claim_idle: config.worker.claim_idle,
         })
     }
 
     /// Runs until `shutdown` turns true; the batch in hand is finished and acknowledged
-    /// first.
+    /// first. Jobs waiting for a retry stay pending, for this consumer's next run or for
+    /// another consumer to claim.
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
-        let mut pending = true;
-        let mut backoff = Duration::from_millis(100);
+        // Entries given to this consumer name before and never acknowledged come first.
+        let mut pending: Option<String> = Some("0".into());
+        let claim_every = (self.claim_idle / 2).max(Duration::from_millis(500));
+        let mut next_claim = Instant::now();
+        let mut retries = Retries::default();
+        let mut backoff = OUTAGE_BACKOFF.0;
         while !*shutdown.borrow() {
-            let read = tokio::select! {
-                read = self.consumer.read(self.batch_size, self.block, pending) => read,
-                _ = shutdown.changed() => break,
+            let now = Instant::now();
+            let read = if let Some(after) = &pending {
+                self.consumer
+                    .read(self.batch_size, self.block, Some(after))
+                    .await
+            } else if now >= next_claim {
+                next_claim = now + claim_every;
+                self.consumer.claim(self.claim_idle, self.batch_size).await
+            } else {
+                let due = retries.take_due(now, self.batch_size);
+                if due.is_empty() {
+                    let until = retries.next_due().unwrap_or(next_claim).min(next_claim);
+                    let block = until.saturating_duration_since(now).min(self.block);
+                    if block < Duration::from_millis(1) {
+                        continue;
+                    }
+                    tokio::select! {
+                        read = self.consumer.read(self.batch_size, block, None) => read,
+                        _ = shutdown.changed() => break,
+                    }
+                } else {
+                    Ok(due)
+                }
             };
             let result = match read {
                 Ok(batch) if batch.is_empty() => {
-                    pending = false;
+                    pending = None;
                     continue;
                 }
-                Ok(batch) => self.process(&batch).await,
+                Ok(batch) => {
+                    if pending.is_some() {
+                        pending = batch.last().map(|d| d.entry.clone());
+                    }
+                    self.process(batch, &mut retries).await
+                }
                 Err(err) => Err(err.into()),
             };
             match result {
-                Ok(()) => backoff = Duration::from_millis(100),
+                Ok(()) => backoff = OUTAGE_BACKOFF.0,
                 Err(err) => {
-                    tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "batch not recorded; will retry");
-                    pending = true;
+                    let wait = jitter(backoff);
+                    tracing::warn!(error = %err, retry_in_ms = wait.as_millis() as u64, "batch not recorded; will retry");
+                    pending = Some("0".into());
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(wait) => {}
                         _ = shutdown.changed() => break,
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    backoff = (backoff * 2).min(OUTAGE_BACKOFF.1);
                 }
             }
         }
         tracing::info!(consumer = self.consumer.name(), "worker stopped");
     }
 
-    async fn process(&self, batch: &[Delivery]) -> Result<(), WorkerError> {
+    /// Records a batch and settles each entry: acknowledged, dead-lettered, or kept
+    /// pending for a retry. `Err` when a store is unreachable: then the whole batch is
+    /// read again later.
+    async fn process(
+        &self,
+        batch: Vec<Delivery>,
+        retries: &mut Retries,
+    ) -> Result<(), WorkerError> {
         let processed_at = Utc::now();
-        let mut records: Vec<Processed> = Vec::with_capacity(batch.len());
+        let mut records: Vec<Record> = Vec::with_capacity(batch.len());
+        let mut deliveries: Vec<Delivery> = Vec::with_capacity(batch.len());
         let mut unreadable = Vec::new();
         for delivery in batch {
+            if retries.waiting.contains_key(&delivery.entry) {
+                continue; // its retry is scheduled; a pending re-read does not hasten it
+            }
             match &delivery.alert {
-                Ok(alert) => records.push(self.outcome(delivery, alert.clone(), processed_at)),
-                Err(reason) => unreadable.push((delivery, reason)),
+                Ok(alert) => {
+                    records.push(self.record(&delivery, alert.clone(), processed_at));
+                    deliveries.push(delivery);
+                }
+                Err(reason) => unreadable.push((delivery.clone(), reason.clone())),
             }
         }
-        self.store.record(&records).await?;
+        let refused = self.store.record(&records).await?;
 
         let mut done: Vec<&str> = Vec::with_capacity(records.len());
-        for (record, delivery) in records.iter().zip(batch.iter().filter(|d| d.alert.is_ok())) {
-            let o = &record.outcome;
-            match &o.result {
-                Err(error) => {
+        for (index, (record, delivery)) in records.iter().zip(&deliveries).enumerate() {
+            if let Some((_, error)) = refused.iter().find(|(i, _)| *i == index) {
+                self.failed(delivery, &record.alert, error, retries).await?;
+                continue;
+            }
+            let attempts = retries.attempts.remove(&delivery.entry).unwrap_or(0) + 1;
+            match record.outcome.as_ref().map(|o| (o, &o.result)) {
+                None => done.push(&delivery.entry),
+                Some((o, Err(error))) => {
                     tracing::warn!(event_id = %o.id, error, "alert cannot be processed; moved to dead letters");
-                    self.consumer.dead_letter(delivery, error).await?;
+                    self.consumer.dead_letter(delivery, error, attempts).await?;
                 }
-                Ok(signal) => {
+                Some((o, Ok(signal))) => {
                     tracing::info!(
                         event_id = %o.id,
                         ticker = signal.ticker.as_deref(),
+                        attempts,
                         lag_ms = (o.processed_at - o.received_at).num_milliseconds(),
                         "alert processed"
                     );
@@ -130,20 +231,87 @@ impl Worker {
                 }
             }
         }
-        for (delivery, reason) in unreadable {
+        for (delivery, reason) in &unreadable {
             tracing::error!(entry = %delivery.entry, reason = %reason, "unreadable stream entry moved to dead letters");
-            self.consumer.dead_letter(delivery, reason).await?;
+            self.consumer.dead_letter(delivery, reason, 1).await?;
         }
         self.consumer.ack(&done).await?;
         Ok(())
     }
 
-    fn outcome(
+    /// A job whose write MongoDB refused: schedule its next attempt, or dead-letter it
+    /// after the last.
+    async fn failed(
+        &self,
+        delivery: &Delivery,
+        alert: &Alert,
+        error: &str,
+        retries: &mut Retries,
+    ) -> Result<(), WorkerError> {
+        let attempts = retries.attempts.entry(delivery.entry.clone()).or_insert(0);
+        *attempts += 1;
+        let attempts = *attempts;
+        let last = attempts >= self.max_attempts;
+        let delay = (!last).then(|| self.retry_delay(attempts));
+        let failure = Failure {
+            id: alert.id,
+            received_at: alert.received_at,
+            entry: &delivery.entry,
+            worker: self.consumer.name(),
+            error,
+            next_attempt_at: delay.map(|d| Utc::now() + d),
+        };
+        // The job's record says what happened when MongoDB lets it; Redis keeps the job
+        // either way.
+        if let Err(err) = self.store.record_failure(&failure).await {
+            tracing::warn!(event_id = %alert.id, error = %err, "failure not recorded in jobs");
+        }
+        match delay {
+            Some(delay) => {
+                tracing::warn!(event_id = %alert.id, attempts, error, retry_in_ms = delay.as_millis() as u64, "alert not recorded; will retry");
+                retries.waiting.insert(
+                    delivery.entry.clone(),
+                    (delivery.clone(), Instant::now() + delay),
+                );
+            }
+            None => {
+                let reason = format!("gave up after {attempts} attempts: {error}");
+                tracing::error!(event_id = %alert.id, attempts, error, "alert not recorded after the last attempt; moved to dead letters");
+                self.consumer
+                    .dead_letter(delivery, &reason, attempts)
+                    .await?;
+                retries.attempts.remove(&delivery.entry);
+            }
+        }
+        Ok(())
+    }
+
+    /// Exponential from the base, capped below the claim time so that no other worker
+    /// takes a job that is merely waiting, with jitter so that retries spread out.
+    fn retry_delay(&self, attempts: u32) -> Duration {
+        let cap = MAX_RETRY_DELAY.min(self.claim_idle / 2);
+        let delay = self
+            .retry_base
+            .saturating_mul(1 << (attempts - 1).min(20))
+            .min(cap);
+        jitter(delay)
+    }
+
+    fn record(
         &self,
         delivery: &Delivery,
         mut alert: Alert,
         processed_at: chrono::DateTime<Utc>,
-    ) -> Processed {
+    ) -> Record {
+        if let Some(first) = &delivery.duplicate_of {
+            return Record {
+                alert,
+                arrival: Arrival::Duplicate {
+                    first: first.clone(),
+                },
+                outcome: None,
+            };
+        }
         let result = match alert.kind {
             AlertKind::Text => Ok(Signal::from_text(&alert.body)),
             AlertKind::Json => match serde_json::from_str::<Value>(&alert.body) {
@@ -155,16 +323,23 @@ impl Worker {
                 Err(e) => Err(format!("stored body is not JSON: {e}")),
             },
         };
-        Processed {
-            outcome: Outcome {
+        Record {
+            outcome: Some(Outcome {
                 id: alert.id,
                 result,
                 received_at: alert.received_at,
                 processed_at,
                 entry: delivery.entry.clone(),
                 worker: self.consumer.name().to_owned(),
-            },
+            }),
+            arrival: Arrival::Queued { entry: None },
             alert,
         }
     }
+}
+
+/// "Equal jitter": somewhere between half the delay and the whole of it.
+fn jitter(delay: Duration) -> Duration {
+    let half = delay / 2;
+    half + half.mul_f64(rand::rng().random::<f64>())
 }

@@ -1,13 +1,21 @@
 //! The HTTP surface of pyron-api: routes, the peer address, and the one place where errors
 //! become responses.
 
+mod admin;
 mod error;
 mod health;
 mod sender;
 mod tls;
 mod webhook;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use axum::{
     Router,
@@ -18,25 +26,92 @@ use axum::{
     routing::{get, post},
     serve::IncomingStream,
 };
-use tokio::net::{TcpListener, UnixListener};
+use tokio::{
+    net::{TcpListener, UnixListener},
+    sync::Notify,
+};
+use tokio_util::task::TaskTracker;
 
 pub use error::ApiError;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tripped_breaker_stays_open_for_its_window_then_closes() {
+        let breaker = Breaker::new(Duration::from_millis(50));
+        assert!(!breaker.is_open());
+        assert!(breaker.trip(), "the first trip reports the change");
+        assert!(breaker.is_open());
+        assert!(!breaker.trip(), "a trip while open does not");
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(!breaker.is_open());
+        assert!(breaker.trip());
+    }
+}
 pub use sender::SenderRules;
 pub use tls::{TlsError, serve_tls, tls_acceptor};
 
-use crate::{ingest::Intake, queue::Queue, store::Store};
+use crate::{domain::Secret, ingest::Intake, queue::Queue, store::Store};
 
 /// What every handler shares.
 pub struct AppState {
     pub intake: Intake,
     pub queue: Queue,
+    /// MongoDB for the request path: bounded by half the storing budget.
     pub store: Store,
+    /// MongoDB for writes no answer waits on, with the worker's longer timeout.
+    pub background_store: Store,
     pub dedup_ttl: Duration,
-    /// How long a request waits for MongoDB once its job is queued.
+    /// How long a request may spend storing its alert, Redis and MongoDB together, before
+    /// it is answered 503.
     pub store_timeout: Duration,
+    /// Open after Redis failed a request: the requests that follow for a moment go to
+    /// MongoDB directly instead of each waiting for Redis to fail again.
+    pub queue_breaker: Breaker,
+    /// Wakes the reconciler after an alert was kept in MongoDB alone.
+    pub reconcile: Arc<Notify>,
+    /// Audit writes that outlive their request; shutdown waits for them.
+    pub tasks: TaskTracker,
+    pub admin_token: Option<Secret>,
     pub body_timeout: Duration,
     pub header_limit: usize,
     pub senders: SenderRules,
+}
+
+/// A circuit breaker: `trip` opens it for `window`; while open, callers skip the failing
+/// dependency. The first call after the window tries it again.
+pub struct Breaker {
+    base: Instant,
+    open_until_ms: AtomicU64,
+    pub window: Duration,
+}
+
+impl Breaker {
+    pub fn new(window: Duration) -> Self {
+        Breaker {
+            base: Instant::now(),
+            open_until_ms: AtomicU64::new(0),
+            window,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.base.elapsed().as_millis() as u64
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.now_ms() < self.open_until_ms.load(Ordering::Relaxed)
+    }
+
+    /// Opens the breaker; true when it was closed (so the caller logs once per outage
+    /// window, not once per request).
+    pub fn trip(&self) -> bool {
+        let now = self.now_ms();
+        let until = now + self.window.as_millis() as u64;
+        self.open_until_ms.swap(until, Ordering::Relaxed) <= now
+    }
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -45,6 +120,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/webhook/{token}", post(webhook::receive_with_token))
         .route("/healthz", get(health::alive))
         .route("/readyz", get(health::ready))
+        .route("/api/dead-letters", get(admin::dead_letters))
+        .route("/api/dead-letters/replay", post(admin::replay))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), limit_headers))

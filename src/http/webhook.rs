@@ -1,7 +1,10 @@
 //! `POST /webhook` and `POST /webhook/{token}`: read the body within the limit, let
 //! `ingest` judge it, queue it, record it, answer 202.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use axum::{
     Json,
@@ -14,7 +17,7 @@ use serde::Serialize;
 
 use super::{ApiError, AppState, Peer};
 use crate::{
-    ingest::{self, Rejection},
+    ingest::{self, Alert, Rejection},
     queue::Enqueued,
     store::Arrival,
 };
@@ -96,33 +99,32 @@ async fn accept(
         sender,
     })?;
 
-    let enqueued = app
-        .queue
-        .enqueue(&alert, app.dedup_ttl)
-        .await
-        .map_err(|err| {
-            tracing::error!(event_id = %alert.id, error = %err, "alert not queued");
-            ApiError::storage_unavailable("the queue is unavailable; the alert was not accepted")
-        })?;
-    let (arrival, ack) = match enqueued {
-        Enqueued::Queued { entry } => (
-            Arrival::Queued { entry },
-            Ack {
-                id: alert.id.to_string(),
-                status: "queued",
-                duplicate_of: None,
-            },
-        ),
-        Enqueued::Duplicate { first } => (
-            Arrival::Duplicate {
-                first: first.clone(),
-            },
-            Ack {
-                id: alert.id.to_string(),
-                status: "duplicate",
-                duplicate_of: Some(first),
-            },
-        ),
+    let deadline = Instant::now() + app.store_timeout;
+    if app.queue_breaker.is_open() {
+        return keep_in_mongo(app, alert, deadline).await;
+    }
+    let (arrival, ack) = match app.queue.enqueue(&alert, app.dedup_ttl).await {
+        Ok(Enqueued::Queued { entry }) => (Arrival::Queued { entry: Some(entry) }, "queued"),
+        Ok(Enqueued::AlreadyQueued) => (Arrival::Queued { entry: None }, "queued"),
+        Ok(Enqueued::Duplicate { first }) => (Arrival::Duplicate { first }, "duplicate"),
+        Err(err) => {
+            if app.queue_breaker.trip() {
+                tracing::warn!(
+                    error = %err,
+                    skip_ms = app.queue_breaker.window.as_millis() as u64,
+                    "queue unavailable; alerts go to MongoDB alone until it answers again"
+                );
+            }
+            return keep_in_mongo(app, alert, deadline).await;
+        }
+    };
+    let ack = Ack {
+        id: alert.id.to_string(),
+        status: ack,
+        duplicate_of: match &arrival {
+            Arrival::Duplicate { first } => Some(first.clone()),
+            _ => None,
+        },
     };
     tracing::info!(
         event_id = %alert.id,
@@ -131,25 +133,76 @@ async fn accept(
         sender = alert.sender.as_deref(),
         "alert accepted"
     );
-    // The job is durable in Redis now, so the answer need not wait long for MongoDB. The
-    // write runs in its own task (which takes the alert): past the wait it still
-    // completes, and should it fail, the worker writes the audit record from the job.
+    // The job is durable in Redis, and carries the whole alert: the answer need not wait
+    // for MongoDB. The audit write runs in its own task, tracked so that shutdown lets it
+    // finish; should it fail, the worker writes the record from the job.
+    let store = app.store.clone();
+    app.tasks.spawn(async move {
+        if let Err(err) = store.insert_audit(&alert, arrival).await {
+            tracing::warn!(event_id = %alert.id, error = %err, "audit record deferred to the worker");
+        }
+    });
+    Ok((StatusCode::ACCEPTED, Json(ack)))
+}
+
+/// Redis could not take the alert: MongoDB alone keeps it, marked `unqueued`, and the
+/// reconciler queues it once Redis is back. Neither store: 503 before `deadline`.
+async fn keep_in_mongo(
+    app: &AppState,
+    alert: Alert,
+    deadline: Instant,
+) -> Result<(StatusCode, Json<Ack>), ApiError> {
     let id = alert.id;
     let store = app.store.clone();
-    let write = tokio::spawn(async move { store.insert_audit(&alert, arrival).await });
-    match tokio::time::timeout(app.store_timeout, write).await {
-        Ok(Ok(Ok(()))) => {}
+    // The write runs to its end even if the answer cannot wait for it, so that it is
+    // never cut off half-way; if it lands after a 503, it is withdrawn (below).
+    let mut write = app
+        .tasks
+        .spawn(async move { store.insert_audit(&alert, Arrival::Unqueued).await });
+    let unavailable = || {
+        ApiError::storage_unavailable(
+            "neither Redis nor MongoDB could take the alert; it was not accepted, send it again",
+        )
+    };
+    match tokio::time::timeout_at(deadline.into(), &mut write).await {
+        Ok(Ok(Ok(()))) => {
+            app.reconcile.notify_one();
+            tracing::info!(event_id = %id, status = "unqueued", "alert accepted; it waits in MongoDB for the queue");
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(Ack {
+                    id: id.to_string(),
+                    status: "queued",
+                    duplicate_of: None,
+                }),
+            ))
+        }
         Ok(Ok(Err(err))) => {
-            tracing::warn!(event_id = %id, error = %err, "audit record deferred to the worker");
+            tracing::error!(event_id = %id, error = %err, "alert not accepted: no store took it");
+            Err(unavailable())
         }
         Ok(Err(panic)) => {
             tracing::error!(event_id = %id, error = %panic, "audit write task failed");
+            Err(unavailable())
         }
         Err(_) => {
-            tracing::warn!(event_id = %id, "audit record still being written; answering now");
+            // Still in flight. The sender was told the alert was not taken, so should the
+            // write land, it is withdrawn; the reconciler leaves records alone until they
+            // are older than any request's budget.
+            let store = app.background_store.clone();
+            app.tasks.spawn(async move {
+                if let Ok(Ok(())) = write.await {
+                    match store.withdraw_unqueued(&id.to_string()).await {
+                        Ok(true) => tracing::warn!(event_id = %id, "audit record written after its 503; withdrawn"),
+                        Ok(false) => tracing::warn!(event_id = %id, "audit record written after its 503 was queued already; the alert will be processed"),
+                        Err(err) => tracing::error!(event_id = %id, error = %err, "audit record written after its 503 could not be withdrawn; the alert will be processed"),
+                    }
+                }
+            });
+            tracing::error!(event_id = %id, "alert not accepted: MongoDB did not answer in time");
+            Err(unavailable())
         }
     }
-    Ok((StatusCode::ACCEPTED, Json(ack)))
 }
 
 /// Reads the body, refusing it as soon as it passes `limit`, whether the length was

@@ -107,6 +107,16 @@ impl Process {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Sends a signal by name (`STOP`, `CONT`, ...).
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name} {pid} failed");
+    }
+
     /// SIGKILL: the process dies as in a crash.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -198,6 +208,16 @@ impl Stores {
         self.redis = start_redis(self.dir.path(), self.redis_port);
     }
 
+    /// Starts redis-server again on its port and data (after `redis.kill()`).
+    pub fn start_redis_again(&mut self) {
+        self.redis = start_redis(self.dir.path(), self.redis_port);
+    }
+
+    /// Starts the MongoDB wire server again on its port and data (after `mongo.kill()`).
+    pub fn start_mongo_again(&mut self) {
+        self.mongo = start_mongo(self.dir.path(), self.mongo_port).0;
+    }
+
     pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
         redis::Client::open(self.redis_url())
             .unwrap()
@@ -227,7 +247,9 @@ fn start_redis(dir: &Path, port: u16) -> Process {
             "--save",
             "",
         ])
-        .args(["--appendonly", "yes", "--appendfsync", "everysec"])
+        // As in dev/redis.conf: every acknowledged job is on disk before Redis answers, so
+        // a SIGKILL of redis-server loses none.
+        .args(["--appendonly", "yes", "--appendfsync", "always"])
         .arg("--dir")
         .arg(&data)
         .stdout(out)
@@ -370,7 +392,26 @@ impl App {
 
     /// Starts pyron-worker and waits until it is consuming.
     pub fn start_worker(&mut self) {
-        let mut worker = self.spawn("pyron-worker");
+        let worker = self.spawn_worker("pyron-worker", &[]);
+        self.worker = Some(worker);
+    }
+
+    /// Starts another pyron-worker with extra settings (its consumer name, say) and waits
+    /// until it is consuming.
+    pub fn spawn_worker(&self, name: &str, extra: &[(&str, &str)]) -> Process {
+        let (log, out, err) = log_file(self.stores.dir.path(), name);
+        let child = self
+            .command("pyron-worker")
+            .envs(extra.iter().copied())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap();
+        let mut worker = Process {
+            name: name.into(),
+            child,
+            log,
+        };
         let deadline = Instant::now() + PATIENCE;
         while !worker.log().contains("pyron-worker consuming") {
             if let Ok(Some(status)) = worker.child.try_wait() {
@@ -383,7 +424,7 @@ impl App {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        self.worker = Some(worker);
+        worker
     }
 
     pub fn url(&self, path: &str) -> String {
