@@ -35,6 +35,10 @@ if [ ! -s "$dev/webhook-token" ]; then
   (umask 077 && openssl rand -hex 24 >"$dev/webhook-token")
 fi
 token=$(cat "$dev/webhook-token")
+if [ ! -s "$dev/admin-token" ]; then
+  echo "==> making an admin secret (dead-letter API) in .dev/admin-token"
+  (umask 077 && openssl rand -hex 24 >"$dev/admin-token")
+fi
 
 pids=()
 stop() {
@@ -77,8 +81,8 @@ wait_port "$mongo_port" "MongoDB wire server" mongo
 
 export PYRON_BIND=127.0.0.1:$api_port REDIS_HOST=127.0.0.1 REDIS_PORT=$redis_port
 export MONGO_URI=mongodb://127.0.0.1:$mongo_port MONGO_DB=pyron
-export PYRON_WEBHOOK_TOKEN_FILE=$dev/webhook-token
-unset PYRON_WEBHOOK_TOKEN PYRON_CONFIG
+export PYRON_WEBHOOK_TOKEN_FILE=$dev/webhook-token PYRON_ADMIN_TOKEN_FILE=$dev/admin-token
+unset PYRON_WEBHOOK_TOKEN PYRON_ADMIN_TOKEN PYRON_CONFIG
 
 echo "==> pyron-api on http://127.0.0.1:$api_port"
 target/release/pyron-api >"$dev/logs/pyron-api.log" 2>&1 &
@@ -115,6 +119,11 @@ or a JSON alert with the secret in its passphrase field:
   curl -sS --cacert .dev/tls/cert.pem -H 'Content-Type: application/json' \\
        --data '{"passphrase":"$token","ticker":"BTCUSDT","action":"buy","price":67234.5}' \\
        https://localhost:$https_port/webhook
+
+Dead letters (replay with POST /api/dead-letters/replay, or target/release/pyron-worker replay):
+
+  curl -sS --cacert .dev/tls/cert.pem -H "Authorization: Bearer \$(cat .dev/admin-token)" \\
+       https://localhost:$https_port/api/dead-letters
 
 Logs: .dev/logs/ and .dev/nginx/   Readiness: https://localhost:$https_port/readyz   Stop: Ctrl-C
 MSG
