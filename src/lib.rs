@@ -14,5 +14,6 @@ pub mod reconcile;
 pub mod signal;
 pub mod startup;
 pub mod store;
+pub mod systemd;
 pub mod telemetry;
 pub mod worker;

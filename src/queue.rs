@@ -404,6 +404,16 @@ impl Consumer {
         Ok(entries.map(Delivery::from_entry).collect())
     }
 
+    /// The stream's length and how many of its entries are pending with a consumer.
+    pub async fn depth(&self) -> Result<(u64, u64), QueueError> {
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.xlen(STREAM).xpending(STREAM, GROUP);
+        let (length, pending): (u64, redis::streams::StreamPendingReply) =
+            bounded(self.timeout, pipe.query_async(&mut conn)).await?;
+        Ok((length, pending.count() as u64))
+    }
+
     /// Takes over entries that another consumer was given but has not acknowledged for
     /// `min_idle` (it died, or hangs). Entries deleted meanwhile are dropped by Redis.
     pub async fn claim(

@@ -20,6 +20,7 @@
 
 use std::{
     collections::HashMap,
+    sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
 };
 
@@ -34,7 +35,9 @@ use crate::{
     ingest::Alert,
     queue::{Consumer, Delivery, QueueError},
     signal::Signal,
+    startup::wait_for,
     store::{Arrival, Failure, Outcome, Record, Store, StoreError},
+    systemd::Heartbeat,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -54,11 +57,23 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
 pub struct Worker {
     consumer: Consumer,
     store: Store,
+    stats: Stats,
+    /// Beats once per loop turn; the systemd watchdog is fed only while it is recent.
+    pub heartbeat: Heartbeat,
     batch_size: usize,
     block: Duration,
     max_attempts: u32,
     retry_base: Duration,
     claim_idle: Duration,
+}
+
+/// What this worker has done since it started, for its status line.
+#[derive(Debug, Default)]
+struct Stats {
+    processed: AtomicU64,
+    failed_attempts: AtomicU64,
+    dead: AtomicU64,
+    waiting: AtomicU64,
 }
 
 /// Jobs that failed and wait for their next attempt, by stream entry.
@@ -88,31 +103,70 @@ impl Retries {
 }
 
 impl Worker {
-    pub async fn connect(config: &Config) -> Result<Self, WorkerError> {
-        let consumer = Consumer::connect(
-            config.redis_url.expose(),
-            &config.worker.consumer,
-            config.store_timeout,
-            config.worker.block,
-        )
-        .await?;
-        consumer.ensure_group().await?;
-        let store = Store::connect(
-            config.mongo_uri.expose(),
-            &config.mongo_db,
-            config.worker.write_timeout,
-        )
-        .await?;
-        store.ping().await?;
-        Ok(Worker {
+    /// Connects to Redis (creating the group if needed) and MongoDB, waiting for them
+    /// as long as it takes.
+    pub async fn connect(config: &Config) -> Self {
+        let consumer = wait_for("Redis", async || {
+            let consumer = Consumer::connect(
+                config.redis_url.expose(),
+                &config.worker.consumer,
+                config.store_timeout,
+                config.worker.block,
+            )
+            .await?;
+            consumer.ensure_group().await?;
+            Ok::<_, QueueError>(consumer)
+        })
+        .await;
+        let store = wait_for("MongoDB", async || {
+            let store = Store::connect(
+                config.mongo_uri.expose(),
+                &config.mongo_db,
+                config.worker.write_timeout,
+            )
+            .await?;
+            store.ping().await?;
+            Ok::<_, StoreError>(store)
+        })
+        .await;
+        let heartbeat = Heartbeat::default();
+        heartbeat.beat();
+        Worker {
             consumer,
             store,
+            stats: Stats::default(),
+            heartbeat,
             batch_size: config.worker.batch_size,
             block: config.worker.block,
             max_attempts: config.worker.max_attempts,
             retry_base: config.worker.retry_base,
             claim_idle: config.worker.claim_idle,
-        })
+        }
+    }
+
+    pub fn consumer(&self) -> &str {
+        self.consumer.name()
+    }
+
+    /// pyron-worker's line for `systemctl status`: what it did, and the queue.
+    pub async fn status_line(&self) -> String {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let s = &self.stats;
+        let queue = match self.consumer.depth().await {
+            Ok((length, pending)) => format!(
+                "queue: {} waiting, {pending} pending",
+                length.saturating_sub(pending)
+            ),
+            Err(err) => format!("queue unavailable: {err}"),
+        };
+        format!(
+            "{} processed, {} retrying, {} dead, {} failed attempts; {queue}; consumer {}",
+            get(&s.processed),
+            get(&s.waiting),
+            get(&s.dead),
+            get(&s.failed_attempts),
+            self.consumer.name()
+        )
     }
 
     /// Runs until `shutdown` turns true; the batch in hand is finished and acknowledged
@@ -126,6 +180,10 @@ impl Worker {
         let mut retries = Retries::default();
         let mut backoff = OUTAGE_BACKOFF.0;
         while !*shutdown.borrow() {
+            self.heartbeat.beat();
+            self.stats
+                .waiting
+                .store(retries.waiting.len() as u64, Ordering::Relaxed);
             let now = Instant::now();
             let read = if let Some(after) = &pending {
                 self.consumer
@@ -216,12 +274,15 @@ impl Worker {
             match record.outcome.as_ref().map(|o| (o, &o.result)) {
                 None => done.push(&delivery.entry),
                 Some((o, Err(error))) => {
-                    tracing::warn!(event_id = %o.id, error, "alert cannot be processed; moved to dead letters");
+                    self.stats.dead.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(event_id = %o.id, status = "dead", error, "alert cannot be processed; moved to dead letters");
                     self.consumer.dead_letter(delivery, error, attempts).await?;
                 }
                 Some((o, Ok(signal))) => {
+                    self.stats.processed.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(
                         event_id = %o.id,
+                        status = "processed",
                         ticker = signal.ticker.as_deref(),
                         attempts,
                         lag_ms = (o.processed_at - o.received_at).num_milliseconds(),
@@ -232,6 +293,7 @@ impl Worker {
             }
         }
         for (delivery, reason) in &unreadable {
+            self.stats.dead.fetch_add(1, Ordering::Relaxed);
             tracing::error!(entry = %delivery.entry, reason = %reason, "unreadable stream entry moved to dead letters");
             self.consumer.dead_letter(delivery, reason, 1).await?;
         }
@@ -248,6 +310,7 @@ impl Worker {
         error: &str,
         retries: &mut Retries,
     ) -> Result<(), WorkerError> {
+        self.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
         let attempts = retries.attempts.entry(delivery.entry.clone()).or_insert(0);
         *attempts += 1;
         let attempts = *attempts;
@@ -268,7 +331,7 @@ impl Worker {
         }
         match delay {
             Some(delay) => {
-                tracing::warn!(event_id = %alert.id, attempts, error, retry_in_ms = delay.as_millis() as u64, "alert not recorded; will retry");
+                tracing::warn!(event_id = %alert.id, status = "retrying", attempts, error, retry_in_ms = delay.as_millis() as u64, "alert not recorded; will retry");
                 retries.waiting.insert(
                     delivery.entry.clone(),
                     (delivery.clone(), Instant::now() + delay),
@@ -276,7 +339,8 @@ impl Worker {
             }
             None => {
                 let reason = format!("gave up after {attempts} attempts: {error}");
-                tracing::error!(event_id = %alert.id, attempts, error, "alert not recorded after the last attempt; moved to dead letters");
+                self.stats.dead.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(event_id = %alert.id, status = "dead", attempts, error, "alert not recorded after the last attempt; moved to dead letters");
                 self.consumer
                     .dead_letter(delivery, &reason, attempts)
                     .await?;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use pyron::{
     config::{Config, Role},
-    startup::{Api, shutdown_signal},
+    startup::{Api, shutdown_signals},
     telemetry,
 };
 
@@ -17,8 +17,13 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(&config);
-    let api = match Api::build(&config).await {
+    telemetry::init(&config, "pyron-api");
+    let mut stop = shutdown_signals();
+    let api = tokio::select! {
+        api = Api::build(&config) => api,
+        _ = stop.changed() => return ExitCode::SUCCESS,
+    };
+    let api = match api {
         Ok(api) => api,
         Err(err) => {
             tracing::error!("{err}");
@@ -26,8 +31,9 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    tracing::info!(bind = %config.bind, "pyron-api listening");
-    if let Err(err) = api.serve(shutdown_signal()).await {
+    tracing::info!(bind = %api.bound, "pyron-api listening");
+    if let Err(err) = api.serve(stop).await {
+        tracing::error!("{err}");
         eprintln!("pyron-api: {err}");
         return ExitCode::FAILURE;
     }

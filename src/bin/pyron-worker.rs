@@ -4,17 +4,16 @@
 //! `pyron-worker replay <event-id>...` or `pyron-worker replay --all` moves them back to the
 //! work stream, for a running worker to process.
 
-use std::{process::ExitCode, time::Duration};
+use std::{process::ExitCode, sync::Arc, time::Duration};
 
 use pyron::{
     config::{Config, Role},
     domain::EventId,
     queue::Queue,
-    startup::shutdown_signal,
-    telemetry,
+    startup::{STATUS_EVERY, shutdown_signals},
+    systemd, telemetry,
     worker::Worker,
 };
-use tokio::sync::watch;
 
 const USAGE: &str = "usage: pyron-worker [dead-letters [--limit N] | replay (--all | EVENT_ID...)]";
 
@@ -76,23 +75,38 @@ async fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> ExitCode {
-    telemetry::init(&config);
-    let worker = match Worker::connect(&config).await {
-        Ok(worker) => worker,
-        Err(err) => {
-            tracing::error!("{err}");
-            eprintln!("pyron-worker: {err}");
-            return ExitCode::FAILURE;
-        }
+    telemetry::init(&config, "pyron-worker");
+    let mut stop = shutdown_signals();
+    let worker = tokio::select! {
+        worker = Worker::connect(&config) => Arc::new(worker),
+        _ = stop.changed() => return ExitCode::SUCCESS,
     };
-    let (stop, stopped) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        tracing::info!("shutting down: finishing the batch in hand");
-        let _ = stop.send(true);
-    });
-    tracing::info!(consumer = %config.worker.consumer, "pyron-worker consuming");
-    worker.run(stopped).await;
+    tracing::info!(consumer = %worker.consumer(), "pyron-worker consuming");
+    systemd::ready(&worker.status_line().await);
+    let heartbeat = worker.heartbeat.clone();
+    systemd::spawn_watchdog(move |interval| heartbeat.age() < interval);
+    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        let worker = worker.clone();
+        let mut stopped = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(STATUS_EVERY) => systemd::status(&worker.status_line().await),
+                    _ = stopped.changed() => return,
+                }
+            }
+        });
+    }
+    {
+        let stopped = stop.clone();
+        tokio::spawn(async move {
+            let mut stopped = stopped;
+            if stopped.wait_for(|s| *s).await.is_ok() {
+                tracing::info!("shutting down: finishing the batch in hand");
+            }
+        });
+    }
+    worker.run(stop).await;
     ExitCode::SUCCESS
 }
 

@@ -52,6 +52,7 @@ mod tests {
 }
 pub use sender::SenderRules;
 pub use tls::{TlsError, serve_tls, tls_acceptor};
+pub use webhook::Ack;
 
 use crate::{domain::Secret, ingest::Intake, queue::Queue, store::Store};
 
@@ -75,9 +76,51 @@ pub struct AppState {
     /// Audit writes that outlive their request; shutdown waits for them.
     pub tasks: TaskTracker,
     pub admin_token: Option<Secret>,
+    pub counters: Counters,
     pub body_timeout: Duration,
     pub header_limit: usize,
     pub senders: SenderRules,
+}
+
+/// What pyron-api has answered since it started, for its status line.
+#[derive(Debug, Default)]
+pub struct Counters {
+    accepted: AtomicU64,
+    duplicates: AtomicU64,
+    kept: AtomicU64,
+    refused: AtomicU64,
+    unavailable: AtomicU64,
+}
+
+/// A copy of the counters at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CountersSnapshot {
+    /// Answered 202 (duplicates and alerts kept in MongoDB alone included).
+    pub accepted: u64,
+    pub duplicates: u64,
+    /// Accepted while Redis was down: only MongoDB held them.
+    pub kept: u64,
+    /// Answered 4xx.
+    pub refused: u64,
+    /// Answered 503: neither store took them.
+    pub unavailable: u64,
+}
+
+impl Counters {
+    fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> CountersSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        CountersSnapshot {
+            accepted: get(&self.accepted),
+            duplicates: get(&self.duplicates),
+            kept: get(&self.kept),
+            refused: get(&self.refused),
+            unavailable: get(&self.unavailable),
+        }
+    }
 }
 
 /// A circuit breaker: `trip` opens it for `window`; while open, callers skip the failing

@@ -15,7 +15,7 @@ use axum::{
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Serialize;
 
-use super::{ApiError, AppState, Peer};
+use super::{ApiError, AppState, Counters, Peer};
 use crate::{
     ingest::{self, Alert, Rejection},
     queue::Enqueued,
@@ -28,6 +28,9 @@ pub struct Ack {
     pub status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duplicate_of: Option<String>,
+    /// Kept in MongoDB alone (Redis was down); not part of the answer.
+    #[serde(skip)]
+    pub kept: bool,
 }
 
 pub async fn receive(
@@ -70,13 +73,29 @@ async fn handle(
             ),
         ))
     };
-    if let Err(err) = &result {
-        tracing::info!(
-            code = err.code,
-            status = err.status.as_u16(),
-            sender,
-            "alert rejected"
-        );
+    let counters = &app.counters;
+    match &result {
+        Ok((_, Json(ack))) => {
+            Counters::add(&counters.accepted);
+            match ack.status {
+                "duplicate" => Counters::add(&counters.duplicates),
+                _ if ack.kept => Counters::add(&counters.kept),
+                _ => {}
+            }
+        }
+        Err(err) => {
+            if err.status == StatusCode::SERVICE_UNAVAILABLE {
+                Counters::add(&counters.unavailable);
+            } else {
+                Counters::add(&counters.refused);
+            }
+            tracing::info!(
+                code = err.code,
+                status = err.status.as_u16(),
+                sender,
+                "alert rejected"
+            );
+        }
     }
     result
 }
@@ -125,6 +144,7 @@ async fn accept(
             Arrival::Duplicate { first } => Some(first.clone()),
             _ => None,
         },
+        kept: false,
     };
     tracing::info!(
         event_id = %alert.id,
@@ -174,6 +194,7 @@ async fn keep_in_mongo(
                     id: id.to_string(),
                     status: "queued",
                     duplicate_of: None,
+                    kept: true,
                 }),
             ))
         }
