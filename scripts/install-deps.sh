@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Installs what Pyron's local stack and tests need on Debian: redis-server, nginx, curl and
-# openssl from apt, a MongoDB wire server, and check-jsonschema in a virtualenv. A `mongod` on PATH is used as it is;
+# Installs what Pyron's local stack and tests need on Debian: redis-server, nginx, curl,
+# openssl, systemd's tools (systemd-analyze, systemd-journald, systemd-socket-activate) and
+# nix-bin (to evaluate the Nix files) from apt, a MongoDB wire server, and check-jsonschema
+# in a virtualenv. A `mongod` on PATH is used as it is;
 # otherwise FerretDB (its embeddable package with the SQLite backend) is built with Go
 # into .tools/bin/pyron-ferretdb. Safe to run again: it only installs what is missing.
 set -euo pipefail
@@ -11,6 +13,10 @@ command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v openssl >/dev/null || need_apt+=(openssl)
+command -v systemd-analyze >/dev/null && [ -x /lib/systemd/systemd-journald ] \
+  && command -v systemd-socket-activate >/dev/null || need_apt+=(systemd)
+command -v journalctl >/dev/null || need_apt+=(systemd)
+command -v nix-instantiate >/dev/null || need_apt+=(nix-bin)
 sudo_cmd=()
 [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
 if ((${#need_apt[@]})); then

@@ -613,11 +613,27 @@ fn parse_networks(key: &str, list: &str) -> Result<Vec<IpNet>, ConfigError> {
         .collect()
 }
 
+/// `<hostname>-<pid>`. The host name comes from uname(2), not /proc, which the systemd
+/// sandbox hides (`ProcSubset=pid`).
 fn default_consumer_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "pyron".into());
-    format!("{host}-{}", std::process::id())
+    format!(
+        "{}-{}",
+        hostname().unwrap_or_else(|| "pyron".into()),
+        std::process::id()
+    )
+}
+
+fn hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it
+    // when the name fits, and the last byte stays 0 otherwise.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len() - 1) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|b| *b == 0)?;
+    let name = std::str::from_utf8(&buf[..end]).ok()?;
+    (!name.is_empty()).then(|| name.to_owned())
 }
 
 #[cfg(test)]
@@ -773,6 +789,13 @@ mod tests {
             assert_eq!(config.webhook_token.unwrap().expose(), "from-credential-1");
             Ok(())
         });
+    }
+
+    #[test]
+    fn the_default_consumer_is_this_host_and_process() {
+        let name = default_consumer_name();
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        assert_eq!(name, format!("{}-{}", host.trim(), std::process::id()));
     }
 
     #[test]
