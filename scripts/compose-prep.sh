@@ -8,6 +8,6 @@ mkdir -p .dev/compose
 if [ ! -s .dev/webhook-token ]; then
   (umask 077 && openssl rand -hex 24 >.dev/webhook-token)
 fi
-./scripts/render-nginx.sh /var/cache/nginx 0.0.0.0:80 0.0.0.0:443 :8443 \
+ERRORS=/etc/pyron/nginx-errors.conf ./scripts/render-nginx.sh /var/cache/nginx 0.0.0.0:80 0.0.0.0:443 :8443 \
   /etc/pyron/tls/cert.pem /etc/pyron/tls/key.pem api:8000 >.dev/compose/nginx.conf
 echo "==> ready: docker compose up --build, then post to https://localhost:8443/webhook/$(cat .dev/webhook-token)"

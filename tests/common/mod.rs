@@ -587,6 +587,13 @@ impl Nginx {
             ("CLIENT_TIMEOUT".into(), "10".into()),
             ("RATE".into(), "50".into()),
             ("BURST".into(), "200".into()),
+            (
+                "ERRORS".into(),
+                repo_root()
+                    .join("dev/nginx-errors.conf")
+                    .to_string_lossy()
+                    .into_owned(),
+            ),
         ];
         for (k, v) in settings {
             values.retain(|(key, _)| key != k);
