@@ -5,11 +5,12 @@
 # scores them with `systemd-analyze security --offline=true` (see scripts/check-systemd.sh).
 {
   # "api" or "worker".
-  unit,
-  # Hosts the unit may talk to over IP (systemd's IPAddressAllow=). Everything Pyron needs
+  unit
+, # Hosts the unit may talk to over IP (systemd's IPAddressAllow=). Everything Pyron needs
   # (NGINX, Redis, MongoDB) is on the same machine by default; add addresses for stores
   # elsewhere.
-  ipAddressAllow ? [ "localhost" ],
+  ipAddressAllow ? [ "localhost" ]
+,
 }:
 
 assert builtins.elem unit [
@@ -46,7 +47,8 @@ assert builtins.elem unit [
   ProtectControlGroups = true;
   ProtectClock = true;
   ProtectHostname = true;
-  PrivateUsers = true;
+  # Not PrivateUsers: in a user namespace the supplementary group that opens Redis's
+  # socket would be unmapped.
   PrivateIPC = true;
   KeyringMode = "private";
   RestrictNamespaces = true;
@@ -76,7 +78,7 @@ assert builtins.elem unit [
   IPAddressDeny = "any";
   IPAddressAllow = ipAddressAllow;
 }
-// (
+  // (
   if unit == "worker" then
     {
       SocketBindDeny = "any";

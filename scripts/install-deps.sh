@@ -36,6 +36,12 @@ else
   (cd tools/ferretdb && go build -trimpath -o ../../.tools/bin/pyron-ferretdb .)
 fi
 
+# nixpkgs-fmt and deadnix check the Nix files (scripts/check-nix.sh); crates.io has both.
+if [ ! -x .tools/bin/nixpkgs-fmt ] || [ ! -x .tools/bin/deadnix ]; then
+  echo "==> building nixpkgs-fmt and deadnix into .tools/bin"
+  cargo install --locked --quiet --root .tools nixpkgs-fmt@1.3.0 deadnix@1.3.1
+fi
+
 # check-jsonschema validates compose.yaml against the compose specification.
 if [ ! -x .tools/venv/bin/check-jsonschema ]; then
   echo "==> installing check-jsonschema into .tools/venv"

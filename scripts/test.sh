@@ -15,6 +15,8 @@ echo "==> compose.yaml against the compose specification; Dockerfile runs as non
 last_user=$(awk 'toupper($1) == "USER" { user = $2 } END { print user }' Dockerfile)
 [ -n "$last_user" ] && [ "$last_user" != root ] && [ "$last_user" != 0 ] \
   || { echo "Dockerfile's final stage must run as a non-root USER" >&2; exit 1; }
+echo "==> Nix: parse, format, lint, flake.lock, pure evaluation"
+./scripts/check-nix.sh
 echo "==> systemd units: hardening evaluates, units verify, exposure within the limit"
 ./scripts/check-systemd.sh
 echo "==> cargo clippy"

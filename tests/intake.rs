@@ -700,3 +700,78 @@ async fn json_the_store_cannot_hold_as_a_document_is_kept_whole_in_the_body() {
     assert_eq!(stored["levels"], serde_json::json!([[1, 2], [3, 4]]));
     assert_eq!(stored["passphrase"], "[redacted]");
 }
+
+#[tokio::test]
+async fn redis_over_a_unix_socket_works_as_the_nixos_module_configures_it() {
+    let mut app = App::stores_only(&[]);
+    let dir = app.stores.dir.path().join("redis-unix");
+    std::fs::create_dir(&dir).unwrap();
+    let socket = dir.join("redis.sock");
+    let log = dir.join("redis.log");
+    let child = std::process::Command::new("redis-server")
+        .args(["--port", "0", "--unixsocketperm", "600", "--save", ""])
+        .arg("--unixsocket")
+        .arg(&socket)
+        .arg("--dir")
+        .arg(&dir)
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _redis = common::Process {
+        name: "redis-server (unix socket)".into(),
+        child,
+        log,
+    };
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    while !socket.exists() {
+        assert!(std::time::Instant::now() < deadline, "no redis socket");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    app.env
+        .retain(|(k, _)| k != "REDIS_HOST" && k != "REDIS_PORT");
+    app.env.push((
+        "PYRON_REDIS_URL".into(),
+        format!("redis+unix://{}", socket.display()),
+    ));
+    app.start_api().await;
+    app.start_worker();
+    let (status, ack) = json(
+        app.post(&format!("/webhook/{TOKEN}"), "text/plain", "over a socket")
+            .await,
+    )
+    .await;
+    assert_eq!(status, 202, "{ack}");
+    let jobs = app
+        .wait_for_docs("jobs", doc! { "_id": ack["id"].as_str().unwrap() }, 1)
+        .await;
+    assert_eq!(jobs.len(), 1);
+    // Nothing went to the TCP Redis of the test's stores.
+    assert_eq!(app.redis_state().await, (0, 0));
+}
+
+#[tokio::test]
+async fn check_config_says_whether_a_configuration_would_start() {
+    let app = App::stores_only(&[]);
+    let file = app.stores.dir.path().join("pyron.toml");
+    std::fs::write(&file, "log = \"info\"\nbody_limit = 131072\n").unwrap();
+    for binary in ["pyron-api", "pyron-worker"] {
+        let output = app
+            .command(binary)
+            .env("PYRON_CONFIG", &file)
+            .arg("--check-config")
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{binary}: {output:?}");
+        assert!(String::from_utf8_lossy(&output.stdout).contains("configuration OK"));
+    }
+    std::fs::write(&file, "log = \"info\"\nbody_limimt = 131072\n").unwrap();
+    let output = app
+        .command("pyron-api")
+        .env("PYRON_CONFIG", &file)
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("body_limimt"));
+}

@@ -8,8 +8,19 @@ use pyron::{
     telemetry,
 };
 
+const USAGE: &str = "usage: pyron-api [--check-config]";
+
 #[tokio::main]
 async fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let check_only = match args.as_slice() {
+        [] => false,
+        [flag] if flag == "--check-config" => true,
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
     let config = match Config::load(Role::Api) {
         Ok(config) => config,
         Err(err) => {
@@ -17,6 +28,10 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if check_only {
+        println!("pyron-api: configuration OK");
+        return ExitCode::SUCCESS;
+    }
     telemetry::init(&config, "pyron-api");
     let mut stop = shutdown_signals();
     let api = tokio::select! {

@@ -15,10 +15,11 @@ use pyron::{
     worker::Worker,
 };
 
-const USAGE: &str = "usage: pyron-worker [dead-letters [--limit N] | replay (--all | EVENT_ID...)]";
+const USAGE: &str = "usage: pyron-worker [--check-config | dead-letters [--limit N] | replay (--all | EVENT_ID...)]";
 
 enum Command {
     Run,
+    CheckConfig,
     List(usize),
     Replay(Option<Vec<String>>),
 }
@@ -26,6 +27,7 @@ enum Command {
 fn parse(args: &[String]) -> Result<Command, String> {
     match args {
         [] => Ok(Command::Run),
+        [flag] if flag == "--check-config" => Ok(Command::CheckConfig),
         [cmd] if cmd == "dead-letters" => Ok(Command::List(100)),
         [cmd, flag, n] if cmd == "dead-letters" && flag == "--limit" => n
             .parse()
@@ -69,6 +71,10 @@ async fn main() -> ExitCode {
     };
     match command {
         Command::Run => run(config).await,
+        Command::CheckConfig => {
+            println!("pyron-worker: configuration OK");
+            ExitCode::SUCCESS
+        }
         Command::List(limit) => dead_letters(&config, limit).await,
         Command::Replay(ids) => replay(&config, ids).await,
     }

@@ -1,0 +1,68 @@
+{
+  description = "Pyron: a self-hosted webhook receiver for trading alerts";
+
+  inputs = {
+    nixpkgs.url = "https://channels.nixos.org/nixos-26.05-small/nixexprs.tar.zst";
+    crane.url = "github:ipetkov/crane";
+    disko = {
+      url = "github:nix-community/disko";
+      inputs.nixpkgs.follows = "nixpkgs";
+    };
+  };
+
+  outputs =
+    { self
+    , nixpkgs
+    , crane
+    , disko
+    ,
+    }:
+    let
+      system = "x86_64-linux";
+      pkgs = nixpkgs.legacyPackages.${system};
+      build = import ./nix/package.nix {
+        inherit pkgs;
+        craneLib = crane.mkLib pkgs;
+      };
+      # Terraform is under the BUSL, unfree to nixpkgs: allowed for the shell alone.
+      shellPkgs = import nixpkgs {
+        inherit system;
+        config.allowUnfreePredicate = pkg: nixpkgs.lib.getName pkg == "terraform";
+      };
+    in
+    {
+      packages.${system} = {
+        pyron = build.package;
+        default = build.package;
+      };
+
+      nixosModules.default =
+        { lib, pkgs, ... }:
+        {
+          imports = [ ./nix/module.nix ];
+          services.pyron.package = lib.mkDefault self.packages.${pkgs.stdenv.hostPlatform.system}.pyron;
+        };
+
+      nixosConfigurations.droplet = nixpkgs.lib.nixosSystem {
+        modules = [
+          { nixpkgs.hostPlatform = system; }
+          disko.nixosModules.disko
+          self.nixosModules.default
+          ./nix/droplet.nix
+        ];
+      };
+
+      checks.${system} = {
+        pyron = build.package;
+        clippy = build.clippy;
+        vm = import ./nix/vm-test.nix {
+          inherit pkgs;
+          module = self.nixosModules.default;
+        };
+      };
+
+      devShells.${system}.default = import ./nix/shell.nix { pkgs = shellPkgs; };
+
+      formatter.${system} = pkgs.nixpkgs-fmt;
+    };
+}

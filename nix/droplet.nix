@@ -1,0 +1,47 @@
+# The DigitalOcean droplet that terraform/ provisions and nixos-anywhere installs
+# (`.#nixosConfigurations.droplet`): nixpkgs' DigitalOcean configuration, the disk layout
+# in disko.nix, and Pyron. Edit the `services.pyron` block for your deployment.
+{ lib, modulesPath, ... }:
+
+{
+  imports = [
+    (modulesPath + "/virtualisation/digital-ocean-config.nix")
+    ./disko.nix
+  ];
+
+  # DigitalOcean hands out addresses through its metadata service, which cloud-init
+  # reads; the droplet's own hostname and root SSH keys come from there too.
+  networking.useDHCP = lib.mkForce false;
+  services.cloud-init = {
+    enable = true;
+    network.enable = true;
+    settings = {
+      datasource_list = [ "DigitalOcean" ];
+      datasource.DigitalOcean = { };
+    };
+  };
+  # digital-ocean-config and disko both name the boot disk; once is enough.
+  boot.loader.grub.devices = lib.mkForce [ "/dev/vda" ];
+
+  services.pyron = {
+    enable = true;
+    # domain = "alerts.example.com";
+    # acmeEmail = "you@example.com";
+    # Written by the deploy workflow before the first switch (README, Deploy on
+    # DigitalOcean); never in the Nix store.
+    webhookTokenFile = "/var/lib/pyron-secrets/webhook-token";
+    adminTokenFile = "/var/lib/pyron-secrets/admin-token";
+    database = "mongodb";
+  };
+  nixpkgs.config.allowUnfreePredicate =
+    pkg:
+    builtins.elem (lib.getName pkg) [
+      "mongodb-ce"
+    ];
+
+  nix.settings.experimental-features = [
+    "nix-command"
+    "flakes"
+  ];
+  system.stateVersion = "26.05";
+}
