@@ -23,12 +23,14 @@ echo "==> flake.lock against flake.nix (and the team's pins when beside the repo
 nix-instantiate --eval --strict --json -E \
   'let f = import ./flake.nix; in { inputs = f.inputs; outputArgs = builtins.functionArgs f.outputs; }' \
   >"${TMPDIR:-/tmp}/pyron-flake-inputs.json"
-pins=../shared/nix-pins.json
-python3 scripts/check-flake-lock.py "${TMPDIR:-/tmp}/pyron-flake-inputs.json" flake.lock \
-  $([ -f "$pins" ] && echo "$pins")
+pins=()
+[ -f ../shared/nix-pins.json ] && pins=(../shared/nix-pins.json)
+python3 scripts/check-flake-lock.py "${TMPDIR:-/tmp}/pyron-flake-inputs.json" flake.lock "${pins[@]}"
 
 echo "==> nix/settings.nix renders a configuration both binaries accept"
-[ -x target/debug/pyron-api ] && [ -x target/debug/pyron-worker ] || cargo build --locked --bins --quiet
+if [ ! -x target/debug/pyron-api ] || [ ! -x target/debug/pyron-worker ]; then
+  cargo build --locked --bins --quiet
+fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir "$work/credentials"

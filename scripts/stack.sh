@@ -41,6 +41,7 @@ if [ ! -s "$dev/admin-token" ]; then
 fi
 
 pids=()
+# shellcheck disable=SC2317 # called by the traps below
 stop() {
   trap - EXIT INT TERM
   echo

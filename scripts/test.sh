@@ -13,8 +13,14 @@ unformatted=$(gofmt -l tools/ferretdb)
 echo "==> compose.yaml against the compose specification; Dockerfile runs as non-root"
 .tools/venv/bin/check-jsonschema --builtin-schema vendor.compose-spec compose.yaml
 last_user=$(awk 'toupper($1) == "USER" { user = $2 } END { print user }' Dockerfile)
-[ -n "$last_user" ] && [ "$last_user" != root ] && [ "$last_user" != 0 ] \
-  || { echo "Dockerfile's final stage must run as a non-root USER" >&2; exit 1; }
+if [ -z "$last_user" ] || [ "$last_user" = root ] || [ "$last_user" = 0 ]; then
+  echo "Dockerfile's final stage must run as a non-root USER" >&2
+  exit 1
+fi
+echo "==> Terraform: fmt and structure"
+./scripts/check-terraform.sh
+echo "==> GitHub Actions workflows and shell scripts"
+./scripts/check-workflows.sh
 echo "==> Nix: parse, format, lint, flake.lock, pure evaluation"
 ./scripts/check-nix.sh
 echo "==> systemd units: hardening evaluates, units verify, exposure within the limit"
