@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
 use redis::{
-    AsyncCommands, Client, RedisError, Script, Value as RedisValue,
+    AsyncCommands, Client, RedisError, Script, ScriptInvocation, Value as RedisValue,
     aio::{ConnectionManager, ConnectionManagerConfig},
     streams::{
         StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamRangeReply,
@@ -190,19 +190,11 @@ impl Queue {
                 None => (format!("{REQUEUED_PREFIX}{}", alert.id), REQUEUED_TTL),
             })
             .collect();
-        let fields: Vec<JobFields> = alerts.iter().map(JobFields::of).collect();
-        let mut invocations = Vec::with_capacity(alerts.len());
-        for ((key, ttl), fields) in keys.iter().zip(&fields) {
-            let mut invocation = self.enqueue_once.key(STREAM);
-            invocation
-                .key(key)
-                .arg(&fields.id)
-                .arg(ttl.as_secs().max(1));
-            for (name, value) in fields.pairs() {
-                invocation.arg(name).arg(value);
-            }
-            invocations.push(invocation);
-        }
+        let invocations: Vec<ScriptInvocation> = alerts
+            .iter()
+            .zip(&keys)
+            .map(|(alert, (key, ttl))| self.once(alert, key, *ttl))
+            .collect();
         let mut pipe = redis::pipe();
         pipe.load_script(&self.enqueue_once).ignore();
         for invocation in &invocations {
@@ -220,6 +212,15 @@ impl Queue {
         key: &str,
         ttl: Duration,
     ) -> Result<Enqueued, QueueError> {
+        let invocation = self.once(alert, key, ttl);
+        let mut conn = self.conn.clone();
+        let reply: (i64, String) =
+            bounded(self.timeout, invocation.invoke_async(&mut conn)).await?;
+        Ok(enqueued(reply))
+    }
+
+    /// `ENQUEUE_ONCE` for one alert under `key`.
+    fn once(&self, alert: &Alert, key: &str, ttl: Duration) -> ScriptInvocation<'_> {
         let fields = JobFields::of(alert);
         let mut invocation = self.enqueue_once.key(STREAM);
         invocation
@@ -229,10 +230,7 @@ impl Queue {
         for (name, value) in fields.pairs() {
             invocation.arg(name).arg(value);
         }
-        let mut conn = self.conn.clone();
-        let reply: (i64, String) =
-            bounded(self.timeout, invocation.invoke_async(&mut conn)).await?;
-        Ok(enqueued(reply))
+        invocation
     }
 
     /// The dead letters, oldest first, at most `limit`.

@@ -374,9 +374,7 @@ async fn a_worker_killed_mid_burst_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_killed_mid_burst_loses_nothing() {
     let _serial = SERIAL.lock().await;
-    let mut app = App::stores_only(&settings(&[]));
-    app.start_api().await;
-    app.start_worker();
+    let mut app = App::start_with(&settings(&[])).await;
     let burst = Burst {
         alerts: 3000,
         concurrency: 8,
@@ -424,9 +422,7 @@ async fn redis_killed_mid_burst_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mongodb_down_for_ten_seconds_loses_nothing() {
     let _serial = SERIAL.lock().await;
-    let mut app = App::stores_only(&settings(&[]));
-    app.start_api().await;
-    app.start_worker();
+    let mut app = App::start_with(&settings(&[])).await;
     let burst = Burst {
         alerts: 3000,
         concurrency: 8,
@@ -457,9 +453,7 @@ async fn mongodb_down_for_ten_seconds_loses_nothing() {
 /// or hang (a stopped Redis); nothing of those alerts is written once the stores return.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn both_stores_down_is_a_fast_503_and_writes_nothing() {
-    let mut app = App::stores_only(&settings(&[]));
-    app.start_api().await;
-    app.start_worker();
+    let mut app = App::start_with(&settings(&[])).await;
     let before = send(
         app.port,
         "before",

@@ -78,21 +78,13 @@ impl Notifications {
     }
 }
 
-fn spawn(app: &App, binary: &str, extra: &[(&str, &str)]) -> Process {
-    let log = app.stores.dir.path().join(format!("{binary}.log"));
-    let file = std::fs::File::create(&log).unwrap();
-    let child = app
-        .command(binary)
-        .envs(extra.iter().copied())
-        .stdout(file.try_clone().unwrap())
-        .stderr(file)
-        .spawn()
-        .unwrap();
-    Process {
-        name: binary.into(),
-        child,
-        log,
-    }
+/// SIGTERM: the service must say STOPPING=1, then exit cleanly.
+fn stop_and_expect_stopping(process: &mut Process, notes: &mut Notifications) {
+    let pid = process.child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    notes.wait_for("STOPPING=1", |l| l == "STOPPING=1");
+    let status = process.terminate();
+    assert!(status.success(), "{} exited with {status}", process.name);
 }
 
 /// Watchdog pings after `from`, and the gaps between them.
@@ -121,8 +113,8 @@ async fn pyron_api_is_ready_only_with_its_stores_pings_the_watchdog_and_says_sto
     app.stores.redis.kill();
     let mut notes = Notifications::bind(app.stores.dir.path());
     let socket = notes.path.to_str().unwrap().to_owned();
-    let mut api = spawn(
-        &app,
+    let mut api = app.spawn(
+        "pyron-api",
         "pyron-api",
         &[("NOTIFY_SOCKET", &socket), ("WATCHDOG_USEC", "400000")],
     );
@@ -152,11 +144,7 @@ async fn pyron_api_is_ready_only_with_its_stores_pings_the_watchdog_and_says_sto
     notes.collect(Duration::from_millis(1500));
     assert_watchdog_period(&pings_after(&notes, ready), Duration::from_millis(200));
 
-    let pid = api.child.id().to_string();
-    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    notes.wait_for("STOPPING=1", |l| l == "STOPPING=1");
-    let status = api.terminate();
-    assert!(status.success(), "pyron-api exited with {status}");
+    stop_and_expect_stopping(&mut api, &mut notes);
     let lines = notes.lines();
     let stopping = lines.iter().position(|l| *l == "STOPPING=1").unwrap();
     assert!(
@@ -179,8 +167,8 @@ async fn pyron_worker_is_ready_only_with_its_stores_and_reports_its_work() {
     app.stores.mongo.kill();
     let mut notes = Notifications::bind(app.stores.dir.path());
     let socket = notes.path.to_str().unwrap().to_owned();
-    let mut worker = spawn(
-        &app,
+    let mut worker = app.spawn(
+        "pyron-worker",
         "pyron-worker",
         &[
             ("NOTIFY_SOCKET", &socket),
@@ -223,11 +211,7 @@ async fn pyron_worker_is_ready_only_with_its_stores_and_reports_its_work() {
     notes.collect(Duration::from_millis(2000));
     assert_watchdog_period(&pings_after(&notes, ready), Duration::from_millis(300));
 
-    let pid = worker.child.id().to_string();
-    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    notes.wait_for("STOPPING=1", |l| l == "STOPPING=1");
-    let status = worker.terminate();
-    assert!(status.success(), "pyron-worker exited with {status}");
+    stop_and_expect_stopping(&mut worker, &mut notes);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -369,23 +369,25 @@ impl App {
         command
     }
 
-    fn spawn(&self, binary: &str) -> Process {
-        let (log, out, err) = log_file(self.stores.dir.path(), binary);
+    /// Starts `binary` with extra settings, logging to `<name>.log`, without waiting.
+    pub fn spawn(&self, binary: &str, name: &str, extra: &[(&str, &str)]) -> Process {
+        let (log, out, err) = log_file(self.stores.dir.path(), name);
         let child = self
             .command(binary)
+            .envs(extra.iter().copied())
             .stdout(out)
             .stderr(err)
             .spawn()
             .unwrap();
         Process {
-            name: binary.into(),
+            name: name.into(),
             child,
             log,
         }
     }
 
     pub async fn start_api(&mut self) {
-        let mut api = self.spawn("pyron-api");
+        let mut api = self.spawn("pyron-api", "pyron-api", &[]);
         wait_for_port(self.port, "pyron-api", &mut api.child, &api.log);
         self.api = Some(api);
     }
@@ -399,19 +401,7 @@ impl App {
     /// Starts another pyron-worker with extra settings (its consumer name, say) and waits
     /// until it is consuming.
     pub fn spawn_worker(&self, name: &str, extra: &[(&str, &str)]) -> Process {
-        let (log, out, err) = log_file(self.stores.dir.path(), name);
-        let child = self
-            .command("pyron-worker")
-            .envs(extra.iter().copied())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap();
-        let mut worker = Process {
-            name: name.into(),
-            child,
-            log,
-        };
+        let mut worker = self.spawn("pyron-worker", name, extra);
         let deadline = Instant::now() + PATIENCE;
         while !worker.log().contains("pyron-worker consuming") {
             if let Ok(Some(status)) = worker.child.try_wait() {
