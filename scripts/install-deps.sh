@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Pyron's local stack and tests need on Debian: redis-server, nginx, curl,
-# openssl, systemd's tools (systemd-analyze, systemd-journald, systemd-socket-activate) and
-# nix-bin (to evaluate the Nix files) from apt, a MongoDB wire server, and check-jsonschema
+# openssl, systemd's tools (systemd-analyze, systemd-journald, systemd-socket-activate),
+# nix-bin (to evaluate the Nix files), shellcheck and chromium (the dashboard's browser
+# test) from apt, a MongoDB wire server, and check-jsonschema
 # in a virtualenv. A `mongod` on PATH is used as it is;
 # otherwise FerretDB (its embeddable package with the SQLite backend) is built with Go
 # into .tools/bin/pyron-ferretdb. Safe to run again: it only installs what is missing.
@@ -18,6 +19,7 @@ command -v systemd-analyze >/dev/null && [ -x /lib/systemd/systemd-journald ] \
 command -v journalctl >/dev/null || need_apt+=(systemd)
 command -v nix-instantiate >/dev/null || need_apt+=(nix-bin)
 command -v shellcheck >/dev/null || need_apt+=(shellcheck)
+command -v chromium >/dev/null || need_apt+=(chromium)
 sudo_cmd=()
 [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
 if ((${#need_apt[@]})); then

@@ -121,10 +121,7 @@ or a JSON alert with the secret in its passphrase field:
        --data '{"passphrase":"$token","ticker":"BTCUSDT","action":"buy","price":67234.5}' \\
        https://localhost:$https_port/webhook
 
-Dead letters (replay with POST /api/dead-letters/replay, or target/release/pyron-worker replay):
-
-  curl -sS --cacert .dev/tls/cert.pem -H "Authorization: Bearer \$(cat .dev/admin-token)" \\
-       https://localhost:$https_port/api/dead-letters
+Dashboard: https://localhost:$https_port/ (log in with the admin token in .dev/admin-token)
 
 Logs: .dev/logs/ and .dev/nginx/   Readiness: https://localhost:$https_port/readyz   Stop: Ctrl-C
 MSG

@@ -13,6 +13,7 @@ pub mod queue;
 pub mod reconcile;
 pub mod signal;
 pub mod startup;
+pub mod stats;
 pub mod store;
 pub mod systemd;
 pub mod telemetry;

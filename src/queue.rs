@@ -143,6 +143,11 @@ impl Queue {
         })
     }
 
+    /// The activity counts, over this queue's connection.
+    pub fn stats(&self) -> crate::stats::Stats {
+        crate::stats::Stats::new(self.conn.clone(), self.timeout)
+    }
+
     pub async fn ping(&self) -> Result<(), QueueError> {
         let mut conn = self.conn.clone();
         bounded(
@@ -358,6 +363,11 @@ impl Consumer {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The activity counts, over this consumer's connection.
+    pub fn stats(&self) -> crate::stats::Stats {
+        crate::stats::Stats::new(self.conn.clone(), self.timeout)
     }
 
     /// Creates the stream and the group if absent. The group starts at the beginning of the

@@ -141,6 +141,7 @@ impl Api {
             tasks: tasks.clone(),
             admin_token: config.admin_token.clone(),
             counters: Counters::default(),
+            latency: Default::default(),
             body_timeout: config.body_timeout,
             header_limit: config.header_limit,
             senders: SenderRules {

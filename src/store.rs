@@ -135,6 +135,22 @@ impl Outcome {
     }
 }
 
+/// One alert as the dashboard lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EventRow {
+    pub id: String,
+    pub received_at: Option<DateTime<Utc>>,
+    pub kind: String,
+    /// The job's status when it has one, else the audit's (`queued`, `duplicate`,
+    /// `unqueued`).
+    pub status: String,
+    pub ticker: Option<String>,
+    pub action: Option<String>,
+    pub price: Option<f64>,
+    pub lag_ms: Option<i64>,
+    pub error: Option<String>,
+}
+
 /// A failed attempt at a job, for its `jobs` record.
 #[derive(Debug, Clone)]
 pub struct Failure<'a> {
@@ -302,6 +318,75 @@ impl Store {
             "upsert": true,
         };
         self.update_one(JOBS, update).await
+    }
+
+    /// The most recent alerts (newest first), each with its job's outcome when it has one.
+    pub async fn recent(&self, limit: i64) -> Result<Vec<EventRow>, StoreError> {
+        use futures_util::TryStreamExt;
+        let audit: Collection<Document> = self.db.collection(AUDIT);
+        let projection = doc! { "_id": 1, "received_at": 1, "status": 1, "kind": 1, "duplicate_of": 1, "json": 1 };
+        let cursor = self
+            .bounded(
+                audit
+                    .find(doc! {})
+                    .sort(doc! { "_id": -1 })
+                    .limit(limit)
+                    .projection(projection),
+            )
+            .await?;
+        let audits: Vec<Document> = self.bounded(cursor.try_collect()).await?;
+        let ids: Vec<&str> = audits
+            .iter()
+            .filter_map(|a| a.get_str("_id").ok())
+            .collect();
+        let jobs: Collection<Document> = self.db.collection(JOBS);
+        let cursor = self
+            .bounded(jobs.find(doc! { "_id": { "$in": &ids } }))
+            .await?;
+        let jobs: Vec<Document> = self.bounded(cursor.try_collect()).await?;
+        Ok(audits
+            .iter()
+            .map(|a| {
+                let id = a.get_str("_id").unwrap_or_default();
+                let job = jobs.iter().find(|j| j.get_str("_id") == Ok(id));
+                let signal = job.and_then(|j| j.get_document("signal").ok());
+                // A dead alert has no signal: show what its body said.
+                let body = a.get_document("json").ok();
+                let text = |k: &str| {
+                    signal
+                        .and_then(|s| s.get_str(k).ok())
+                        .or_else(|| body.and_then(|b| b.get_str(k).ok()))
+                        .map(str::to_owned)
+                };
+                EventRow {
+                    id: id.to_owned(),
+                    received_at: a.get_datetime("received_at").ok().map(|d| d.to_chrono()),
+                    kind: a.get_str("kind").unwrap_or_default().to_owned(),
+                    status: job
+                        .and_then(|j| j.get_str("status").ok())
+                        .or_else(|| a.get_str("status").ok())
+                        .unwrap_or("received")
+                        .to_owned(),
+                    ticker: text("ticker"),
+                    action: text("action"),
+                    price: signal.and_then(|s| s.get_f64("price").ok()),
+                    lag_ms: job.and_then(|j| j.get_i64("lag_ms").ok()),
+                    error: job
+                        .and_then(|j| j.get_str("error").or_else(|_| j.get_str("last_error")).ok())
+                        .map(str::to_owned),
+                }
+            })
+            .collect())
+    }
+
+    /// An alert's audit and `jobs` records, as relaxed extended JSON.
+    pub async fn event(&self, id: &str) -> Result<(Option<Value>, Option<Value>), StoreError> {
+        let audit: Collection<Document> = self.db.collection(AUDIT);
+        let jobs: Collection<Document> = self.db.collection(JOBS);
+        let a = self.bounded(audit.find_one(doc! { "_id": id })).await?;
+        let j = self.bounded(jobs.find_one(doc! { "_id": id })).await?;
+        let json = |d: Document| Bson::Document(d).into_relaxed_extjson();
+        Ok((a.map(json), j.map(json)))
     }
 
     /// Creates the index the reconciler's query uses (`audit.status`). Idempotent.

@@ -36,6 +36,7 @@ use crate::{
     queue::{Consumer, Delivery, QueueError},
     signal::Signal,
     startup::wait_for,
+    stats::Event,
     store::{Arrival, Failure, Outcome, Record, Store, StoreError},
     systemd::Heartbeat,
 };
@@ -50,6 +51,9 @@ pub enum WorkerError {
 
 /// First and longest wait while a store is down.
 const OUTAGE_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+
+/// How often the worker writes its heartbeat to Redis, for the dashboard.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 
 /// Longest wait between two attempts at a failing job.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
@@ -74,6 +78,19 @@ struct Stats {
     failed_attempts: AtomicU64,
     dead: AtomicU64,
     waiting: AtomicU64,
+}
+
+/// What one batch did, for the activity counts.
+#[derive(Default)]
+struct Counted {
+    events: std::collections::BTreeMap<Event, u64>,
+    lags: Vec<i64>,
+}
+
+impl Counted {
+    fn add(&mut self, event: Event) {
+        *self.events.entry(event).or_default() += 1;
+    }
 }
 
 /// Jobs that failed and wait for their next attempt, by stream entry.
@@ -179,8 +196,15 @@ impl Worker {
         let mut next_claim = Instant::now();
         let mut retries = Retries::default();
         let mut backoff = OUTAGE_BACKOFF.0;
+        let mut last_beat: Option<Instant> = None;
         while !*shutdown.borrow() {
             self.heartbeat.beat();
+            if last_beat.is_none_or(|at| at.elapsed() >= HEARTBEAT_EVERY) {
+                last_beat = Some(Instant::now());
+                if let Err(err) = self.consumer.stats().heartbeat(self.consumer.name()).await {
+                    tracing::debug!(error = %err, "heartbeat not written");
+                }
+            }
             self.stats
                 .waiting
                 .store(retries.waiting.len() as u64, Ordering::Relaxed);
@@ -265,20 +289,27 @@ impl Worker {
         let refused = self.store.record(&records).await?;
 
         let mut done: Vec<&str> = Vec::with_capacity(records.len());
+        let mut counted = Counted::default();
         for (index, (record, delivery)) in records.iter().zip(&deliveries).enumerate() {
             if let Some((_, error)) = refused.iter().find(|(i, _)| *i == index) {
-                self.failed(delivery, &record.alert, error, retries).await?;
+                let dead = self.failed(delivery, &record.alert, error, retries).await?;
+                counted.add(if dead { Event::Dead } else { Event::Retrying });
                 continue;
             }
             let attempts = retries.attempts.remove(&delivery.entry).unwrap_or(0) + 1;
             match record.outcome.as_ref().map(|o| (o, &o.result)) {
                 None => done.push(&delivery.entry),
                 Some((o, Err(error))) => {
+                    counted.add(Event::Dead);
                     self.stats.dead.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(event_id = %o.id, status = "dead", error, "alert cannot be processed; moved to dead letters");
                     self.consumer.dead_letter(delivery, error, attempts).await?;
                 }
                 Some((o, Ok(signal))) => {
+                    counted.add(Event::Processed);
+                    counted
+                        .lags
+                        .push((o.processed_at - o.received_at).num_milliseconds());
                     self.stats.processed.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(
                         event_id = %o.id,
@@ -293,23 +324,28 @@ impl Worker {
             }
         }
         for (delivery, reason) in &unreadable {
+            counted.add(Event::Dead);
             self.stats.dead.fetch_add(1, Ordering::Relaxed);
             tracing::error!(entry = %delivery.entry, reason = %reason, "unreadable stream entry moved to dead letters");
             self.consumer.dead_letter(delivery, reason, 1).await?;
         }
         self.consumer.ack(&done).await?;
+        let events: Vec<(Event, u64)> = counted.events.into_iter().collect();
+        if let Err(err) = self.consumer.stats().count(&events, &counted.lags).await {
+            tracing::debug!(error = %err, "activity not counted");
+        }
         Ok(())
     }
 
     /// A job whose write MongoDB refused: schedule its next attempt, or dead-letter it
-    /// after the last.
+    /// after the last (then true).
     async fn failed(
         &self,
         delivery: &Delivery,
         alert: &Alert,
         error: &str,
         retries: &mut Retries,
-    ) -> Result<(), WorkerError> {
+    ) -> Result<bool, WorkerError> {
         self.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
         let attempts = retries.attempts.entry(delivery.entry.clone()).or_insert(0);
         *attempts += 1;
@@ -336,6 +372,7 @@ impl Worker {
                     delivery.entry.clone(),
                     (delivery.clone(), Instant::now() + delay),
                 );
+                Ok(false)
             }
             None => {
                 let reason = format!("gave up after {attempts} attempts: {error}");
@@ -345,9 +382,9 @@ impl Worker {
                     .dead_letter(delivery, &reason, attempts)
                     .await?;
                 retries.attempts.remove(&delivery.entry);
+                Ok(true)
             }
         }
-        Ok(())
     }
 
     /// Exponential from the base, capped below the claim time so that no other worker

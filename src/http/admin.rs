@@ -1,5 +1,4 @@
-//! The operator's endpoints for dead letters, behind `Authorization: Bearer
-//! <PYRON_ADMIN_TOKEN>`: `GET /api/dead-letters?limit=N` lists them, `POST
+//! The operator's endpoints for dead letters, behind the admin secret (see `auth`): `GET /api/dead-letters?limit=N` lists them, `POST
 //! /api/dead-letters/replay` with `{"ids": [...]}` or `{"all": true}` moves them back to the
 //! work stream.
 
@@ -8,11 +7,11 @@ use std::sync::Arc;
 use axum::{
     Json,
     extract::{Query, State},
-    http::{HeaderMap, StatusCode, header},
+    http::{HeaderMap, Method, StatusCode},
 };
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, auth};
 use crate::{domain::EventId, queue::DeadLetter};
 
 const MAX_LIMIT: usize = 1000;
@@ -24,7 +23,7 @@ pub struct ListQuery {
 
 #[derive(Debug, Serialize)]
 pub struct DeadLetters {
-    dead_letters: Vec<DeadLetter>,
+    pub dead_letters: Vec<DeadLetter>,
 }
 
 pub async fn dead_letters(
@@ -32,7 +31,7 @@ pub async fn dead_letters(
     headers: HeaderMap,
     Query(query): Query<ListQuery>,
 ) -> Result<Json<DeadLetters>, ApiError> {
-    authorize(&app, &headers)?;
+    auth::check(app.admin_token.as_ref(), &Method::GET, &headers)?;
     let limit = query.limit.unwrap_or(100).clamp(1, MAX_LIMIT);
     let dead_letters = app.queue.dead_letters(limit).await.map_err(redis_down)?;
     Ok(Json(DeadLetters { dead_letters }))
@@ -57,7 +56,7 @@ pub async fn replay(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<Replayed>), ApiError> {
-    authorize(&app, &headers)?;
+    auth::check(app.admin_token.as_ref(), &Method::POST, &headers)?;
     let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message);
     let request: ReplayRequest = serde_json::from_slice(&body).map_err(|e| {
         bad(format!(
@@ -79,26 +78,6 @@ pub async fn replay(
     let replayed = app.queue.replay(ids.as_deref()).await.map_err(redis_down)?;
     tracing::info!(replayed, "dead letters replayed");
     Ok((StatusCode::ACCEPTED, Json(Replayed { replayed })))
-}
-
-fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let unauthorized =
-        |message: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message.to_owned());
-    let Some(token) = &app.admin_token else {
-        return Err(unauthorized(
-            "the admin API is off: set PYRON_ADMIN_TOKEN to use it",
-        ));
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| unauthorized("send Authorization: Bearer <admin token>"))?;
-    if token.matches(given.trim().as_bytes()) {
-        Ok(())
-    } else {
-        Err(unauthorized("wrong admin token"))
-    }
 }
 
 fn redis_down(err: crate::queue::QueueError) -> ApiError {

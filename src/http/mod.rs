@@ -2,8 +2,11 @@
 //! become responses.
 
 mod admin;
+mod auth;
+mod dashboard;
 mod error;
 mod health;
+mod metrics;
 mod sender;
 mod tls;
 mod webhook;
@@ -77,6 +80,7 @@ pub struct AppState {
     pub tasks: TaskTracker,
     pub admin_token: Option<Secret>,
     pub counters: Counters,
+    pub latency: metrics::Latency,
     pub body_timeout: Duration,
     pub header_limit: usize,
     pub senders: SenderRules,
@@ -163,6 +167,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/webhook/{token}", post(webhook::receive_with_token))
         .route("/healthz", get(health::alive))
         .route("/readyz", get(health::ready))
+        .route("/", get(dashboard::index))
+        .route("/login", get(dashboard::login_page).post(dashboard::login))
+        .route("/logout", post(dashboard::logout))
+        .route("/assets/style.css", get(dashboard::style))
+        .route("/assets/app.js", get(dashboard::script))
+        .route("/api/stats", get(dashboard::stats))
+        .route("/api/events", get(dashboard::events))
+        .route("/api/events/{id}", get(dashboard::event))
+        .route("/api/stream", get(dashboard::stream))
+        .route("/metrics", get(metrics::metrics))
         .route("/api/dead-letters", get(admin::dead_letters))
         .route("/api/dead-letters/replay", post(admin::replay))
         .fallback(error::not_found)

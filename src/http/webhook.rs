@@ -19,6 +19,7 @@ use super::{ApiError, AppState, Counters, Peer};
 use crate::{
     ingest::{self, Alert, Rejection},
     queue::Enqueued,
+    stats::Event,
     store::Arrival,
 };
 
@@ -59,6 +60,7 @@ async fn handle(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Ack>), ApiError> {
+    let started = Instant::now();
     let client = app.senders.client(peer, headers);
     let sender = client.map(|addr| addr.to_string());
     let result = if app.senders.allows(client) {
@@ -73,14 +75,21 @@ async fn handle(
             ),
         ))
     };
+    app.latency.record(started.elapsed());
     let counters = &app.counters;
-    match &result {
+    let event = match &result {
         Ok((_, Json(ack))) => {
             Counters::add(&counters.accepted);
             match ack.status {
-                "duplicate" => Counters::add(&counters.duplicates),
-                _ if ack.kept => Counters::add(&counters.kept),
-                _ => {}
+                "duplicate" => {
+                    Counters::add(&counters.duplicates);
+                    Some(Event::Duplicate)
+                }
+                _ if ack.kept => {
+                    Counters::add(&counters.kept);
+                    Some(Event::Kept)
+                }
+                _ => Some(Event::Queued),
             }
         }
         Err(err) => {
@@ -95,7 +104,19 @@ async fn handle(
                 sender,
                 "alert rejected"
             );
+            (err.status != StatusCode::SERVICE_UNAVAILABLE).then_some(Event::Rejected)
         }
+    };
+    // Counted for the dashboard after the answer, and never in its way.
+    if let Some(event) = event
+        && !app.queue_breaker.is_open()
+    {
+        let stats = app.queue.stats();
+        tokio::spawn(async move {
+            if let Err(err) = stats.count(&[(event, 1)], &[]).await {
+                tracing::debug!(error = %err, "activity not counted");
+            }
+        });
     }
     result
 }

@@ -1,0 +1,145 @@
+// Keeps the dashboard live: a Server-Sent Events stream (/api/stream) sends a snapshot
+// every two seconds and the page updates in place. Without JavaScript the server-rendered
+// page still shows the numbers of the moment it was loaded.
+"use strict";
+
+const $ = (selector, root = document) => root.querySelector(selector);
+const $$ = (selector, root = document) => Array.from(root.querySelectorAll(selector));
+
+function text(value) {
+  return value === null || value === undefined ? "–" : String(value);
+}
+
+function cell(value, className) {
+  const td = document.createElement("td");
+  td.textContent = text(value);
+  if (className) td.className = className;
+  return td;
+}
+
+function renderCounts(stats) {
+  for (const el of $$("[data-count]")) {
+    const [window, field] = el.dataset.count.split(".");
+    el.textContent = text(stats[window][field]);
+  }
+  for (const el of $$("[data-stat]")) {
+    const value = stats[el.dataset.stat];
+    el.textContent = typeof value === "number" ? String(Math.round(value * 10) / 10) : text(value);
+  }
+}
+
+function renderChart(perMinute) {
+  const svg = $("svg.chart");
+  if (!svg) return;
+  const max = Math.max(1, ...perMinute);
+  svg.replaceChildren(...perMinute.map((n, i) => {
+    const rect = document.createElementNS("http://www.w3.org/2000/svg", "rect");
+    const h = (n / max) * 78;
+    rect.setAttribute("x", String(i * 10));
+    rect.setAttribute("y", String(80 - h));
+    rect.setAttribute("width", "8");
+    rect.setAttribute("height", String(h));
+    const title = document.createElementNS("http://www.w3.org/2000/svg", "title");
+    title.textContent = `${n} alerts, ${perMinute.length - i - 1} min ago`;
+    rect.append(title);
+    return rect;
+  }));
+}
+
+function renderWorkers(workers) {
+  const body = $("#workers tbody");
+  body.replaceChildren(...workers.map((w) => {
+    const tr = document.createElement("tr");
+    const beat = w.heartbeat_ms_ago === null ? "never" : `${(w.heartbeat_ms_ago / 1000).toFixed(1)} s ago`;
+    tr.append(cell(w.name), cell(w.pending, "n"), cell(beat, "n"));
+    return tr;
+  }));
+}
+
+function matches(event) {
+  const filter = ($("#filter").value || "").trim().toLowerCase();
+  if (!filter) return true;
+  return [event.ticker, event.action, event.status, event.id].some((v) => (v || "").toLowerCase().includes(filter));
+}
+
+let lastEvents = [];
+
+function renderEvents(events) {
+  lastEvents = events;
+  const body = $("#events tbody");
+  body.replaceChildren(...events.filter(matches).map((e) => {
+    const tr = document.createElement("tr");
+    tr.className = "event";
+    tr.dataset.id = e.id;
+    const time = e.received_at ? new Date(e.received_at).toLocaleTimeString() : "–";
+    tr.append(cell(time), cell(e.ticker), cell(e.action), cell(e.price, "n"),
+      cell(e.status, `status-${e.status}`), cell(e.lag_ms === null ? null : `${e.lag_ms} ms`, "n"));
+    tr.addEventListener("click", () => showEvent(e.id));
+    return tr;
+  }));
+}
+
+async function showEvent(id) {
+  const panel = $("#detail");
+  panel.hidden = false;
+  $("#detail-id").textContent = id;
+  const response = await fetch(`/api/events/${encodeURIComponent(id)}`, { credentials: "same-origin" });
+  const body = await response.json();
+  $("#detail-audit").textContent = JSON.stringify(body.audit, null, 2);
+  $("#detail-job").textContent = JSON.stringify(body.job, null, 2);
+}
+
+function renderDead(letters) {
+  const body = $("#dead tbody");
+  body.replaceChildren(...letters.map((d) => {
+    const tr = document.createElement("tr");
+    const button = document.createElement("button");
+    button.textContent = "Replay";
+    button.dataset.replay = d.id || "";
+    button.disabled = !d.id;
+    button.addEventListener("click", () => replay(d.id, button));
+    const action = document.createElement("td");
+    action.append(button);
+    tr.append(cell(d.id), cell(d.reason), action);
+    return tr;
+  }));
+}
+
+async function replay(id, button) {
+  button.disabled = true;
+  const response = await fetch("/api/dead-letters/replay", {
+    method: "POST",
+    credentials: "same-origin",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ ids: [id] }),
+  });
+  const body = await response.json().catch(() => ({}));
+  $("#replay-result").textContent = response.ok
+    ? `replayed ${body.replayed} dead letter(s)`
+    : `replay failed: ${body.message || response.status}`;
+}
+
+function connect() {
+  const live = $("#live");
+  const source = new EventSource("/api/stream");
+  source.addEventListener("snapshot", (message) => {
+    const snapshot = JSON.parse(message.data);
+    renderCounts(snapshot.stats);
+    renderChart(snapshot.stats.per_minute);
+    renderWorkers(snapshot.stats.workers);
+    renderEvents(snapshot.events);
+    renderDead(snapshot.dead_letters);
+    live.classList.add("on");
+    live.textContent = `live, ${new Date().toLocaleTimeString()}`;
+  });
+  source.addEventListener("error", () => {
+    live.classList.remove("on");
+    live.textContent = "reconnecting…";
+  });
+}
+
+$("#filter").addEventListener("input", () => renderEvents(lastEvents));
+for (const button of $$("[data-replay]")) {
+  button.addEventListener("click", () => replay(button.dataset.replay, button));
+}
+connect();

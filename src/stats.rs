@@ -1,0 +1,284 @@
+//! Activity counts in Redis, shared by every pyron-api and pyron-worker: one hash per
+//! minute (`pyron:stats:m:<minute>`, kept 25 hours) for the dashboard's last hour and
+//! day and its per-minute chart, one running total (`pyron:stats:total`) for Prometheus,
+//! and the last thousand end-to-end lags (`pyron:stats:lag`) for percentiles.
+//!
+//! Counting is best effort: it happens after the answer, and an alert is never refused
+//! because Redis could not count it.
+
+use std::{collections::HashMap, time::Duration};
+
+use redis::{AsyncCommands, aio::ConnectionManager, streams::StreamInfoConsumersReply};
+use serde::Serialize;
+
+use crate::queue::{DEAD_LETTERS, GROUP, STREAM};
+
+const MINUTE_PREFIX: &str = "pyron:stats:m:";
+const TOTAL: &str = "pyron:stats:total";
+const LAGS: &str = "pyron:stats:lag";
+const HEARTBEAT_PREFIX: &str = "pyron:heartbeat:";
+/// A heartbeat older than this is gone from Redis: the worker is long dead.
+const HEARTBEAT_TTL_SECS: u64 = 24 * 60 * 60;
+const KEEP_MINUTES: i64 = 25 * 60;
+const KEEP_LAGS: isize = 1000;
+
+/// Upper bounds of the lag histogram, in seconds.
+pub const LAG_BUCKETS: [f64; 10] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// What happened to one alert, as counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Event {
+    /// Answered 202 queued.
+    Queued,
+    /// Answered 202, kept in MongoDB alone (Redis down: counted when it is back, if ever).
+    Kept,
+    Duplicate,
+    /// Answered 4xx.
+    Rejected,
+    Processed,
+    Retrying,
+    Dead,
+}
+
+impl Event {
+    pub fn field(self) -> &'static str {
+        match self {
+            Event::Queued => "queued",
+            Event::Kept => "kept",
+            Event::Duplicate => "duplicate",
+            Event::Rejected => "rejected",
+            Event::Processed => "processed",
+            Event::Retrying => "retrying",
+            Event::Dead => "dead",
+        }
+    }
+
+    /// Events that are an answer to a sender, each one alert received.
+    fn is_received(self) -> bool {
+        matches!(
+            self,
+            Event::Queued | Event::Kept | Event::Duplicate | Event::Rejected
+        )
+    }
+}
+
+/// Counts over a window.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Counts {
+    pub received: u64,
+    pub queued: u64,
+    pub processed: u64,
+    pub retrying: u64,
+    pub dead: u64,
+    pub duplicates: u64,
+    pub rejected: u64,
+}
+
+impl Counts {
+    fn add(&mut self, fields: &HashMap<String, u64>) {
+        let get = |k: &str| fields.get(k).copied().unwrap_or(0);
+        self.received += get("received");
+        self.queued += get("queued") + get("kept");
+        self.processed += get("processed");
+        self.retrying += get("retrying");
+        self.dead += get("dead");
+        self.duplicates += get("duplicate");
+        self.rejected += get("rejected");
+    }
+}
+
+/// A consumer of the group, as Redis knows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerInfo {
+    pub name: String,
+    pub pending: u64,
+    /// Milliseconds since Redis last delivered it an entry.
+    pub idle_ms: u64,
+    /// Milliseconds since its last heartbeat (every few seconds while its loop turns).
+    pub heartbeat_ms_ago: Option<u64>,
+}
+
+/// Everything the dashboard shows that Redis holds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Activity {
+    pub hour: Counts,
+    pub day: Counts,
+    /// Alerts received per minute, oldest first, the last 60 minutes.
+    pub per_minute: Vec<u64>,
+    pub lag_p50_ms: Option<u64>,
+    pub lag_p99_ms: Option<u64>,
+    pub queue_depth: u64,
+    pub pending: u64,
+    pub dead_letters: u64,
+    pub workers: Vec<WorkerInfo>,
+}
+
+/// Running totals, for Prometheus.
+#[derive(Debug, Clone, Default)]
+pub struct Totals {
+    pub fields: HashMap<String, u64>,
+}
+
+#[derive(Clone)]
+pub struct Stats {
+    conn: ConnectionManager,
+    timeout: Duration,
+}
+
+fn minute_now() -> i64 {
+    chrono::Utc::now().timestamp() / 60
+}
+
+impl Stats {
+    pub fn new(conn: ConnectionManager, timeout: Duration) -> Self {
+        Stats { conn, timeout }
+    }
+
+    /// Counts events (with how many of each), and end-to-end lags in milliseconds.
+    pub async fn count(&self, events: &[(Event, u64)], lags_ms: &[i64]) -> redis::RedisResult<()> {
+        let minute = format!("{MINUTE_PREFIX}{}", minute_now());
+        let mut pipe = redis::pipe();
+        for (event, n) in events.iter().filter(|(_, n)| *n > 0) {
+            pipe.hincr(&minute, event.field(), *n).ignore();
+            pipe.hincr(TOTAL, event.field(), *n).ignore();
+            if event.is_received() {
+                pipe.hincr(&minute, "received", *n).ignore();
+                pipe.hincr(TOTAL, "received", *n).ignore();
+            }
+        }
+        if !lags_ms.is_empty() {
+            let mut sum = 0_i64;
+            for lag in lags_ms {
+                let seconds = *lag as f64 / 1000.0;
+                for bound in LAG_BUCKETS.iter().filter(|b| seconds <= **b) {
+                    pipe.hincr(TOTAL, format!("lag_le_{bound}"), 1).ignore();
+                }
+                sum += lag.max(&0);
+            }
+            pipe.hincr(TOTAL, "lag_count", lags_ms.len()).ignore();
+            pipe.hincr(TOTAL, "lag_sum_ms", sum).ignore();
+            pipe.lpush(LAGS, lags_ms).ignore();
+            pipe.ltrim(LAGS, 0, KEEP_LAGS - 1).ignore();
+        }
+        pipe.expire(&minute, KEEP_MINUTES * 60).ignore();
+        let mut conn = self.conn.clone();
+        self.bounded(pipe.query_async::<()>(&mut conn)).await
+    }
+
+    /// The last hour and day, the per-minute chart, lags, the queue and the workers.
+    pub async fn activity(&self) -> redis::RedisResult<Activity> {
+        let now = minute_now();
+        let mut pipe = redis::pipe();
+        for minute in (now - 24 * 60 + 1)..=now {
+            pipe.hgetall(format!("{MINUTE_PREFIX}{minute}"));
+        }
+        pipe.lrange(LAGS, 0, -1);
+        pipe.xlen(STREAM);
+        pipe.xpending(STREAM, GROUP);
+        pipe.xlen(DEAD_LETTERS);
+        let mut conn = self.conn.clone();
+        let mut replies: Vec<redis::Value> = self.bounded(pipe.query_async(&mut conn)).await?;
+        let tail = replies.split_off(24 * 60);
+        let minutes: Vec<HashMap<String, u64>> = replies
+            .into_iter()
+            .map(redis::from_redis_value)
+            .collect::<Result<_, _>>()?;
+        let mut tail = tail.into_iter();
+        let mut next = || tail.next().unwrap_or(redis::Value::Nil);
+        let mut lags: Vec<i64> = redis::from_redis_value(next())?;
+        let queue_depth: u64 = redis::from_redis_value(next())?;
+        let pending: redis::streams::StreamPendingReply = redis::from_redis_value(next())?;
+        let dead_letters: u64 = redis::from_redis_value(next())?;
+
+        let mut day = Counts::default();
+        let mut hour = Counts::default();
+        for (i, fields) in minutes.iter().enumerate() {
+            day.add(fields);
+            if i >= minutes.len() - 60 {
+                hour.add(fields);
+            }
+        }
+        let per_minute = minutes[minutes.len() - 60..]
+            .iter()
+            .map(|f| f.get("received").copied().unwrap_or(0))
+            .collect();
+        lags.sort_unstable();
+        let percentile = |p: f64| -> Option<u64> {
+            (!lags.is_empty()).then(|| {
+                let rank = ((lags.len() as f64 * p).ceil() as usize).clamp(1, lags.len());
+                lags[rank - 1].max(0) as u64
+            })
+        };
+        let workers = self.workers().await.unwrap_or_default();
+        Ok(Activity {
+            hour,
+            day,
+            per_minute,
+            lag_p50_ms: percentile(0.5),
+            lag_p99_ms: percentile(0.99),
+            queue_depth,
+            pending: pending.count() as u64,
+            dead_letters,
+            workers,
+        })
+    }
+
+    /// Says this worker's loop is turning.
+    pub async fn heartbeat(&self, consumer: &str) -> redis::RedisResult<()> {
+        let now = chrono::Utc::now().timestamp_millis();
+        let mut conn = self.conn.clone();
+        self.bounded(conn.set_ex(
+            format!("{HEARTBEAT_PREFIX}{consumer}"),
+            now,
+            HEARTBEAT_TTL_SECS,
+        ))
+        .await
+    }
+
+    async fn workers(&self) -> redis::RedisResult<Vec<WorkerInfo>> {
+        let mut conn = self.conn.clone();
+        let reply: StreamInfoConsumersReply =
+            self.bounded(conn.xinfo_consumers(STREAM, GROUP)).await?;
+        let keys: Vec<String> = reply
+            .consumers
+            .iter()
+            .map(|c| format!("{HEARTBEAT_PREFIX}{}", c.name))
+            .collect();
+        let beats: Vec<Option<i64>> = if keys.is_empty() {
+            Vec::new()
+        } else {
+            self.bounded(conn.mget(&keys)).await?
+        };
+        let now = chrono::Utc::now().timestamp_millis();
+        Ok(reply
+            .consumers
+            .into_iter()
+            .zip(beats.into_iter().chain(std::iter::repeat(None)))
+            .map(|(c, beat)| WorkerInfo {
+                name: c.name,
+                pending: c.pending as u64,
+                idle_ms: c.idle as u64,
+                heartbeat_ms_ago: beat.map(|b| now.saturating_sub(b).max(0) as u64),
+            })
+            .collect())
+    }
+
+    pub async fn totals(&self) -> redis::RedisResult<Totals> {
+        let mut conn = self.conn.clone();
+        let fields: HashMap<String, u64> = self.bounded(conn.hgetall(TOTAL)).await?;
+        Ok(Totals { fields })
+    }
+
+    async fn bounded<T>(
+        &self,
+        fut: impl Future<Output = redis::RedisResult<T>>,
+    ) -> redis::RedisResult<T> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(result) => result,
+            Err(_) => Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "redis did not answer in time",
+            ))),
+        }
+    }
+}

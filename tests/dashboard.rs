@@ -1,0 +1,597 @@
+//! The dashboard in a real browser (Debian's headless Chromium, driven over the DevTools
+//! protocol) through the real NGINX with TLS: log in, post alerts, watch the counts and
+//! the recent-alerts table change without a reload, open an alert, replay a dead letter
+//! from the page. And `/metrics`, parsed as Prometheus text, against the alerts sent.
+
+mod common;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use base64::Engine;
+use bson::doc;
+use common::{App, Nginx, PATIENCE, Process, TOKEN};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async, tungstenite::Message};
+
+const ADMIN: &str = "dashboard-admin-0123456789";
+
+/// A headless Chromium and one page in it, spoken to over the DevTools protocol.
+struct Browser {
+    _process: Process,
+    socket: WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>,
+    session: String,
+    next_id: u64,
+}
+
+impl Browser {
+    async fn launch(dir: &Path) -> Browser {
+        let profile = dir.join("chromium-profile");
+        std::fs::create_dir_all(&profile).unwrap();
+        let log = dir.join("chromium.log");
+        let child = Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--ignore-certificate-errors",
+                "--window-size=1280,1400",
+                "--remote-debugging-port=0",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg("about:blank")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("chromium (Debian package chromium; scripts/install-deps.sh installs it)");
+        let process = Process {
+            name: "chromium".into(),
+            child,
+            log,
+        };
+        // Chromium writes its DevTools port and path here once it listens.
+        let active = profile.join("DevToolsActivePort");
+        let deadline = Instant::now() + PATIENCE;
+        let url = loop {
+            if let Ok(text) = std::fs::read_to_string(&active) {
+                let mut lines = text.lines();
+                if let (Some(port), Some(path)) = (lines.next(), lines.next()) {
+                    break format!("ws://127.0.0.1:{port}{path}");
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "chromium did not start: {}",
+                process.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let (socket, _) = connect_async(url).await.unwrap();
+        let mut browser = Browser {
+            _process: process,
+            socket,
+            session: String::new(),
+            next_id: 0,
+        };
+        let target = browser
+            .call("Target.createTarget", json!({ "url": "about:blank" }))
+            .await;
+        let attached = browser
+            .call(
+                "Target.attachToTarget",
+                json!({ "targetId": target["targetId"], "flatten": true }),
+            )
+            .await;
+        browser.session = attached["sessionId"].as_str().unwrap().to_owned();
+        browser.call("Page.enable", json!({})).await;
+        browser
+    }
+
+    /// Sends a command (to the page once attached) and waits for its answer.
+    async fn call(&mut self, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut message = json!({ "id": id, "method": method, "params": params });
+        if !self.session.is_empty() {
+            message["sessionId"] = json!(self.session);
+        }
+        self.socket
+            .send(Message::Text(message.to_string().into()))
+            .await
+            .unwrap();
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let frame = tokio::time::timeout(left, self.socket.next())
+                .await
+                .unwrap_or_else(|_| panic!("no answer to {method}"))
+                .unwrap()
+                .unwrap();
+            let Message::Text(text) = frame else { continue };
+            let reply: Value = serde_json::from_str(&text).unwrap();
+            if reply["id"] == id {
+                assert!(reply.get("error").is_none(), "{method}: {reply}");
+                return reply["result"].clone();
+            }
+        }
+    }
+
+    /// Evaluates JavaScript in the page and returns its value.
+    async fn eval(&mut self, expression: &str) -> Value {
+        let result = self
+            .call(
+                "Runtime.evaluate",
+                json!({ "expression": expression, "returnByValue": true, "awaitPromise": true }),
+            )
+            .await;
+        assert!(
+            result.get("exceptionDetails").is_none(),
+            "{expression}: {result}"
+        );
+        result["result"]["value"].clone()
+    }
+
+    async fn goto(&mut self, url: &str) {
+        self.call("Page.navigate", json!({ "url": url })).await;
+        self.wait_until("the page to load", "document.readyState === 'complete'")
+            .await;
+    }
+
+    /// Waits until `condition` (JavaScript) is true in the page.
+    async fn wait_until(&mut self, what: &str, condition: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        while self.eval(condition).await != json!(true) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; page: {}",
+                self.eval("document.body ? document.body.innerText : ''")
+                    .await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn screenshot(&mut self, path: &Path) {
+        let shot = self
+            .call(
+                "Page.captureScreenshot",
+                json!({ "format": "png", "captureBeyondViewport": true }),
+            )
+            .await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(shot["data"].as_str().unwrap())
+            .unwrap();
+        std::fs::write(path, png).unwrap();
+    }
+}
+
+fn count(kind: &str) -> String {
+    format!("document.querySelector('[data-count=\"hour.{kind}\"]').textContent")
+}
+
+async fn post(client: &reqwest::Client, base: &str, body: Value) -> Value {
+    let response = client
+        .post(format!("{base}/webhook/{TOKEN}"))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    response.json().await.unwrap()
+}
+
+fn output_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_goes_live_in_a_real_browser_and_replays_a_dead_letter() {
+    let app = App::start_with(&[("PYRON_ADMIN_TOKEN", ADMIN)]).await;
+    let (cert, key) = common::make_cert(app.stores.dir.path());
+    let nginx = Nginx::start(
+        app.stores.dir.path(),
+        &format!("127.0.0.1:{}", app.port),
+        &cert,
+        &key,
+        &[],
+    );
+    let base = format!("https://localhost:{}", nginx.https_port);
+    let mut browser = Browser::launch(app.stores.dir.path()).await;
+
+    // Not logged in: the page sends the browser to the login form.
+    browser.goto(&format!("{base}/")).await;
+    assert_eq!(browser.eval("location.pathname").await, "/login");
+    browser
+        .eval("document.querySelector('#token').value = 'wrong-admin-token-000'; document.querySelector('form').submit()")
+        .await;
+    browser
+        .wait_until(
+            "the refusal",
+            "document.body.innerText.includes('not the admin token')",
+        )
+        .await;
+    browser
+        .eval(&format!("document.querySelector('#token').value = '{ADMIN}'; document.querySelector('form').submit()"))
+        .await;
+    browser
+        .wait_until(
+            "the dashboard",
+            "location.pathname === '/' && !!document.querySelector('#events')",
+        )
+        .await;
+    browser
+        .wait_until(
+            "the live stream",
+            "document.querySelector('#live').classList.contains('on')",
+        )
+        .await;
+    assert_eq!(browser.eval(&count("received")).await, "0");
+
+    // A mark on the page: it survives only if the page is never reloaded.
+    browser.eval("window.__noReload = 'still here'").await;
+    let client = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    for (ticker, price) in [("BTCUSDT", json!(67000.5)), ("ETHUSDT", json!(3100.25))] {
+        post(
+            &client,
+            &base,
+            json!({"ticker": ticker, "action": "buy", "price": price}),
+        )
+        .await;
+    }
+    let broken = post(
+        &client,
+        &base,
+        json!({"ticker": "SOLUSDT", "action": "sell", "price": "{{close}}"}),
+    )
+    .await;
+    let broken_id = broken["id"].as_str().unwrap().to_owned();
+    let rejected = client
+        .post(format!("{base}/webhook/not-the-token-at-all"))
+        .header("content-type", "text/plain")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rejected.status(), 401);
+
+    // Received: the three accepted and the one refused.
+    browser
+        .wait_until("four received", &format!("{} === '4'", count("received")))
+        .await;
+    browser
+        .wait_until(
+            "two processed and one dead",
+            &format!(
+                "{} === '2' && {} === '1'",
+                count("processed"),
+                count("dead")
+            ),
+        )
+        .await;
+    browser
+        .wait_until(
+            "the rejected one",
+            &format!("{} === '1'", count("rejected")),
+        )
+        .await;
+    browser
+        .wait_until(
+            "the recent alerts",
+            "document.querySelectorAll('#events tbody tr').length === 3 && document.querySelector('#events').innerText.includes('ETHUSDT')",
+        )
+        .await;
+    browser
+        .wait_until(
+            "the dead letter",
+            &format!("!!document.querySelector('[data-replay=\"{broken_id}\"]')"),
+        )
+        .await;
+    assert_eq!(
+        browser.eval("window.__noReload").await,
+        "still here",
+        "the page reloaded"
+    );
+    let table = browser
+        .eval("document.querySelector('#events').innerText")
+        .await;
+    let table = table.as_str().unwrap();
+    assert!(
+        table.contains("BTCUSDT")
+            && table.contains("processed")
+            && table.contains("SOLUSDT")
+            && table.contains("dead"),
+        "{table}"
+    );
+    let workers = browser
+        .eval("document.querySelector('#workers tbody').innerText")
+        .await;
+    assert!(
+        workers.as_str().unwrap().contains(" s ago"),
+        "no worker heartbeat: {workers}"
+    );
+
+    // The filter narrows the table; a row opens the alert's audit and jobs records.
+    browser
+        .eval("{ const f = document.querySelector('#filter'); f.value = 'ETH'; f.dispatchEvent(new Event('input')); }")
+        .await;
+    browser
+        .wait_until(
+            "the filter",
+            "document.querySelectorAll('#events tbody tr').length === 1",
+        )
+        .await;
+    browser
+        .eval("document.querySelector('#events tbody tr').click()")
+        .await;
+    browser
+        .wait_until(
+            "the alert's records",
+            "document.querySelector('#detail-job').textContent.includes('ETHUSDT')",
+        )
+        .await;
+    let audit = browser
+        .eval("document.querySelector('#detail-audit').textContent")
+        .await;
+    assert!(
+        audit.as_str().unwrap().contains("\"status\": \"queued\""),
+        "{audit}"
+    );
+    browser
+        .eval("{ const f = document.querySelector('#filter'); f.value = ''; f.dispatchEvent(new Event('input')); }")
+        .await;
+
+    let screenshot = output_dir().join("dashboard.png");
+    browser.screenshot(&screenshot).await;
+    eprintln!("dashboard: screenshot saved to {}", screenshot.display());
+
+    // Replay from the page: the job runs again (and, its price still not a number, dies
+    // again, with one more attempt).
+    browser
+        .eval(&format!(
+            "document.querySelector('[data-replay=\"{broken_id}\"]').click()"
+        ))
+        .await;
+    browser
+        .wait_until(
+            "the replay",
+            "document.querySelector('#replay-result').textContent === 'replayed 1 dead letter(s)'",
+        )
+        .await;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let jobs = app.docs("jobs", doc! { "_id": &broken_id }).await;
+        if jobs[0].get_i64("attempts") == Ok(2) && jobs[0].get_str("status") == Ok("dead") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replayed job did not run: {jobs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(browser.eval("window.__noReload").await, "still here");
+    assert!(nginx.process.log().is_empty() || !nginx.process.log().contains("emerg"));
+}
+
+#[tokio::test]
+async fn the_page_shows_current_numbers_without_javascript_and_is_not_public() {
+    let app = App::start_with(&[("PYRON_ADMIN_TOKEN", ADMIN)]).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    // Without a session: to the login form, and the JSON API says 401.
+    let page = http.get(app.url("/")).send().await.unwrap();
+    assert_eq!(page.status(), 303);
+    assert_eq!(page.headers()["location"], "/login");
+    for path in [
+        "/api/stats",
+        "/api/events",
+        "/api/stream",
+        "/metrics",
+        "/api/dead-letters",
+    ] {
+        let response = http.get(app.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 401, "{path}");
+    }
+    let login = http
+        .post(app.url("/login"))
+        .form(&[("token", ADMIN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 303);
+    let cookie = login.headers()["set-cookie"].to_str().unwrap().to_owned();
+    for attribute in ["HttpOnly", "Secure", "SameSite=Strict"] {
+        assert!(cookie.contains(attribute), "{cookie}");
+    }
+    let session = cookie.split(';').next().unwrap().to_owned();
+
+    let ack: Value = app
+        .post(
+            &format!("/webhook/{TOKEN}"),
+            "text/plain",
+            "BTCUSDT crossing 67000",
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    app.wait_for_docs("jobs", doc! { "_id": ack["id"].as_str().unwrap() }, 1)
+        .await;
+    // The counts are written after the answer: give them a moment.
+    let deadline = Instant::now() + PATIENCE;
+    let html = loop {
+        let html = http
+            .get(app.url("/"))
+            .header("cookie", &session)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if html.contains("data-count=\"hour.processed\">1<") || Instant::now() > deadline {
+            break html;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(html.contains("data-count=\"hour.received\">1<"), "{html}");
+    assert!(html.contains("data-count=\"hour.processed\">1<"), "{html}");
+    assert!(
+        html.contains(ack["id"].as_str().unwrap()),
+        "the alert is not listed"
+    );
+    assert!(
+        !html.contains("<script>"),
+        "inline scripts: the assets are served from the binary"
+    );
+
+    // The assets come from the binary.
+    for (path, kind) in [
+        ("/assets/app.js", "text/javascript"),
+        ("/assets/style.css", "text/css"),
+    ] {
+        let response = http.get(app.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(
+            response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with(kind)
+        );
+    }
+    // A state change with the cookie from another origin is refused.
+    let cross = http
+        .post(app.url("/api/dead-letters/replay"))
+        .header("cookie", &session)
+        .header("origin", "https://evil.example")
+        .json(&json!({"all": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cross.status(), 403);
+}
+
+/// A Prometheus sample line's value, by metric name and labels.
+fn sample(metrics: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &str)>) -> f64 {
+    metrics
+        .samples
+        .iter()
+        .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => *v,
+            prometheus_parse::Value::Histogram(h) => h.iter().map(|c| c.count).fold(0.0, f64::max),
+            prometheus_parse::Value::Summary(_) => f64::NAN,
+        })
+        .unwrap_or_else(|| panic!("no {name} {label:?}"))
+}
+
+#[tokio::test]
+async fn metrics_parse_as_prometheus_text_and_count_what_was_sent() {
+    let app = App::start_with(&[("PYRON_ADMIN_TOKEN", ADMIN)]).await;
+    let path = format!("/webhook/{TOKEN}");
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let ack: Value = app
+            .post(&path, "text/plain", format!("alert {i}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        ids.push(ack["id"].as_str().unwrap().to_owned());
+    }
+    for _ in 0..2 {
+        let response = app
+            .http
+            .post(app.url(&path))
+            .header("content-type", "text/plain")
+            .header("idempotency-key", "same")
+            .body("twice")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+    }
+    for _ in 0..3 {
+        let response = app
+            .post("/webhook/wrong-token-000", "text/plain", "x")
+            .await;
+        assert_eq!(response.status(), 401);
+    }
+    let dead: Value = app
+        .post(
+            "/webhook",
+            "application/json",
+            format!(r#"{{"passphrase":"{TOKEN}","price":"x"}}"#),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    app.wait_for_docs("jobs", doc! {}, 7).await;
+
+    let deadline = Instant::now() + PATIENCE;
+    let scrape = loop {
+        let text = app
+            .http
+            .get(app.url("/metrics"))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let lines = text.lines().map(|l| Ok(l.to_owned()));
+        let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text");
+        if sample(&scrape, "pyron_jobs_total", Some(("status", "processed"))) >= 6.0
+            || Instant::now() > deadline
+        {
+            eprintln!("metrics: {} samples", scrape.samples.len());
+            break scrape;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let alerts = |outcome| sample(&scrape, "pyron_alerts_total", Some(("outcome", outcome)));
+    assert_eq!(
+        alerts("queued"),
+        7.0,
+        "5 text + 1 first of the pair + 1 dead-to-be"
+    );
+    assert_eq!(alerts("duplicate"), 1.0);
+    assert_eq!(alerts("rejected"), 3.0);
+    assert_eq!(alerts("unavailable"), 0.0);
+    assert_eq!(
+        sample(&scrape, "pyron_jobs_total", Some(("status", "processed"))),
+        6.0
+    );
+    assert_eq!(
+        sample(&scrape, "pyron_jobs_total", Some(("status", "dead"))),
+        1.0
+    );
+    assert_eq!(
+        sample(&scrape, "pyron_ack_duration_seconds_count", None),
+        11.0
+    );
+    assert_eq!(sample(&scrape, "pyron_lag_seconds_count", None), 6.0);
+    assert_eq!(sample(&scrape, "pyron_dead_letters", None), 1.0);
+    assert_eq!(sample(&scrape, "pyron_queue_depth", None), 0.0);
+    assert!(dead["id"].is_string());
+}
