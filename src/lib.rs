@@ -5,6 +5,7 @@
 //! request; `ingest` authenticates and parses it; `queue` (Redis) and `store` (MongoDB)
 //! persist it; `worker` consumes the queue and uses `signal` to normalize each alert.
 
+pub mod audit;
 pub mod config;
 pub mod domain;
 pub mod http;

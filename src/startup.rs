@@ -15,6 +15,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
 use crate::{
+    audit::AuditWriter,
     config::{BindAddr, Config},
     http::{
         self, AppState, Breaker, Counters, Peer, SenderRules, TlsError, serve_tls, tls_acceptor,
@@ -53,6 +54,8 @@ pub struct Api {
     router: Router,
     reconciler: Reconciler,
     tasks: TaskTracker,
+    /// Stops the audit writer (after its last batch) and waits for it.
+    audit: (watch::Sender<bool>, tokio::task::JoinHandle<()>),
     state: Arc<AppState>,
     /// Where it listens, for the log and the status line.
     pub bound: String,
@@ -123,6 +126,8 @@ impl Api {
             wake: reconcile.clone(),
         };
         let tasks = TaskTracker::new();
+        let (stop_audit, audit_stopped) = watch::channel(false);
+        let (audit, audit_task) = AuditWriter::start(background.clone(), audit_stopped);
 
         let state = Arc::new(AppState {
             intake: Intake {
@@ -139,6 +144,7 @@ impl Api {
             queue_breaker: Breaker::new(QUEUE_BREAKER_WINDOW),
             reconcile,
             tasks: tasks.clone(),
+            audit,
             admin_token: config.admin_token.clone(),
             counters: Counters::default(),
             latency: Default::default(),
@@ -154,6 +160,7 @@ impl Api {
             router: http::router(state.clone()),
             reconciler,
             tasks,
+            audit: (stop_audit, audit_task),
             state,
             bound,
         })
@@ -198,6 +205,9 @@ impl Api {
             }
         };
         let _ = stop_tasks.send(true);
+        let (stop_audit, audit_task) = self.audit;
+        let _ = stop_audit.send(true);
+        let _ = audit_task.await;
         self.tasks.close();
         if tokio::time::timeout(DRAIN_TASKS, self.tasks.wait())
             .await

@@ -204,6 +204,20 @@ impl Store {
         }
     }
 
+    /// Writes many audit records in one unordered insert; records that exist already are
+    /// left as they are.
+    pub async fn insert_audits(&self, batch: &[(Alert, Arrival)]) -> Result<(), StoreError> {
+        let documents = batch
+            .iter()
+            .map(|(a, arrival)| audit_record(a, arrival))
+            .collect();
+        let errors = self.insert_many(AUDIT, documents).await?;
+        match errors.into_iter().find(|(_, e)| !e.duplicate) {
+            Some((_, e)) => Err(StoreError::Refused(e.message)),
+            None => Ok(()),
+        }
+    }
+
     /// Records a batch: every alert's audit record (it is missing when MongoDB was down
     /// as the alert arrived; an existing one is left as it is) and one `jobs` document per
     /// event id, whatever the number of deliveries.

@@ -78,6 +78,8 @@ pub struct AppState {
     pub reconcile: Arc<Notify>,
     /// Audit writes that outlive their request; shutdown waits for them.
     pub tasks: TaskTracker,
+    /// Writes queued alerts' audit records in batches.
+    pub audit: crate::audit::AuditWriter,
     pub admin_token: Option<Secret>,
     pub counters: Counters,
     pub latency: metrics::Latency,

@@ -175,14 +175,11 @@ async fn accept(
         "alert accepted"
     );
     // The job is durable in Redis, and carries the whole alert: the answer need not wait
-    // for MongoDB. The audit write runs in its own task, tracked so that shutdown lets it
-    // finish; should it fail, the worker writes the record from the job.
-    let store = app.store.clone();
-    app.tasks.spawn(async move {
-        if let Err(err) = store.insert_audit(&alert, arrival).await {
-            tracing::warn!(event_id = %alert.id, error = %err, "audit record deferred to the worker");
-        }
-    });
+    // for MongoDB: the audit record goes to the batching writer. Should the writer be full
+    // or the write fail, the worker writes the record from the job.
+    if !app.audit.offer(alert, arrival) {
+        tracing::debug!("audit writer full; the worker writes this audit record");
+    }
     Ok((StatusCode::ACCEPTED, Json(ack)))
 }
 
