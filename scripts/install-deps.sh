@@ -20,6 +20,7 @@ command -v journalctl >/dev/null || need_apt+=(systemd)
 command -v nix-instantiate >/dev/null || need_apt+=(nix-bin)
 command -v shellcheck >/dev/null || need_apt+=(shellcheck)
 command -v chromium >/dev/null || need_apt+=(chromium)
+command -v npm >/dev/null || need_apt+=(npm)
 sudo_cmd=()
 [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
 if ((${#need_apt[@]})); then

@@ -21,6 +21,8 @@ echo "==> Terraform: fmt and structure"
 ./scripts/check-terraform.sh
 echo "==> GitHub Actions workflows and shell scripts"
 ./scripts/check-workflows.sh
+echo "==> k6 scenarios type-check"
+./scripts/check-k6.sh
 echo "==> Nix: parse, format, lint, flake.lock, pure evaluation"
 ./scripts/check-nix.sh
 echo "==> systemd units: hardening evaluates, units verify, exposure within the limit"

@@ -1,0 +1,266 @@
+#!/usr/bin/env python3
+"""Pyron's benchmark: starts the whole stack on this machine (NGINX with TLS, pyron-api,
+pyron-worker, Redis with appendfsync always, the MongoDB wire server), drives it with oha
+through TLS, and prints one table (also written as JSON):
+
+  1. the seed's target load (1,000 requests a minute) for 60 s: avg, p95, p99, errors;
+  2. the highest sustained rate with p99 <= 50 ms and no errors;
+  3. end-to-end lag (202 to jobs record) at that rate, p50 and p99;
+  4. the ceiling: the same NGINX in front of a handler that answers 202 and stores
+     nothing, and the ratio of (2) to it;
+  5. peak memory (VmHWM) of pyron-api and pyron-worker.
+
+usage: scripts/bench.py [--quick] [--json PATH]
+--quick shortens every run (for trying the script, not for figures).
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "bench-token-0123456789"
+P99_LIMIT = 0.050
+BODY = json.dumps({
+    "ticker": "BTCUSDT", "exchange": "BINANCE", "interval": "5", "action": "buy",
+    "price": 67234.5, "quantity": 0.01, "strategy": "bench",
+})
+
+
+def say(message):
+    print(f"==> {message}", file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, what, proc, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"{what} exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"{what} did not listen on {port}")
+
+
+class Stack:
+    """Every server of the benchmark, in one temporary directory."""
+
+    def __init__(self, work):
+        self.work = work
+        self.procs = []
+
+    def spawn(self, name, args, env=None):
+        log = open(self.work / f"{name}.log", "w")
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        self.procs.append((name, proc))
+        return proc
+
+    def stop(self):
+        for _, proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for _, proc in reversed(self.procs):
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    def nginx(self, name, upstream, cert, key):
+        prefix = self.work / name
+        prefix.mkdir()
+        http_port, https_port = free_port(), free_port()
+        env = dict(os.environ, RATE="1000000", BURST="1000000")
+        conf = subprocess.run(
+            [str(ROOT / "scripts/render-nginx.sh"), str(prefix), f"127.0.0.1:{http_port}",
+             f"127.0.0.1:{https_port}", f":{https_port}", str(cert), str(key), upstream],
+            env=env, check=True, capture_output=True, text=True).stdout
+        # One worker per core, as a real deployment would run.
+        conf = conf.replace("worker_processes 1;", "worker_processes auto;")
+        (prefix / "nginx.conf").write_text(conf)
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        proc = self.spawn(name, [nginx, "-c", str(prefix / "nginx.conf"), "-p", str(prefix),
+                                 "-e", str(prefix / "error.log")])
+        wait_port(https_port, name, proc)
+        return https_port
+
+
+def oha(url, seconds, rate=None, connections=32):
+    args = ["oha", "-z", f"{seconds}s", "-c", str(connections), "--no-tui", "--insecure",
+            "--output-format", "json", "-m", "POST", "-H", "Content-Type: application/json",
+            "-d", BODY, url]
+    if rate:
+        args[1:1] = ["-q", str(rate), "--latency-correction"]
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    data = json.loads(out)
+    codes = {int(k): v for k, v in data["statusCodeDistribution"].items()}
+    ok = codes.get(202, 0)
+    errors = sum(v for k, v in codes.items() if k != 202) + sum(
+        v for k, v in data["errorDistribution"].items() if "deadline" not in k)
+    return {
+        "rate": rate,
+        "sent": sum(codes.values()),
+        "ok": ok,
+        "errors": errors,
+        "rps": ok / seconds,
+        "avg_ms": data["summary"]["average"] * 1000 if data["summary"]["average"] else None,
+        "p95_ms": (data["latencyPercentiles"]["p95"] or 0) * 1000,
+        "p99_ms": (data["latencyPercentiles"]["p99"] or 0) * 1000,
+    }
+
+
+def highest_rate(url, seconds, start=250, connections=64):
+    """Steps the rate up (x1.5) while p99 <= 50 ms with no errors and the rate is met."""
+    best, rate = None, start
+    while True:
+        run = oha(url, seconds, rate, connections)
+        good = run["errors"] == 0 and run["p99_ms"] <= P99_LIMIT * 1000 and run["rps"] >= 0.95 * rate
+        say(f"  {rate}/s: {run['rps']:.0f}/s answered, p99 {run['p99_ms']:.1f} ms, "
+            f"{run['errors']} errors -> {'ok' if good else 'over'}")
+        if not good:
+            return best
+        best, rate = run, int(rate * 1.5)
+
+
+def vm_hwm(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return None
+
+
+def percentile(values, p):
+    values = sorted(values)
+    if not values:
+        return None
+    return values[max(0, min(len(values) - 1, int(len(values) * p + 0.999999) - 1))]
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", default=str(ROOT / "target/bench/bench.json"))
+    args = parser.parse_args()
+    seed_seconds, step_seconds = (10, 4) if args.quick else (60, 10)
+
+    if not shutil.which("oha"):
+        say("installing oha (cargo install --locked oha)")
+        subprocess.run(["cargo", "install", "--locked", "oha", "--version", "1.16.0"], check=True)
+    subprocess.run([str(ROOT / "scripts/install-deps.sh")], check=True, stdout=sys.stderr)
+    say("building release binaries")
+    subprocess.run(["cargo", "build", "--release", "--locked", "--bins", "--example", "null_handler",
+                    "--quiet"], cwd=ROOT, check=True)
+
+    work = Path(tempfile.mkdtemp(prefix="pyron-bench-"))
+    stack = Stack(work)
+    try:
+        cert, key = work / "cert.pem", work / "key.pem"
+        subprocess.run([str(ROOT / "scripts/dev-cert.sh"), str(work)], check=True,
+                       capture_output=True)
+        redis_port, mongo_port, api_port, null_port = (free_port() for _ in range(4))
+        (work / "redis").mkdir()
+        redis = stack.spawn("redis", ["redis-server", str(ROOT / "dev/redis.conf"), "--port",
+                                      str(redis_port), "--dir", str(work / "redis")])
+        wait_port(redis_port, "redis", redis)
+        (work / "mongo").mkdir()
+        if shutil.which("mongod"):
+            mongo = stack.spawn("mongo", ["mongod", "--port", str(mongo_port), "--bind_ip",
+                                          "127.0.0.1", "--dbpath", str(work / "mongo"), "--quiet"])
+            wire = "mongod"
+        else:
+            mongo = stack.spawn("mongo", [str(ROOT / ".tools/bin/pyron-ferretdb"), "--listen-addr",
+                                          f"127.0.0.1:{mongo_port}", "--sqlite-dir",
+                                          str(work / "mongo"), "--log-level", "error"])
+            wire = "FerretDB 1.24 (SQLite)"
+        wait_port(mongo_port, "mongo", mongo)
+        env = {"PATH": os.environ["PATH"], "PYRON_BIND": f"127.0.0.1:{api_port}",
+               "REDIS_PORT": str(redis_port), "MONGO_URI": f"mongodb://127.0.0.1:{mongo_port}",
+               "PYRON_WEBHOOK_TOKEN": TOKEN, "PYRON_LOG": "warn"}
+        api = stack.spawn("pyron-api", [str(ROOT / "target/release/pyron-api")], env)
+        wait_port(api_port, "pyron-api", api)
+        worker = stack.spawn("pyron-worker", [str(ROOT / "target/release/pyron-worker")], env)
+        null = stack.spawn("null-handler", [str(ROOT / "target/release/examples/null_handler"),
+                                            f"127.0.0.1:{null_port}"])
+        wait_port(null_port, "null handler", null)
+        pyron_tls = stack.nginx("nginx-pyron", f"127.0.0.1:{api_port}", cert, key)
+        null_tls = stack.nginx("nginx-null", f"127.0.0.1:{null_port}", cert, key)
+        pyron_url = f"https://localhost:{pyron_tls}/webhook/{TOKEN}"
+        null_url = f"https://localhost:{null_tls}/webhook/{TOKEN}"
+        time.sleep(1)
+
+        say(f"1. the seed's target, 1,000 requests a minute for {seed_seconds} s, through TLS")
+        seed = oha(pyron_url, seed_seconds, rate=1000 / 60, connections=20)
+        say("2. the highest rate with p99 <= 50 ms and no errors, through TLS")
+        best = highest_rate(pyron_url, step_seconds)
+        lag = {"p50_ms": None, "p99_ms": None}
+        if best:
+            say(f"3. end-to-end lag at {best['rate']}/s")
+            subprocess.run(["redis-cli", "-p", str(redis_port), "DEL", "pyron:stats:lag"],
+                           check=True, capture_output=True)
+            oha(pyron_url, step_seconds, best["rate"], 64)
+            time.sleep(3)
+            raw = subprocess.run(["redis-cli", "-p", str(redis_port), "LRANGE",
+                                  "pyron:stats:lag", "0", "-1"],
+                                 check=True, capture_output=True, text=True).stdout.split()
+            lags = [int(x) for x in raw]
+            lag = {"p50_ms": percentile(lags, 0.5), "p99_ms": percentile(lags, 0.99),
+                   "samples": len(lags)}
+        say("4. the ceiling: the same NGINX in front of a handler that stores nothing")
+        ceiling = highest_rate(null_url, step_seconds)
+        memory = {"pyron_api_mib": vm_hwm(api.pid), "pyron_worker_mib": vm_hwm(worker.pid)}
+    finally:
+        stack.stop()
+
+    result = {
+        "machine": {"cores": os.cpu_count(), "wire_server": wire},
+        "seed_target": seed,
+        "sustained": best,
+        "lag": lag,
+        "ceiling": ceiling,
+        "ratio_to_ceiling": (best["rps"] / ceiling["rps"]) if best and ceiling else None,
+        "peak_memory": memory,
+    }
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+    def ms(v):
+        return "–" if v is None else f"{v:.1f} ms"
+
+    rows = [
+        ("1. seed target (1,000/min, 60 s, TLS)",
+         f"avg {ms(seed['avg_ms'])}, p95 {ms(seed['p95_ms'])}, p99 {ms(seed['p99_ms'])}, "
+         f"{seed['errors']} errors of {seed['sent']}"),
+        ("2. highest rate, p99 <= 50 ms, no errors",
+         f"{best['rps']:.0f} alerts/s (p99 {ms(best['p99_ms'])})" if best else "below 250/s"),
+        ("3. end-to-end lag at that rate",
+         f"p50 {ms(lag['p50_ms'])}, p99 {ms(lag['p99_ms'])}"),
+        ("4. ceiling (NGINX + 202-only handler)",
+         f"{ceiling['rps']:.0f}/s; Pyron at {result['ratio_to_ceiling']:.0%} of it"
+         if best and ceiling else "–"),
+        ("5. peak memory",
+         f"pyron-api {memory['pyron_api_mib']:.1f} MiB, pyron-worker {memory['pyron_worker_mib']:.1f} MiB"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    print(f"Pyron benchmark ({os.cpu_count()} cores, {wire}, everything on this machine)")
+    for name, value in rows:
+        print(f"  {name:<{width}}  {value}")
+    print(f"  (JSON: {args.json})")
+
+
+if __name__ == "__main__":
+    main()
