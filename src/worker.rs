@@ -61,7 +61,7 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
 pub struct Worker {
     consumer: Consumer,
     store: Store,
-    stats: Stats,
+    done: Done,
     /// Beats once per loop turn; the systemd watchdog is fed only while it is recent.
     pub heartbeat: Heartbeat,
     batch_size: usize,
@@ -73,7 +73,7 @@ pub struct Worker {
 
 /// What this worker has done since it started, for its status line.
 #[derive(Debug, Default)]
-struct Stats {
+struct Done {
     processed: AtomicU64,
     failed_attempts: AtomicU64,
     dead: AtomicU64,
@@ -151,7 +151,7 @@ impl Worker {
         Worker {
             consumer,
             store,
-            stats: Stats::default(),
+            done: Done::default(),
             heartbeat,
             batch_size: config.worker.batch_size,
             block: config.worker.block,
@@ -168,7 +168,7 @@ impl Worker {
     /// pyron-worker's line for `systemctl status`: what it did, and the queue.
     pub async fn status_line(&self) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let s = &self.stats;
+        let s = &self.done;
         let queue = match self.consumer.depth().await {
             Ok((length, pending)) => format!(
                 "queue: {} waiting, {pending} pending",
@@ -205,7 +205,7 @@ impl Worker {
                     tracing::debug!(error = %err, "heartbeat not written");
                 }
             }
-            self.stats
+            self.done
                 .waiting
                 .store(retries.waiting.len() as u64, Ordering::Relaxed);
             let now = Instant::now();
@@ -301,7 +301,7 @@ impl Worker {
                 None => done.push(&delivery.entry),
                 Some((o, Err(error))) => {
                     counted.add(Event::Dead);
-                    self.stats.dead.fetch_add(1, Ordering::Relaxed);
+                    self.done.dead.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(event_id = %o.id, status = "dead", error, "alert cannot be processed; moved to dead letters");
                     self.consumer.dead_letter(delivery, error, attempts).await?;
                 }
@@ -310,7 +310,7 @@ impl Worker {
                     counted
                         .lags
                         .push((o.processed_at - o.received_at).num_milliseconds());
-                    self.stats.processed.fetch_add(1, Ordering::Relaxed);
+                    self.done.processed.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(
                         event_id = %o.id,
                         status = "processed",
@@ -325,7 +325,7 @@ impl Worker {
         }
         for (delivery, reason) in &unreadable {
             counted.add(Event::Dead);
-            self.stats.dead.fetch_add(1, Ordering::Relaxed);
+            self.done.dead.fetch_add(1, Ordering::Relaxed);
             tracing::error!(entry = %delivery.entry, reason = %reason, "unreadable stream entry moved to dead letters");
             self.consumer.dead_letter(delivery, reason, 1).await?;
         }
@@ -346,7 +346,7 @@ impl Worker {
         error: &str,
         retries: &mut Retries,
     ) -> Result<bool, WorkerError> {
-        self.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
+        self.done.failed_attempts.fetch_add(1, Ordering::Relaxed);
         let attempts = retries.attempts.entry(delivery.entry.clone()).or_insert(0);
         *attempts += 1;
         let attempts = *attempts;
@@ -376,7 +376,7 @@ impl Worker {
             }
             None => {
                 let reason = format!("gave up after {attempts} attempts: {error}");
-                self.stats.dead.fetch_add(1, Ordering::Relaxed);
+                self.done.dead.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(event_id = %alert.id, status = "dead", attempts, error, "alert not recorded after the last attempt; moved to dead letters");
                 self.consumer
                     .dead_letter(delivery, &reason, attempts)

@@ -55,7 +55,6 @@ mod tests {
 }
 pub use sender::SenderRules;
 pub use tls::{TlsError, serve_tls, tls_acceptor};
-pub use webhook::Ack;
 
 use crate::{domain::Secret, ingest::Intake, queue::Queue, store::Store};
 
