@@ -80,7 +80,20 @@ struct Done {
     waiting: AtomicU64,
 }
 
-/// What one batch did, for the activity counts.
+impl Done {
+    /// Adds a settled batch's outcomes.
+    fn absorb(&self, batch: &Counted) {
+        for (event, n) in &batch.events {
+            match event {
+                Event::Processed => self.processed.fetch_add(*n, Ordering::Relaxed),
+                Event::Dead => self.dead.fetch_add(*n, Ordering::Relaxed),
+                _ => 0,
+            };
+        }
+    }
+}
+
+/// What one batch did, for the status line and the activity counts.
 #[derive(Default)]
 struct Counted {
     events: std::collections::BTreeMap<Event, u64>,
@@ -301,7 +314,6 @@ impl Worker {
                 None => done.push(&delivery.entry),
                 Some((o, Err(error))) => {
                     counted.add(Event::Dead);
-                    self.done.dead.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(event_id = %o.id, status = "dead", error, "alert cannot be processed; moved to dead letters");
                     self.consumer.dead_letter(delivery, error, attempts).await?;
                 }
@@ -310,7 +322,6 @@ impl Worker {
                     counted
                         .lags
                         .push((o.processed_at - o.received_at).num_milliseconds());
-                    self.done.processed.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(
                         event_id = %o.id,
                         status = "processed",
@@ -325,11 +336,11 @@ impl Worker {
         }
         for (delivery, reason) in &unreadable {
             counted.add(Event::Dead);
-            self.done.dead.fetch_add(1, Ordering::Relaxed);
             tracing::error!(entry = %delivery.entry, reason = %reason, "unreadable stream entry moved to dead letters");
             self.consumer.dead_letter(delivery, reason, 1).await?;
         }
         self.consumer.ack(&done).await?;
+        self.done.absorb(&counted);
         let events: Vec<(Event, u64)> = counted.events.into_iter().collect();
         if let Err(err) = self.consumer.stats().count(&events, &counted.lags).await {
             tracing::debug!(error = %err, "activity not counted");
@@ -376,7 +387,6 @@ impl Worker {
             }
             None => {
                 let reason = format!("gave up after {attempts} attempts: {error}");
-                self.done.dead.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(event_id = %alert.id, status = "dead", attempts, error, "alert not recorded after the last attempt; moved to dead letters");
                 self.consumer
                     .dead_letter(delivery, &reason, attempts)
