@@ -162,10 +162,7 @@ impl Intake {
             AlertKind::Text => (None, None),
             AlertKind::Json => {
                 let mut value = parse_json(req.body)?;
-                let passphrase = match &mut value {
-                    Value::Object(map) => map.shift_remove(&self.passphrase_field),
-                    _ => None,
-                };
+                let passphrase = take_passphrase(&mut value, &self.passphrase_field);
                 (Some(value), passphrase)
             }
         };
@@ -243,6 +240,16 @@ impl Intake {
             }
             _ => redacted,
         }
+    }
+}
+
+/// Removes the passphrase field from a JSON alert's top level, returning it. The parsed
+/// JSON that is stored never holds it, whether pyron-api parsed the body or a worker
+/// parsed the stored (redacted) one again.
+pub fn take_passphrase(value: &mut Value, field: &str) -> Option<Value> {
+    match value {
+        Value::Object(map) => map.shift_remove(field),
+        _ => None,
     }
 }
 

@@ -32,7 +32,7 @@ use tokio::sync::watch;
 use crate::{
     config::Config,
     domain::AlertKind,
-    ingest::Alert,
+    ingest::{self, Alert},
     queue::{Consumer, Delivery, QueueError},
     signal::Signal,
     startup::wait_for,
@@ -69,6 +69,8 @@ pub struct Worker {
     max_attempts: u32,
     retry_base: Duration,
     claim_idle: Duration,
+    /// The JSON field that carries the webhook secret (`PYRON_PASSPHRASE_FIELD`).
+    passphrase_field: String,
 }
 
 /// What this worker has done since it started, for its status line.
@@ -171,6 +173,7 @@ impl Worker {
             max_attempts: config.worker.max_attempts,
             retry_base: config.worker.retry_base,
             claim_idle: config.worker.claim_idle,
+            passphrase_field: config.passphrase_field.clone(),
         }
     }
 
@@ -426,7 +429,9 @@ impl Worker {
         let result = match alert.kind {
             AlertKind::Text => Ok(Signal::from_text(&alert.body)),
             AlertKind::Json => match serde_json::from_str::<Value>(&alert.body) {
-                Ok(value) => {
+                Ok(mut value) => {
+                    // The stored body keeps the field, redacted; the parsed JSON drops it.
+                    ingest::take_passphrase(&mut value, &self.passphrase_field);
                     let signal = Signal::from_json(&value).map_err(|e| e.to_string());
                     alert.json = Some(value);
                     signal

@@ -775,3 +775,33 @@ async fn check_config_says_whether_a_configuration_would_start() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("body_limimt"));
 }
+
+#[tokio::test]
+async fn an_audit_record_the_worker_writes_holds_no_passphrase_either() {
+    // As when pyron-api could not write the audit record itself: the worker writes it
+    // from the job, whose body keeps the passphrase field, redacted.
+    let app = App::start().await;
+    let id = "01a22500-0000-7000-8000-000000000001";
+    let mut conn = app.stores.redis().await;
+    let _: String = redis::cmd("XADD")
+        .arg("webhook-jobs")
+        .arg("*")
+        .arg(&[
+            ("id", id),
+            ("received_at", "1795915106149"),
+            ("kind", "json"),
+            ("content_type", "application/json"),
+            (
+                "body",
+                r#"{"passphrase":"[redacted]","ticker":"BTCUSDT","action":"buy","price":1.5}"#,
+            ),
+        ])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let audit = app.wait_for_docs("audit", doc! { "_id": id }, 1).await;
+    assert_eq!(audit.len(), 1, "the worker wrote no audit record");
+    let parsed = audit[0].get_document("json").unwrap();
+    assert_eq!(parsed.get_str("ticker").unwrap(), "BTCUSDT");
+    assert!(!parsed.contains_key("passphrase"), "{parsed}");
+}
