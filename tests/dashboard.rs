@@ -561,9 +561,20 @@ async fn metrics_parse_as_prometheus_text_and_count_what_was_sent() {
             .unwrap();
         let lines = text.lines().map(|l| Ok(l.to_owned()));
         let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text");
-        if sample(&scrape, "pyron_jobs_total", Some(("status", "processed"))) >= 6.0
-            || Instant::now() > deadline
-        {
+        // Both binaries count after the fact (the api after answering, the worker
+        // after writing a batch's records), so wait until every expected count is
+        // in; the asserts below then check nothing was counted twice.
+        let settled = sample(&scrape, "pyron_jobs_total", Some(("status", "processed"))) >= 6.0
+            && sample(&scrape, "pyron_jobs_total", Some(("status", "dead"))) >= 1.0
+            && sample(&scrape, "pyron_lag_seconds_count", None) >= 6.0
+            && sample(&scrape, "pyron_alerts_total", Some(("outcome", "queued"))) >= 7.0
+            && sample(
+                &scrape,
+                "pyron_alerts_total",
+                Some(("outcome", "duplicate")),
+            ) >= 1.0
+            && sample(&scrape, "pyron_alerts_total", Some(("outcome", "rejected"))) >= 3.0;
+        if settled || Instant::now() > deadline {
             eprintln!("metrics: {} samples", scrape.samples.len());
             break scrape;
         }
