@@ -148,7 +148,11 @@ impl Browser {
     /// Waits until `condition` (JavaScript) is true in the page.
     async fn wait_until(&mut self, what: &str, condition: &str) {
         let deadline = Instant::now() + PATIENCE;
-        while self.eval(condition).await != json!(true) {
+        // Mid-navigation the document can be empty (no body yet): that is "not yet".
+        let guarded = format!(
+            "(() => {{ try {{ return ({condition}) === true; }} catch (e) {{ return false; }} }})()"
+        );
+        while self.eval(&guarded).await != json!(true) {
             assert!(
                 Instant::now() < deadline,
                 "timed out waiting for {what}; page: {}",
@@ -445,7 +449,9 @@ async fn the_page_shows_current_numbers_without_javascript_and_is_not_public() {
             .text()
             .await
             .unwrap();
-        if html.contains("data-count=\"hour.processed\">1<") || Instant::now() > deadline {
+        let counted = html.contains("data-count=\"hour.processed\">1<")
+            && html.contains("data-count=\"hour.received\">1<");
+        if counted || Instant::now() > deadline {
             break html;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
