@@ -6,6 +6,10 @@
 //! to fill a batch: under light load each record goes at once, under heavy load many go
 //! per insert. The queue is bounded: when MongoDB falls behind, records past `QUEUE` are
 //! left to the worker instead of piling up in memory.
+//!
+//! After each batch the writer marks the alerts it wrote in Redis (see `queue`), and the
+//! worker writes the audit records of the jobs it finds unmarked: whatever this writer
+//! could not write, dropped, or was holding when pyron-api died.
 
 use std::time::Duration;
 
@@ -13,6 +17,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::{
     ingest::Alert,
+    queue::Queue,
     store::{Arrival, Store},
 };
 
@@ -30,10 +35,11 @@ impl AuditWriter {
     /// Starts the writer; it stops, after writing what it holds, once `stop` turns true.
     pub fn start(
         store: Store,
+        queue: Queue,
         stop: watch::Receiver<bool>,
     ) -> (AuditWriter, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(run(store, rx, stop));
+        let task = tokio::spawn(run(Stores { store, queue }, rx, stop));
         (AuditWriter { tx }, task)
     }
 
@@ -43,8 +49,13 @@ impl AuditWriter {
     }
 }
 
-async fn run(
+struct Stores {
     store: Store,
+    queue: Queue,
+}
+
+async fn run(
+    store: Stores,
     mut rx: mpsc::Receiver<(Alert, Arrival)>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -72,12 +83,23 @@ async fn run(
     }
 }
 
-async fn write(store: &Store, batch: &mut Vec<(Alert, Arrival)>) {
+async fn write(stores: &Stores, batch: &mut Vec<(Alert, Arrival)>) {
     if batch.is_empty() {
         return;
     }
-    match tokio::time::timeout(DRAIN, store.insert_audits(batch)).await {
-        Ok(Ok(())) => {}
+    match tokio::time::timeout(DRAIN, stores.store.insert_audits(batch)).await {
+        Ok(Ok(existing)) => {
+            // A record that was there already was written by a worker, which did not find
+            // it marked and will not remove a marker set now.
+            let written = batch
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !existing.contains(i))
+                .map(|(_, (alert, _))| alert);
+            if let Err(err) = stores.queue.mark_audited(written).await {
+                tracing::debug!(records = batch.len(), error = %err, "audit records not marked; the worker writes them again");
+            }
+        }
         Ok(Err(err)) => {
             tracing::warn!(records = batch.len(), error = %err, "audit records deferred to the worker")
         }

@@ -7,6 +7,15 @@
 //! `pyron:dedup:<sha256>` is set with the event id, atomically with the `XADD`, by one Lua
 //! script, so a duplicate can never create a second job and a first alert can never be
 //! marked seen without its job.
+//!
+//! The job also spares MongoDB a second write of each audit record. pyron-api writes audit
+//! records in batches off the request path, and once a batch is in MongoDB it adds the
+//! alerts' ids to `pyron:audited:<minute of arrival>`. A worker writes the audit record of
+//! every job whose id it does not find there (the api's writer was full, MongoDB was down,
+//! the api died with records in hand), and removes the ids of the jobs it settles. A
+//! marker is only ever set after the write, so a missing one costs a redundant insert and
+//! nothing else. The sets expire a day after their last addition, which clears the ids of
+//! jobs settled while the writer was still marking them.
 
 use std::time::Duration;
 
@@ -35,8 +44,28 @@ const DEDUP_PREFIX: &str = "pyron:dedup:";
 /// reconcilers (or one retrying after a lost reply) queue an alert once.
 const REQUEUED_PREFIX: &str = "pyron:requeued:";
 
+/// The sets of event ids whose audit records pyron-api wrote, by minute of arrival.
+const AUDITED_PREFIX: &str = "pyron:audited:";
+
+/// How long a marker set lives after its last addition: a worker that comes back after
+/// longer than this writes the audit records again, needlessly but harmlessly.
+const AUDITED_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// How long a reconciler's key lives when the alert has no dedup key of its own.
 const REQUEUED_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Event ids grouped by the audit-marker set of their minute of arrival.
+fn by_minute<'a>(alerts: impl IntoIterator<Item = &'a Alert>) -> Vec<(String, Vec<String>)> {
+    let mut groups: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for alert in alerts {
+        let minute = alert.received_at.timestamp().div_euclid(60);
+        groups
+            .entry(format!("{AUDITED_PREFIX}{minute}"))
+            .or_default()
+            .push(alert.id.to_string());
+    }
+    groups.into_iter().collect()
+}
 
 /// Sets the key to the alert's id and adds the job, in one step. When the key already
 /// holds another alert's id, a duplicate entry is added instead (so the worker writes its
@@ -146,6 +175,23 @@ impl Queue {
     /// The activity counts, over this queue's connection.
     pub fn stats(&self) -> crate::stats::Stats {
         crate::stats::Stats::new(self.conn.clone(), self.timeout)
+    }
+
+    /// Notes that these alerts' audit records are written, so that workers need not
+    /// write them again.
+    pub async fn mark_audited<'a>(
+        &self,
+        alerts: impl IntoIterator<Item = &'a Alert>,
+    ) -> Result<(), QueueError> {
+        let mut pipe = redis::pipe();
+        for (key, ids) in by_minute(alerts) {
+            pipe.sadd(&key, ids)
+                .ignore()
+                .expire(&key, AUDITED_TTL.as_secs() as i64)
+                .ignore();
+        }
+        let mut conn = self.conn.clone();
+        bounded(self.timeout, pipe.query_async::<()>(&mut conn)).await
     }
 
     pub async fn ping(&self) -> Result<(), QueueError> {
@@ -449,19 +495,50 @@ impl Consumer {
             .collect())
     }
 
+    /// Which of these alerts pyron-api has marked as having their audit record written,
+    /// in order.
+    pub async fn audited(&self, alerts: &[&Alert]) -> Result<Vec<bool>, QueueError> {
+        let groups = by_minute(alerts.iter().copied());
+        if groups.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for (key, ids) in &groups {
+            pipe.cmd("SMISMEMBER").arg(key).arg(ids);
+        }
+        let mut conn = self.conn.clone();
+        let replies: Vec<Vec<bool>> = bounded(self.timeout, pipe.query_async(&mut conn)).await?;
+        let marked: std::collections::HashSet<&String> = groups
+            .iter()
+            .zip(&replies)
+            .flat_map(|((_, ids), found)| ids.iter().zip(found).filter(|(_, f)| **f))
+            .map(|(id, _)| id)
+            .collect();
+        Ok(alerts
+            .iter()
+            .map(|a| marked.contains(&a.id.to_string()))
+            .collect())
+    }
+
     /// Acknowledges entries and deletes them from the stream in one transaction: once a
-    /// job's result is recorded in MongoDB the stream has no more use for it.
-    pub async fn ack(&self, entries: &[&str]) -> Result<(), QueueError> {
-        if entries.is_empty() {
+    /// job's result is recorded in MongoDB the stream has no more use for it. The audit
+    /// markers of `settled` alerts are removed with them.
+    pub async fn ack(&self, entries: &[&str], settled: &[&Alert]) -> Result<(), QueueError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        if !entries.is_empty() {
+            pipe.xack(STREAM, GROUP, entries)
+                .ignore()
+                .xdel(STREAM, entries)
+                .ignore();
+        }
+        for (key, ids) in by_minute(settled.iter().copied()) {
+            pipe.srem(key, ids).ignore();
+        }
+        if entries.is_empty() && settled.is_empty() {
             return Ok(());
         }
         let mut conn = self.conn.clone();
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .xack(STREAM, GROUP, entries)
-            .ignore()
-            .xdel(STREAM, entries)
-            .ignore();
         bounded(self.timeout, pipe.query_async::<()>(&mut conn)).await?;
         Ok(())
     }

@@ -127,7 +127,8 @@ impl Api {
         };
         let tasks = TaskTracker::new();
         let (stop_audit, audit_stopped) = watch::channel(false);
-        let (audit, audit_task) = AuditWriter::start(background.clone(), audit_stopped);
+        let (audit, audit_task) =
+            AuditWriter::start(background.clone(), queue.clone(), audit_stopped);
 
         let state = Arc::new(AppState {
             intake: Intake {

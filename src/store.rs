@@ -97,8 +97,8 @@ pub struct Outcome {
     pub worker: String,
 }
 
-/// What a worker writes for one stream entry: the alert's audit record (in case the API
-/// could not) and, unless the alert is a duplicate, its outcome.
+/// What a worker writes for one stream entry: its outcome unless the alert is a
+/// duplicate, and the alert's audit record when pyron-api may not have written it.
 #[derive(Debug, Clone)]
 pub struct Record {
     pub alert: Alert,
@@ -205,69 +205,54 @@ impl Store {
     }
 
     /// Writes many audit records in one unordered insert; records that exist already are
-    /// left as they are.
-    pub async fn insert_audits(&self, batch: &[(Alert, Arrival)]) -> Result<(), StoreError> {
+    /// left as they are. Answers which of them were already there.
+    pub async fn insert_audits(
+        &self,
+        batch: &[(Alert, Arrival)],
+    ) -> Result<Vec<usize>, StoreError> {
         let documents = batch
             .iter()
             .map(|(a, arrival)| audit_record(a, arrival))
             .collect();
         let errors = self.insert_many(AUDIT, documents).await?;
-        match errors.into_iter().find(|(_, e)| !e.duplicate) {
-            Some((_, e)) => Err(StoreError::Refused(e.message)),
-            None => Ok(()),
+        if let Some((_, e)) = errors.iter().find(|(_, e)| !e.duplicate) {
+            return Err(StoreError::Refused(e.message.clone()));
         }
+        Ok(errors.into_iter().map(|(i, _)| i).collect())
     }
 
-    /// Records a batch: every alert's audit record (it is missing when MongoDB was down
-    /// as the alert arrived; an existing one is left as it is) and one `jobs` document per
-    /// event id, whatever the number of deliveries.
+    /// Writes the `jobs` records of a batch, one per event id whatever the number of
+    /// deliveries (records without an outcome, duplicates, have none).
     ///
     /// `Err` means MongoDB is unreachable and nothing can be said of the batch. Otherwise
     /// the answer lists the records MongoDB refused, by index, with its reason; the rest
     /// are written.
     ///
-    /// The common case, a first delivery, is one multi-document insert per collection. A
-    /// redelivered job already has its record, so its insert fails with a duplicate key and
-    /// that record alone is then updated. (Many upsert statements in one `update` command
-    /// would be simpler, but FerretDB 1.x holds a cursor open per matching statement until
-    /// the command ends, and a batch of them exhausts its SQLite pool and stalls.)
-    pub async fn record(&self, batch: &[Record]) -> Result<Vec<(usize, String)>, StoreError> {
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
-        let audits: Vec<Document> = batch
-            .iter()
-            .map(|r| audit_record(&r.alert, &r.arrival))
+    /// The common case, a first delivery, is one multi-document insert. A redelivered job
+    /// already has its record, so its insert fails with a duplicate key and that record
+    /// alone is then updated. (Many upsert statements in one `update` command would be
+    /// simpler, but FerretDB 1.x holds a cursor open per matching statement until the
+    /// command ends, and a batch of them exhausts its SQLite pool and stalls.)
+    pub async fn record_jobs(&self, batch: &[Record]) -> Result<Vec<(usize, String)>, StoreError> {
+        let jobs: Vec<usize> = (0..batch.len())
+            .filter(|&i| batch[i].outcome.is_some())
             .collect();
-        let mut refused: Vec<(usize, String)> = match self.insert_many(AUDIT, audits).await {
-            // Existing audit records are what this write makes sure of.
-            Ok(errors) => errors
-                .into_iter()
-                .filter(|(_, e)| !e.duplicate)
-                .map(|(i, e)| (i, e.message))
-                .collect(),
-            Err(err) if err.is_outage() || batch.len() == 1 => return Err(err),
-            // MongoDB refused the command as a whole: find the record it minds.
-            Err(_) => return self.record_one_by_one(batch).await,
-        };
+        each(&jobs, |which| self.insert_jobs(batch, which)).await
+    }
 
-        let jobs: Vec<(usize, &Outcome)> = batch
+    async fn insert_jobs(
+        &self,
+        batch: &[Record],
+        which: &[usize],
+    ) -> Result<Vec<(usize, String)>, StoreError> {
+        let outcomes: Vec<(usize, &Outcome)> = which
             .iter()
-            .enumerate()
-            .filter(|(i, _)| !refused.iter().any(|(r, _)| r == i))
-            .filter_map(|(i, r)| r.outcome.as_ref().map(|o| (i, o)))
+            .filter_map(|&i| batch[i].outcome.as_ref().map(|o| (i, o)))
             .collect();
-        if jobs.is_empty() {
-            return Ok(finish(refused));
-        }
-        let documents = jobs.iter().map(|(_, o)| job_document(o)).collect();
-        let errors = match self.insert_many(JOBS, documents).await {
-            Ok(errors) => errors,
-            Err(err) if err.is_outage() || batch.len() == 1 => return Err(err),
-            Err(_) => return self.record_one_by_one(batch).await,
-        };
-        for (position, error) in errors {
-            let (index, outcome) = jobs[position];
+        let documents = outcomes.iter().map(|(_, o)| job_document(o)).collect();
+        let mut refused = Vec::new();
+        for (position, error) in self.insert_many(JOBS, documents).await? {
+            let (index, outcome) = outcomes[position];
             if !error.duplicate {
                 refused.push((index, error.message));
                 continue;
@@ -279,23 +264,30 @@ impl Store {
                 Err(err) => refused.push((index, err.to_string())),
             }
         }
-        Ok(finish(refused))
+        Ok(refused)
     }
 
-    /// `record`, one record at a time, to tell which one MongoDB refuses.
-    async fn record_one_by_one(
+    /// Writes the audit records of the batch's records at `which` (those pyron-api may
+    /// not have written: it was down, or MongoDB was, as they arrived); records that
+    /// exist already are left as they are. Answers like `record_jobs`.
+    pub async fn record_audits(
         &self,
         batch: &[Record],
+        which: &[usize],
     ) -> Result<Vec<(usize, String)>, StoreError> {
-        let mut refused = Vec::new();
-        for (index, record) in batch.iter().enumerate() {
-            match Box::pin(self.record(std::slice::from_ref(record))).await {
-                Ok(errors) => refused.extend(errors.into_iter().map(|(_, e)| (index, e))),
-                Err(err) if err.is_outage() => return Err(err),
-                Err(err) => refused.push((index, err.to_string())),
-            }
-        }
-        Ok(refused)
+        each(which, |which| async move {
+            let documents = which
+                .iter()
+                .map(|&i| audit_record(&batch[i].alert, &batch[i].arrival))
+                .collect();
+            let errors = self.insert_many(AUDIT, documents).await?;
+            Ok(errors
+                .into_iter()
+                .filter(|(_, e)| !e.duplicate)
+                .map(|(position, e)| (which[position], e.message))
+                .collect())
+        })
+        .await
     }
 
     /// Notes a failed attempt in the job's record: `retrying` with the error and when the
@@ -526,6 +518,36 @@ impl Store {
 struct WriteErrorInfo {
     duplicate: bool,
     message: String,
+}
+
+/// Runs `write` on the records at `indices` together; should MongoDB refuse the command
+/// as a whole, runs it on each record alone to find the one it minds.
+async fn each<'a, F, Fut>(
+    indices: &'a [usize],
+    write: F,
+) -> Result<Vec<(usize, String)>, StoreError>
+where
+    F: Fn(&'a [usize]) -> Fut,
+    Fut: Future<Output = Result<Vec<(usize, String)>, StoreError>>,
+{
+    if indices.is_empty() {
+        return Ok(Vec::new());
+    }
+    match write(indices).await {
+        Ok(refused) => return Ok(finish(refused)),
+        Err(err) if err.is_outage() => return Err(err),
+        Err(err) if indices.len() == 1 => return Ok(vec![(indices[0], err.to_string())]),
+        Err(_) => {}
+    }
+    let mut refused = Vec::new();
+    for index in indices {
+        match write(std::slice::from_ref(index)).await {
+            Ok(errors) => refused.extend(errors),
+            Err(err) if err.is_outage() => return Err(err),
+            Err(err) => refused.push((*index, err.to_string())),
+        }
+    }
+    Ok(finish(refused))
 }
 
 /// One entry per refused record, in index order.

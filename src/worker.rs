@@ -302,7 +302,7 @@ impl Worker {
                 Err(reason) => unreadable.push((delivery.clone(), reason.clone())),
             }
         }
-        let refused = self.store.record(&records).await?;
+        let refused = self.write(&records).await?;
 
         let mut done: Vec<&str> = Vec::with_capacity(records.len());
         let mut counted = Counted::default();
@@ -342,13 +342,40 @@ impl Worker {
             tracing::error!(entry = %delivery.entry, reason = %reason, "unreadable stream entry moved to dead letters");
             self.consumer.dead_letter(delivery, reason, 1).await?;
         }
-        self.consumer.ack(&done).await?;
+        // Markers go with the entries settled here; a job waiting for a retry keeps its own.
+        let settled: Vec<&Alert> = records
+            .iter()
+            .zip(&deliveries)
+            .filter(|(_, d)| !retries.waiting.contains_key(&d.entry))
+            .map(|(r, _)| &r.alert)
+            .collect();
+        self.consumer.ack(&done, &settled).await?;
         self.done.absorb(&counted);
         let events: Vec<(Event, u64)> = counted.events.into_iter().collect();
         if let Err(err) = self.consumer.stats().count(&events, &counted.lags).await {
             tracing::debug!(error = %err, "activity not counted");
         }
         Ok(())
+    }
+
+    /// Writes a batch's `jobs` records, then the audit records pyron-api has not marked
+    /// as written. The markers are read after the jobs write, which gives the api's audit
+    /// writer, racing this worker for fresh alerts, the time to finish its batch.
+    async fn write(&self, records: &[Record]) -> Result<Vec<(usize, String)>, WorkerError> {
+        let mut refused = self.store.record_jobs(records).await?;
+        let alerts: Vec<&Alert> = records.iter().map(|r| &r.alert).collect();
+        let marked = match self.consumer.audited(&alerts).await {
+            Ok(marked) => marked,
+            Err(err) => {
+                tracing::debug!(error = %err, "audit markers not read; writing every audit record");
+                vec![false; records.len()]
+            }
+        };
+        let unmarked: Vec<usize> = (0..records.len()).filter(|&i| !marked[i]).collect();
+        refused.extend(self.store.record_audits(records, &unmarked).await?);
+        refused.sort_by_key(|(i, _)| *i);
+        refused.dedup_by_key(|(i, _)| *i);
+        Ok(refused)
     }
 
     /// A job whose write MongoDB refused: schedule its next attempt, or dead-letter it

@@ -945,3 +945,44 @@ async fn sigterm_drains_in_flight_work() {
     report("worker SIGTERM", &sent, &tally);
     assert_kept(&sent, &tally);
 }
+
+/// pyron-api SIGKILLed mid-burst: the audit records its writer still held are written by
+/// the worker (it finds them unmarked), so every alert answered 202 has both records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_api_killed_mid_burst_leaves_no_alert_without_its_records() {
+    let _serial = SERIAL.lock().await;
+    let mut app = App::stores_only(&settings(&[]));
+    app.start_api().await;
+    app.start_worker();
+    let sending = tokio::spawn(send(
+        app.port,
+        "kill-api",
+        Burst {
+            alerts: 3000,
+            concurrency: 16,
+            rate: None,
+            repeat_every: Some(50),
+        },
+    ));
+    wait_until("some alerts to be processed", async || {
+        jobs_count(&app).await >= 300
+    })
+    .await;
+    app.api.as_mut().unwrap().kill();
+    let mut sent = sending.await.unwrap();
+    // Requests after the kill find nobody listening: those were never accepted.
+    let refused = sent.other.len();
+    sent.other.retain(|e| !e.contains("error sending request"));
+
+    let tally = settle(&app, &sent, Duration::from_secs(60)).await;
+    report("api SIGKILL", &sent, &tally);
+    let by_worker = app
+        .docs("audit", doc! { "entry": { "$exists": false } })
+        .await
+        .len();
+    eprintln!(
+        "delivery: api SIGKILL: {refused} requests refused after the kill; {by_worker} audit records written by the worker"
+    );
+    assert!(refused > 0, "the burst ended before the kill");
+    assert_kept(&sent, &tally);
+}

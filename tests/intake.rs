@@ -805,3 +805,115 @@ async fn an_audit_record_the_worker_writes_holds_no_passphrase_either() {
     assert_eq!(parsed.get_str("ticker").unwrap(), "BTCUSDT");
     assert!(!parsed.contains_key("passphrase"), "{parsed}");
 }
+
+/// Every `pyron:audited:*` member, as (set, event id).
+async fn audit_markers(app: &App) -> Vec<(String, String)> {
+    let mut conn = app.stores.redis().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("pyron:audited:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut markers = Vec::new();
+    for key in keys {
+        let ids: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        markers.extend(ids.into_iter().map(|id| (key.clone(), id)));
+    }
+    markers
+}
+
+#[tokio::test]
+async fn the_api_marks_the_audit_records_it_wrote_and_the_worker_skips_and_clears_them() {
+    let mut app = App::stores_only(&[]);
+    app.start_api().await;
+    let path = format!("/webhook/{TOKEN}");
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let (status, ack) = json(app.post(&path, "text/plain", format!("alert {i}")).await).await;
+        assert_eq!(status, 202);
+        ids.push(ack["id"].as_str().unwrap().to_owned());
+    }
+    // No worker yet: every audit record is the api's (it names the stream entry), and
+    // each is marked in the set of its minute of arrival.
+    let audit = app.wait_for_docs("audit", doc! {}, ids.len()).await;
+    assert!(
+        audit.iter().all(|a| a.get_str("entry").is_ok()),
+        "{audit:?}"
+    );
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    let markers = loop {
+        let markers = audit_markers(&app).await;
+        if markers.len() >= ids.len() || std::time::Instant::now() > deadline {
+            break markers;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut marked: Vec<&str> = markers.iter().map(|(_, id)| id.as_str()).collect();
+    marked.sort();
+    let mut expected: Vec<&str> = ids.iter().map(String::as_str).collect();
+    expected.sort();
+    assert_eq!(marked, expected);
+    for (key, id) in &markers {
+        let record = audit.iter().find(|a| a.get_str("_id") == Ok(id)).unwrap();
+        let minute = record
+            .get_datetime("received_at")
+            .unwrap()
+            .timestamp_millis()
+            / 60_000;
+        assert_eq!(key, &format!("pyron:audited:{minute}"));
+    }
+    let mut conn = app.stores.redis().await;
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&markers[0].0)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 23 * 3600 && ttl <= 24 * 3600, "marker TTL {ttl}");
+
+    // A job whose marker says its audit record is written gets none from the worker: to
+    // show it, a marker for an alert whose record is (artificially) not there.
+    let trusted = "01a22500-0000-7000-8000-0000000000aa";
+    let received_ms: i64 = 1_795_915_106_149;
+    let _: i64 = redis::cmd("SADD")
+        .arg(format!("pyron:audited:{}", received_ms / 60_000))
+        .arg(trusted)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg("webhook-jobs")
+        .arg("*")
+        .arg(&[
+            ("id", trusted),
+            ("received_at", received_ms.to_string().as_str()),
+            ("kind", "text"),
+            ("content_type", "text/plain"),
+            ("body", "marked"),
+        ])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    app.start_worker();
+    let jobs = app.wait_for_docs("jobs", doc! {}, ids.len() + 1).await;
+    assert_eq!(jobs.len(), ids.len() + 1);
+    assert_eq!(
+        app.count("audit").await,
+        ids.len() as u64,
+        "the worker wrote an audit record pyron-api had marked as written"
+    );
+    // Settled jobs take their markers with them.
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    while !audit_markers(&app).await.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "markers left: {:?}",
+            audit_markers(&app).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
