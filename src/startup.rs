@@ -148,6 +148,7 @@ impl Api {
             audit,
             admin_token: config.admin_token.clone(),
             counters: Counters::default(),
+            tally: Default::default(),
             latency: Default::default(),
             body_timeout: config.body_timeout,
             header_limit: config.header_limit,
@@ -173,6 +174,11 @@ impl Api {
     pub async fn serve(self, mut stop: watch::Receiver<bool>) -> std::io::Result<()> {
         let (stop_tasks, tasks_stopped) = watch::channel(false);
         let reconciler = tokio::spawn(self.reconciler.run(tasks_stopped.clone()));
+        let tally = {
+            let state = self.state.clone();
+            let stopped = tasks_stopped.clone();
+            tokio::spawn(async move { state.tally.run(state.queue.stats(), stopped).await })
+        };
         let state = self.state.clone();
         let bound = self.bound.clone();
         systemd::ready(&status_line(&state, &bound));
@@ -220,6 +226,7 @@ impl Api {
             );
         }
         let _ = reconciler.await;
+        let _ = tally.await;
         served
     }
 }

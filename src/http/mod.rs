@@ -81,6 +81,8 @@ pub struct AppState {
     pub audit: crate::audit::AuditWriter,
     pub admin_token: Option<Secret>,
     pub counters: Counters,
+    /// Answers counted for the dashboard, written to Redis every few hundred ms.
+    pub tally: crate::stats::Tally,
     pub latency: metrics::Latency,
     pub body_timeout: Duration,
     pub header_limit: usize,

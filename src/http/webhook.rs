@@ -107,16 +107,9 @@ async fn handle(
             (err.status != StatusCode::SERVICE_UNAVAILABLE).then_some(Event::Rejected)
         }
     };
-    // Counted for the dashboard after the answer, and never in its way.
-    if let Some(event) = event
-        && !app.queue_breaker.is_open()
-    {
-        let stats = app.queue.stats();
-        tokio::spawn(async move {
-            if let Err(err) = stats.count(&[(event, 1)], &[]).await {
-                tracing::debug!(error = %err, "activity not counted");
-            }
-        });
+    // Counted for the dashboard off the request path, and never in its way.
+    if let Some(event) = event {
+        app.tally.add(event);
     }
     result
 }
