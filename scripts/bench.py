@@ -10,8 +10,14 @@ through TLS, and prints one table (also written as JSON):
      nothing, and the ratio of (2) to it;
   5. peak memory (VmHWM) of pyron-api and pyron-worker.
 
+It also prints, for the sustained run, the CPU each process used per 1,000 alerts: where
+the time goes.
+
 usage: scripts/bench.py [--quick] [--json PATH]
+       scripts/bench.py --rate N [--seconds S]
 --quick shortens every run (for trying the script, not for figures).
+--rate runs the same stack at one fixed rate instead (60 s unless --seconds), and prints
+its latency, its end-to-end lag and the CPU per process: for capacity planning.
 """
 
 import argparse
@@ -149,6 +155,87 @@ def drain(redis_port, timeout):
     return False
 
 
+def cpu_seconds(pid):
+    """User + system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid):
+    """CPU time of a process and its children that are still running (NGINX workers)."""
+    total = cpu_seconds(pid)
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        for child in children.read_text().split():
+            try:
+                total += cpu_seconds(int(child))
+            except FileNotFoundError:
+                pass
+    return total
+
+
+class CpuMeter:
+    """CPU used by each named process between start() and stop()."""
+
+    def __init__(self, procs):
+        self.procs = procs
+
+    def start(self):
+        self.before = {name: tree_cpu_seconds(p.pid) for name, p in self.procs}
+
+    def stop(self, alerts):
+        used = {name: tree_cpu_seconds(p.pid) - self.before[name] for name, p in self.procs}
+        return {name: {"cpu_s": round(s, 2),
+                       "ms_per_1000_alerts": round(s * 1e6 / alerts, 1) if alerts else None}
+                for name, s in used.items()}
+
+
+LAG_BOUNDS_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+
+
+def lag_histogram(redis_port):
+    """The worker's cumulative lag histogram (pyron:stats:total): count at or below each
+    bound, and the total count."""
+    raw = subprocess.run(["redis-cli", "-p", str(redis_port), "HGETALL", "pyron:stats:total"],
+                         check=True, capture_output=True, text=True).stdout.split()
+    fields = dict(zip(raw[::2], (int(v) for v in raw[1::2])))
+    return ([fields.get(f"lag_le_{b:g}", 0) for b in LAG_BOUNDS_S], fields.get("lag_count", 0))
+
+
+def lag_quantile(buckets, count, q):
+    """Prometheus' histogram_quantile: linear within the bucket the quantile falls in; None
+    past the last bound."""
+    rank, lower, below = q * count, 0.0, 0
+    for bound, at_or_below in zip(LAG_BOUNDS_S, buckets):
+        if at_or_below >= rank:
+            inside = at_or_below - below
+            share = (rank - below) / inside if inside else 1.0
+            return (lower + (bound - lower) * share) * 1000
+        lower, below = bound, at_or_below
+    return None
+
+
+def lag_run(redis_port, url, rate, seconds, meter):
+    """One fixed-rate run: its answers, the end-to-end lag of every alert it sent (from the
+    worker's lag histogram), and the CPU each process used, the worker's until it has
+    drained what the run queued."""
+    before, count_before = lag_histogram(redis_port)
+    meter.start()
+    started = time.time()
+    run = oha(url, seconds, rate, 64)
+    drained = drain(redis_port, timeout=300)
+    run["drain_s_after_run"] = round(time.time() - started - seconds, 1)
+    run["cpu"] = meter.stop(run["ok"])
+    after, count_after = lag_histogram(redis_port)
+    buckets = [a - b for a, b in zip(after, before)]
+    count = count_after - count_before
+    lag = {"samples": count, "drained": drained,
+           "p50_ms": lag_quantile(buckets, count, 0.5),
+           "p99_ms": lag_quantile(buckets, count, 0.99),
+           "within_1s": buckets[LAG_BOUNDS_S.index(1.0)] / count if count else None}
+    return run, lag
+
+
 def vm_hwm(pid):
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -167,6 +254,8 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", default=str(ROOT / "target/bench/bench.json"))
+    parser.add_argument("--rate", type=int, help="run one fixed rate (alerts/s) instead")
+    parser.add_argument("--seconds", type=int, default=60, help="length of the --rate run")
     args = parser.parse_args()
     seed_seconds, step_seconds = (10, 4) if args.quick else (60, 10)
 
@@ -202,7 +291,7 @@ def main():
         wait_port(mongo_port, "mongo", mongo)
         env = {"PATH": os.environ["PATH"], "PYRON_BIND": f"127.0.0.1:{api_port}",
                "REDIS_PORT": str(redis_port), "MONGO_URI": f"mongodb://127.0.0.1:{mongo_port}",
-               "PYRON_WEBHOOK_TOKEN": TOKEN, "PYRON_LOG": "warn"}
+               "PYRON_WEBHOOK_TOKEN": TOKEN, "PYRON_LOG": "warn", **{k: v for k, v in os.environ.items() if k.startswith("PYRON_WORKER_")}}
         api = stack.spawn("pyron-api", [str(ROOT / "target/release/pyron-api")], env)
         wait_port(api_port, "pyron-api", api)
         worker = stack.spawn("pyron-worker", [str(ROOT / "target/release/pyron-worker")], env)
@@ -214,6 +303,13 @@ def main():
         pyron_url = f"https://localhost:{pyron_tls}/webhook/{TOKEN}"
         null_url = f"https://localhost:{null_tls}/webhook/{TOKEN}"
         time.sleep(1)
+        meter = CpuMeter([(n, p) for n, p in stack.procs
+                          if n in ("redis", "mongo", "pyron-api", "pyron-worker", "nginx-pyron")])
+        if args.rate:
+            say(f"{args.rate} alerts/s for {args.seconds} s through TLS")
+            run, lag = lag_run(redis_port, pyron_url, args.rate, args.seconds, meter)
+            print(json.dumps({"run": run, "lag": lag}, indent=2))
+            return
 
         say(f"1. the seed's target, 1,000 requests a minute for {seed_seconds} s, through TLS")
         seed = oha(pyron_url, seed_seconds, rate=1000 / 60, connections=20)
