@@ -31,7 +31,7 @@ fi
 
 if command -v mongod >/dev/null; then
   echo "==> MongoDB wire server: mongod ($(command -v mongod))"
-elif [ -x .tools/bin/pyron-ferretdb ] && [ .tools/bin/pyron-ferretdb -nt tools/ferretdb/go.sum ]; then
+elif [ -x .tools/bin/pyron-ferretdb ] && [ -z "$(find tools/ferretdb -newer .tools/bin/pyron-ferretdb)" ]; then
   echo "==> MongoDB wire server: FerretDB (.tools/bin/pyron-ferretdb)"
 else
   command -v go >/dev/null || { echo "Go is needed to build FerretDB: install Go 1.24 or newer" >&2; exit 1; }
