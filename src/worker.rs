@@ -240,9 +240,15 @@ impl Worker {
                     if block < Duration::from_millis(1) {
                         continue;
                     }
+                    let read = self.consumer.read(self.batch_size, block, None);
+                    tokio::pin!(read);
                     tokio::select! {
-                        read = self.consumer.read(self.batch_size, block, None) => read,
-                        _ = shutdown.changed() => break,
+                        read = &mut read => read,
+                        // Redis may have handed this read its entries already: cutting
+                        // it off would leave them pending until this consumer's next
+                        // start. It ends within `block`; its batch is processed, and the
+                        // loop stops at its top.
+                        _ = shutdown.changed() => read.await,
                     }
                 } else {
                     Ok(due)
