@@ -917,3 +917,66 @@ async fn the_api_marks_the_audit_records_it_wrote_and_the_worker_skips_and_clear
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_alerts_sharing_a_pipeline_each_get_their_own_answer() {
+    // pyron-api sends concurrent requests' jobs to Redis in one pipeline: every answer
+    // must still be the one for its own alert. 100 keys, each sent twice, all at once.
+    // No worker: the stream keeps every job for the check below.
+    let mut app = App::stores_only(&[]);
+    app.start_api().await;
+    let url = app.url(&format!("/webhook/{TOKEN}"));
+    let mut requests = tokio::task::JoinSet::new();
+    for n in 0..200 {
+        let http = app.http.clone();
+        let url = url.clone();
+        requests.spawn(async move {
+            let key = format!("key-{}", n % 100);
+            let response = http
+                .post(url)
+                .header("content-type", "text/plain")
+                .header("idempotency-key", &key)
+                .body(format!("alert {n}"))
+                .send()
+                .await
+                .unwrap();
+            let (status, ack) = json(response).await;
+            assert_eq!(status, 202, "{ack}");
+            (key, ack)
+        });
+    }
+    let mut by_key: std::collections::HashMap<String, Vec<Value>> = Default::default();
+    while let Some(done) = requests.join_next().await {
+        let (key, ack) = done.unwrap();
+        by_key.entry(key).or_default().push(ack);
+    }
+    assert_eq!(by_key.len(), 100);
+    let mut queued = Vec::new();
+    for (key, acks) in &by_key {
+        let first: Vec<&Value> = acks.iter().filter(|a| a["status"] == "queued").collect();
+        let again: Vec<&Value> = acks.iter().filter(|a| a["status"] == "duplicate").collect();
+        assert_eq!((first.len(), again.len()), (1, 1), "{key}: {acks:?}");
+        assert_eq!(again[0]["duplicate_of"], first[0]["id"], "{key}");
+        queued.push(first[0]["id"].as_str().unwrap().to_owned());
+    }
+    // Each queued alert's audit record names the stream entry that carries that alert.
+    let audit = app.wait_for_docs("audit", doc! {}, 200).await;
+    assert_eq!(audit.len(), 200);
+    let mut conn = app.stores.redis().await;
+    let stream: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg("webhook-jobs")
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for id in &queued {
+        let record = audit.iter().find(|a| a.get_str("_id") == Ok(id)).unwrap();
+        let entry = stream
+            .ids
+            .iter()
+            .find(|e| e.get::<String>("id").as_ref() == Some(id))
+            .unwrap_or_else(|| panic!("no job for {id}"));
+        assert_eq!(record.get_str("entry"), Ok(entry.id.as_str()), "{id}");
+    }
+}
