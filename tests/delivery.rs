@@ -829,12 +829,20 @@ async fn two_workers_share_the_stream_and_claim_from_a_hung_one() {
             repeat_every: None,
         },
     ));
-    wait_until("worker a to hold entries", async || {
-        xpending(&app, Some("worker-a")).await > 0
-    })
-    .await;
-    a.signal("STOP");
-    let held = xpending(&app, Some("worker-a")).await;
+    // Stop a while it holds entries: it may acknowledge them between the check and the
+    // signal, so check again once it is stopped, and try again if it had.
+    let held = loop {
+        wait_until("worker a to hold entries", async || {
+            xpending(&app, Some("worker-a")).await > 0
+        })
+        .await;
+        a.signal("STOP");
+        let held = xpending(&app, Some("worker-a")).await;
+        if held > 0 {
+            break held;
+        }
+        a.signal("CONT");
+    };
     let hung_sent = sending.await.unwrap();
     let tally = settle(&app, &hung_sent, Duration::from_secs(60)).await;
     report("one worker hung", &hung_sent, &tally);
