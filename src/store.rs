@@ -551,7 +551,7 @@ where
 }
 
 /// One entry per refused record, in index order.
-fn finish(mut refused: Vec<(usize, String)>) -> Vec<(usize, String)> {
+pub(crate) fn finish(mut refused: Vec<(usize, String)>) -> Vec<(usize, String)> {
     refused.sort_by_key(|(i, _)| *i);
     refused.dedup_by_key(|(i, _)| *i);
     refused

@@ -379,9 +379,7 @@ impl Worker {
         };
         let unmarked: Vec<usize> = (0..records.len()).filter(|&i| !marked[i]).collect();
         refused.extend(self.store.record_audits(records, &unmarked).await?);
-        refused.sort_by_key(|(i, _)| *i);
-        refused.dedup_by_key(|(i, _)| *i);
-        Ok(refused)
+        Ok(crate::store::finish(refused))
     }
 
     /// A job whose write MongoDB refused: schedule its next attempt, or dead-letter it
