@@ -139,6 +139,10 @@ pub const TALLY_EVERY: Duration = Duration::from_millis(250);
 
 impl Tally {
     pub fn add(&self, event: Event) {
+        self.add_n(event, 1);
+    }
+
+    fn add_n(&self, event: Event, n: u64) {
         let counter = match event {
             Event::Queued => &self.queued,
             Event::Kept => &self.kept,
@@ -146,7 +150,7 @@ impl Tally {
             Event::Rejected => &self.rejected,
             Event::Processed | Event::Retrying | Event::Dead => return,
         };
-        counter.fetch_add(1, Ordering::Relaxed);
+        counter.fetch_add(n, Ordering::Relaxed);
     }
 
     fn counters(&self) -> [(Event, &AtomicU64); 4] {
@@ -173,9 +177,7 @@ impl Tally {
         if let Err(err) = stats.count(&events, &[]).await {
             tracing::debug!(error = %err, "activity not counted yet");
             for (event, n) in events {
-                if let Some((_, counter)) = self.counters().into_iter().find(|(e, _)| *e == event) {
-                    counter.fetch_add(n, Ordering::Relaxed);
-                }
+                self.add_n(event, n);
             }
         }
     }

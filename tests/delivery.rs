@@ -396,6 +396,19 @@ async fn redis_killed_mid_burst_loses_nothing() {
     let kept = api.matches("it waits in MongoDB for the queue").count();
     eprintln!("delivery: redis SIGKILL: {kept} alerts were accepted into MongoDB alone");
     assert!(kept > 0, "no alert took the MongoDB path");
+    // pyron-api's tally holds what it could not write while Redis was down and writes it
+    // once Redis is back: every alert kept in MongoDB is counted.
+    wait_until("the kept alerts to be counted", async || {
+        let mut conn = app.stores.redis().await;
+        let counted: Option<usize> = redis::cmd("HGET")
+            .arg("pyron:stats:total")
+            .arg("kept")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        counted == Some(kept)
+    })
+    .await;
     wait_until("the reconciler", async || {
         app.api_log().contains("reconciler queued alerts")
     })
