@@ -18,7 +18,7 @@ use serde::Serialize;
 use super::{ApiError, AppState, Counters, Peer};
 use crate::{
     ingest::{self, Alert, Rejection},
-    queue::Enqueued,
+    queue::{Enqueued, QueueError},
     stats::Event,
     store::Arrival,
 };
@@ -133,10 +133,28 @@ async fn accept(
     })?;
 
     let deadline = Instant::now() + app.store_timeout;
-    if app.queue_breaker.is_open() {
-        return keep_in_mongo(app, alert, deadline).await;
-    }
-    let (arrival, ack) = match app.queue.enqueue(&alert, app.dedup_ttl).await {
+    // The breaker only spares requests a wait on a Redis that just failed. Should MongoDB
+    // refuse the alert too, Redis (perhaps back by now) gets what is left of the budget.
+    let mongo_refused = if app.queue_breaker.is_open() {
+        match keep_in_mongo(app, alert.clone(), deadline).await {
+            Err(err)
+                if err.status == StatusCode::SERVICE_UNAVAILABLE && Instant::now() < deadline =>
+            {
+                true
+            }
+            answer => return answer,
+        }
+    } else {
+        false
+    };
+    let enqueued =
+        match tokio::time::timeout_at(deadline.into(), app.queue.enqueue(&alert, app.dedup_ttl))
+            .await
+        {
+            Ok(enqueued) => enqueued,
+            Err(_) => Err(QueueError::Timeout(app.store_timeout)),
+        };
+    let (arrival, ack) = match enqueued {
         Ok(Enqueued::Queued { entry }) => (Arrival::Queued { entry: Some(entry) }, "queued"),
         Ok(Enqueued::AlreadyQueued) => (Arrival::Queued { entry: None }, "queued"),
         Ok(Enqueued::Duplicate { first }) => (Arrival::Duplicate { first }, "duplicate"),
@@ -147,6 +165,10 @@ async fn accept(
                     skip_ms = app.queue_breaker.window.as_millis() as u64,
                     "queue unavailable; alerts go to MongoDB alone until it answers again"
                 );
+            }
+            if mongo_refused {
+                tracing::error!(event_id = %alert.id, error = %err, "alert not accepted: no store took it");
+                return Err(storage_unavailable());
             }
             return keep_in_mongo(app, alert, deadline).await;
         }
@@ -176,6 +198,12 @@ async fn accept(
     Ok((StatusCode::ACCEPTED, Json(ack)))
 }
 
+fn storage_unavailable() -> ApiError {
+    ApiError::storage_unavailable(
+        "neither Redis nor MongoDB could take the alert; it was not accepted, send it again",
+    )
+}
+
 /// Redis could not take the alert: MongoDB alone keeps it, marked `unqueued`, and the
 /// reconciler queues it once Redis is back. Neither store: 503 before `deadline`.
 async fn keep_in_mongo(
@@ -190,11 +218,7 @@ async fn keep_in_mongo(
     let mut write = app
         .tasks
         .spawn(async move { store.insert_audit(&alert, Arrival::Unqueued).await });
-    let unavailable = || {
-        ApiError::storage_unavailable(
-            "neither Redis nor MongoDB could take the alert; it was not accepted, send it again",
-        )
-    };
+    let unavailable = storage_unavailable;
     match tokio::time::timeout_at(deadline.into(), &mut write).await {
         Ok(Ok(Ok(()))) => {
             app.reconcile.notify_one();
@@ -210,7 +234,7 @@ async fn keep_in_mongo(
             ))
         }
         Ok(Ok(Err(err))) => {
-            tracing::error!(event_id = %id, error = %err, "alert not accepted: no store took it");
+            tracing::error!(event_id = %id, error = %err, "MongoDB could not take the alert");
             Err(unavailable())
         }
         Ok(Err(panic)) => {
