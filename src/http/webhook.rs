@@ -18,7 +18,7 @@ use serde::Serialize;
 use super::{ApiError, AppState, Counters, Peer};
 use crate::{
     ingest::{self, Alert, Rejection},
-    queue::{Enqueued, QueueError},
+    queue::Enqueued,
     stats::Event,
     store::Arrival,
 };
@@ -133,28 +133,10 @@ async fn accept(
     })?;
 
     let deadline = Instant::now() + app.store_timeout;
-    // The breaker only spares requests a wait on a Redis that just failed. Should MongoDB
-    // refuse the alert too, Redis (perhaps back by now) gets what is left of the budget.
-    let mongo_refused = if app.queue_breaker.is_open() {
-        match keep_in_mongo(app, alert.clone(), deadline).await {
-            Err(err)
-                if err.status == StatusCode::SERVICE_UNAVAILABLE && Instant::now() < deadline =>
-            {
-                true
-            }
-            answer => return answer,
-        }
-    } else {
-        false
-    };
-    let enqueued =
-        match tokio::time::timeout_at(deadline.into(), app.queue.enqueue(&alert, app.dedup_ttl))
-            .await
-        {
-            Ok(enqueued) => enqueued,
-            Err(_) => Err(QueueError::Timeout(app.store_timeout)),
-        };
-    let (arrival, ack) = match enqueued {
+    if app.queue_breaker.is_open() {
+        return keep_in_mongo(app, alert, deadline).await;
+    }
+    let (arrival, ack) = match app.queue.enqueue(&alert, app.dedup_ttl).await {
         Ok(Enqueued::Queued { entry }) => (Arrival::Queued { entry: Some(entry) }, "queued"),
         Ok(Enqueued::AlreadyQueued) => (Arrival::Queued { entry: None }, "queued"),
         Ok(Enqueued::Duplicate { first }) => (Arrival::Duplicate { first }, "duplicate"),
@@ -165,10 +147,6 @@ async fn accept(
                     skip_ms = app.queue_breaker.window.as_millis() as u64,
                     "queue unavailable; alerts go to MongoDB alone until it answers again"
                 );
-            }
-            if mongo_refused {
-                tracing::error!(event_id = %alert.id, error = %err, "alert not accepted: no store took it");
-                return Err(storage_unavailable());
             }
             return keep_in_mongo(app, alert, deadline).await;
         }
@@ -198,12 +176,6 @@ async fn accept(
     Ok((StatusCode::ACCEPTED, Json(ack)))
 }
 
-fn storage_unavailable() -> ApiError {
-    ApiError::storage_unavailable(
-        "neither Redis nor MongoDB could take the alert; it was not accepted, send it again",
-    )
-}
-
 /// Redis could not take the alert: MongoDB alone keeps it, marked `unqueued`, and the
 /// reconciler queues it once Redis is back. Neither store: 503 before `deadline`.
 async fn keep_in_mongo(
@@ -218,7 +190,11 @@ async fn keep_in_mongo(
     let mut write = app
         .tasks
         .spawn(async move { store.insert_audit(&alert, Arrival::Unqueued).await });
-    let unavailable = storage_unavailable;
+    let unavailable = || {
+        ApiError::storage_unavailable(
+            "neither Redis nor MongoDB could take the alert; it was not accepted, send it again",
+        )
+    };
     match tokio::time::timeout_at(deadline.into(), &mut write).await {
         Ok(Ok(Ok(()))) => {
             app.reconcile.notify_one();
@@ -234,7 +210,7 @@ async fn keep_in_mongo(
             ))
         }
         Ok(Ok(Err(err))) => {
-            tracing::error!(event_id = %id, error = %err, "MongoDB could not take the alert");
+            tracing::error!(event_id = %id, error = %err, "alert not accepted: no store took it");
             Err(unavailable())
         }
         Ok(Err(panic)) => {
