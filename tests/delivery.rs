@@ -466,6 +466,7 @@ async fn mongodb_down_for_ten_seconds_loses_nothing() {
 /// or hang (a stopped Redis); nothing of those alerts is written once the stores return.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn both_stores_down_is_a_fast_503_and_writes_nothing() {
+    let _serial = SERIAL.lock().await;
     let mut app = App::start_with(&settings(&[])).await;
     let before = send(
         app.port,
@@ -508,6 +509,17 @@ async fn both_stores_down_is_a_fast_503_and_writes_nothing() {
     .await;
     app.stores.redis.signal("CONT");
     app.stores.start_mongo_again();
+    // "After" starts once pyron-api sees both stores again and its Redis breaker (open
+    // for a second after each failure) has closed.
+    wait_until("both stores to be ready", async || {
+        app.http
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
 
     for (name, outage) in [("both gone", &gone), ("redis hung, mongodb gone", &hung)] {
         eprintln!(
@@ -543,6 +555,9 @@ async fn both_stores_down_is_a_fast_503_and_writes_nothing() {
     let mut all = before;
     all.sent += after.sent;
     all.queued.extend(after.queued);
+    all.unavailable += after.unavailable;
+    all.other.extend(after.other);
+    assert_eq!(all.unavailable, 0, "503s once both stores were back");
     let tally = settle(&app, &all, Duration::from_secs(60)).await;
     report("both down (before + after)", &all, &tally);
     assert_kept(&all, &tally);
