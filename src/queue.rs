@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
 use redis::{
-    AsyncCommands, Client, RedisError, Script, ScriptInvocation, Value as RedisValue,
+    AsyncCommands, Client, RedisError, Script, Value as RedisValue,
     aio::{ConnectionManager, ConnectionManagerConfig},
     streams::{
         StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamRangeReply,
@@ -282,25 +282,12 @@ impl Queue {
         alert: &Alert,
         dedup_ttl: Duration,
     ) -> Result<Enqueued, QueueError> {
-        let fields = JobFields::of(alert);
         let cmd = match &alert.dedup_key {
-            Some(key) => {
-                let mut cmd = redis::cmd("EVALSHA");
-                cmd.arg(self.enqueue_once.get_hash())
-                    .arg(2)
-                    .arg(STREAM)
-                    .arg(dedup_key(key))
-                    .arg(&fields.id)
-                    .arg(dedup_ttl.as_secs().max(1));
-                for (name, value) in fields.pairs() {
-                    cmd.arg(name).arg(value);
-                }
-                cmd
-            }
+            Some(key) => self.once(alert, &dedup_key(key), dedup_ttl),
             None => {
                 let mut cmd = redis::cmd("XADD");
                 cmd.arg(STREAM).arg("*");
-                for (name, value) in fields.pairs() {
+                for (name, value) in JobFields::of(alert).pairs() {
                     cmd.arg(name).arg(value);
                 }
                 cmd
@@ -348,15 +335,10 @@ impl Queue {
                 None => (format!("{REQUEUED_PREFIX}{}", alert.id), REQUEUED_TTL),
             })
             .collect();
-        let invocations: Vec<ScriptInvocation> = alerts
-            .iter()
-            .zip(&keys)
-            .map(|(alert, (key, ttl))| self.once(alert, key, *ttl))
-            .collect();
         let mut pipe = redis::pipe();
         pipe.load_script(&self.enqueue_once).ignore();
-        for invocation in &invocations {
-            pipe.invoke_script(invocation);
+        for (alert, (key, ttl)) in alerts.iter().zip(&keys) {
+            pipe.add_command(self.once(alert, key, *ttl));
         }
         let mut conn = self.conn.clone();
         let replies: Vec<(i64, String)> =
@@ -364,18 +346,21 @@ impl Queue {
         Ok(replies.into_iter().map(enqueued).collect())
     }
 
-    /// `ENQUEUE_ONCE` for one alert under `key`.
-    fn once(&self, alert: &Alert, key: &str, ttl: Duration) -> ScriptInvocation<'_> {
+    /// `ENQUEUE_ONCE` for one alert under `key`, as an `EVALSHA` for a pipeline that
+    /// loads the script first.
+    fn once(&self, alert: &Alert, key: &str, ttl: Duration) -> redis::Cmd {
         let fields = JobFields::of(alert);
-        let mut invocation = self.enqueue_once.key(STREAM);
-        invocation
-            .key(key)
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.enqueue_once.get_hash())
+            .arg(2)
+            .arg(STREAM)
+            .arg(key)
             .arg(&fields.id)
             .arg(ttl.as_secs().max(1));
         for (name, value) in fields.pairs() {
-            invocation.arg(name).arg(value);
+            cmd.arg(name).arg(value);
         }
-        invocation
+        cmd
     }
 
     /// The dead letters, oldest first, at most `limit`.
