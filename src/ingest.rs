@@ -4,6 +4,17 @@
 //! sender, parses the body, strips the secret from what will be stored, and works out the
 //! deduplication key. Persisting the result is the job of `queue` and `store`; mapping a
 //! rejection to an HTTP answer is the job of `http`.
+//!
+//! TradingView sends a message as `text/plain` whenever it does not take it for JSON, and
+//! a trailing newline or a word around the JSON is enough for that. So a text body that is,
+//! or holds, a JSON object is read as that object too (`embedded_json`): its passphrase
+//! authenticates, its fields make the signal, and the text is kept as received. Only a
+//! passphrase field of such an object counts: the word "passphrase" anywhere else in a
+//! text proves nothing.
+//!
+//! The parsed JSON that is stored is always the one read again from the stored (redacted)
+//! body, minus the passphrase field (`stored_json`), so pyron-api and a worker that
+//! writes an audit record from the job write the same record.
 
 use std::cell::Cell;
 
@@ -22,6 +33,10 @@ pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
 
 /// What replaces a secret in anything stored or logged.
 pub const REDACTED: &str = "[redacted]";
+
+/// How many `{` of a text body are tried as the start of a JSON object. Text around the
+/// JSON rarely holds a brace; the bound keeps a body full of them cheap to read.
+const MAX_JSON_STARTS: usize = 8;
 
 /// Why an alert was refused. Each maps to one HTTP status and one stable code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -112,9 +127,11 @@ pub struct Alert {
     /// The Content-Type header as sent.
     pub content_type: String,
     /// The body as received, with every occurrence of the secret replaced by `[redacted]`.
-    /// For a JSON alert it is still valid JSON.
+    /// For a JSON alert it is still valid JSON, and a text alert's JSON object still
+    /// parses.
     pub body: String,
-    /// The parsed body of a JSON alert, without the passphrase field.
+    /// The JSON object of the body (a JSON alert's, or the one a text alert holds),
+    /// without the passphrase field: `stored_json` of `body`.
     pub json: Option<Value>,
     pub dedup_key: Option<String>,
     pub sender: Option<String>,
@@ -158,14 +175,16 @@ impl Intake {
             return Err(Rejection::NulByte);
         }
 
-        let (json, passphrase) = match kind {
-            AlertKind::Text => (None, None),
-            AlertKind::Json => {
-                let mut value = parse_json(req.body)?;
-                let passphrase = take_passphrase(&mut value, &self.passphrase_field);
-                (Some(value), passphrase)
-            }
+        let (mut json, span) = match kind {
+            AlertKind::Json => (Some(parse_json(req.body)?), None),
+            AlertKind::Text => match embedded_json(text)? {
+                Some((span, value)) => (Some(value), Some(span)),
+                None => (None, None),
+            },
         };
+        let passphrase = json
+            .as_mut()
+            .and_then(|value| take_passphrase(value, &self.passphrase_field));
 
         if !path_authenticated {
             let token = self.token.as_ref().expect("checked above");
@@ -185,7 +204,12 @@ impl Intake {
             }
         });
 
-        let body = self.redact(text, kind, json.as_ref(), passphrase.as_ref());
+        let body = self.redact(text, span, json.as_ref(), passphrase.as_ref());
+        if body != text {
+            // What a worker reads from the stored body, so that both write one record; it
+            // also keeps a secret that stood in another field out of the parsed copy.
+            json = stored_json(kind, &body, &self.passphrase_field);
+        }
         Ok(Alert {
             id: EventId::new(),
             received_at: Utc::now(),
@@ -199,13 +223,15 @@ impl Intake {
     }
 
     /// The body to store: every literal occurrence of the secret (and of a passphrase sent
-    /// beside a path token) replaced. Should the replacement leave a JSON body unparseable,
-    /// for instance because the secret also stood outside a string, the stored body is the
-    /// stripped JSON written out again instead, so what is stored always parses.
+    /// beside a path token) replaced. The JSON the body holds (all of it, or the `span` of
+    /// a text body) must still read as the same object without its passphrase; should
+    /// the replacement break it (the secret also stood outside a string), or leave the
+    /// passphrase readable (it was written with escapes), that JSON is written out again
+    /// from the stripped object instead.
     fn redact(
         &self,
         text: &str,
-        kind: AlertKind,
+        span: Option<std::ops::Range<usize>>,
         json: Option<&Value>,
         passphrase: Option<&Value>,
     ) -> String {
@@ -218,29 +244,121 @@ impl Intake {
         {
             secrets.push(p);
         }
-        if !secrets.iter().any(|s| text.contains(s)) {
-            return match (kind, passphrase, json) {
-                // The passphrase was written with escapes, so no literal matched: rewrite.
-                (AlertKind::Json, Some(_), Some(json)) => json.to_string(),
-                _ => text.to_owned(),
-            };
-        }
-        let mut redacted = text.to_owned();
-        for secret in secrets {
-            redacted = redacted.replace(secret, REDACTED);
-        }
-        match (kind, json) {
-            (AlertKind::Json, Some(json)) => {
-                let still_json = serde_json::from_str::<de::IgnoredAny>(&redacted).is_ok();
-                if still_json {
-                    redacted
-                } else {
-                    json.to_string()
+        let redact = |part: &str| {
+            let mut part = part.to_owned();
+            for secret in &secrets {
+                if part.contains(secret) {
+                    part = part.replace(secret, REDACTED);
                 }
             }
-            _ => redacted,
+            part
+        };
+        let Some(json) = json else {
+            return redact(text);
+        };
+        let span = span.unwrap_or(0..text.len());
+        let (before, object, after) = (&text[..span.start], &text[span.clone()], &text[span.end..]);
+        // Reads as JSON, and not as the secret: a passphrase written with escapes escapes
+        // the literal replacement too.
+        let safe = |candidate: &str| match serde_json::from_str::<Value>(candidate) {
+            Ok(mut value) => match take_passphrase(&mut value, &self.passphrase_field) {
+                Some(Value::String(p)) => !secrets.contains(&p.as_str()),
+                _ => true,
+            },
+            Err(_) => false,
+        };
+        let redacted = redact(object);
+        let object = if safe(&redacted) {
+            redacted
+        } else {
+            let rewritten = redact(&json.to_string());
+            if safe(&rewritten) {
+                rewritten
+            } else {
+                json.to_string()
+            }
+        };
+        if span.start == 0 && span.end == text.len() {
+            object
+        } else {
+            format!("{}{object}{}", redact(before), redact(after))
         }
     }
+}
+
+/// The parsed JSON a stored body gives: a JSON alert's body, or the JSON object a text
+/// alert holds, without the passphrase field. `None` for text without one. The body was
+/// checked on arrival, so what does not read here (an old job's, say) is simply not JSON.
+pub fn stored_json(kind: AlertKind, body: &str, passphrase_field: &str) -> Option<Value> {
+    let mut value = match kind {
+        AlertKind::Json => serde_json::from_str(body).ok()?,
+        AlertKind::Text => embedded_json(body).ok().flatten()?.1,
+    };
+    take_passphrase(&mut value, passphrase_field);
+    Some(value)
+}
+
+/// The JSON object a text body is or holds, with where it stands: the first `{` (of the
+/// first few) from which a whole JSON object reads, text before and after it allowed,
+/// unless the whole text is a JSON array.
+/// Such an object is held to the rules of a JSON body: one that repeats a key, nests too
+/// deep or has a NUL in a key is refused, not read around.
+pub fn embedded_json(text: &str) -> Result<Option<(std::ops::Range<usize>, Value)>, Rejection> {
+    // A text that is a JSON array is JSON whose top level has no fields, as it would be
+    // sent as application/json: an object inside it is not the alert's.
+    if text.trim_start().starts_with('[') {
+        match parse_json(text.as_bytes()) {
+            Ok(_) => return Ok(None),
+            Err(Rejection::MalformedJson(_)) => {}
+            Err(strictness) => return Err(strictness),
+        }
+    }
+    let starts = text
+        .match_indices('{')
+        .map(|(i, _)| i)
+        .take(MAX_JSON_STARTS);
+    for start in starts {
+        let Some(end) = object_end(&text.as_bytes()[start..]).map(|len| start + len) else {
+            continue;
+        };
+        match parse_json(&text.as_bytes()[start..end]) {
+            Ok(value) => return Ok(Some((start..end, value))),
+            Err(Rejection::MalformedJson(_)) => continue,
+            Err(strictness) => return Err(strictness),
+        }
+    }
+    Ok(None)
+}
+
+/// The length of the bracketed run that starts at `bytes[0]` (a `{`), minding strings
+/// and their escapes; `None` if it never closes. Whether it is JSON is `parse_json`'s call.
+fn object_end(bytes: &[u8]) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for (i, &b) in bytes.iter().enumerate() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return Some(i + 1);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Removes the passphrase field from a JSON alert's top level, returning it. The parsed
@@ -596,6 +714,98 @@ mod tests {
         assert_eq!(
             rules.accept(req).unwrap_err(),
             Rejection::InvalidIdempotencyKey
+        );
+    }
+
+    #[test]
+    fn a_json_alert_sent_as_text_authenticates_with_its_passphrase_and_keeps_its_text() {
+        let body = "{\"passphrase\":\"s3cret-token-123\",\"ticker\":\"ETHUSDT\",\"action\":\"buy\",\"price\":3601.2}\n";
+        let alert = intake()
+            .accept(request("text/plain; charset=utf-8", body))
+            .unwrap();
+        assert_eq!(alert.kind, AlertKind::Text);
+        assert_eq!(
+            alert.body,
+            "{\"passphrase\":\"[redacted]\",\"ticker\":\"ETHUSDT\",\"action\":\"buy\",\"price\":3601.2}\n",
+            "the text as received, newline included, without the secret"
+        );
+        assert_eq!(
+            alert.json.unwrap(),
+            serde_json::json!({"ticker": "ETHUSDT", "action": "buy", "price": 3601.2})
+        );
+    }
+
+    #[test]
+    fn json_with_text_around_it_is_found_after_braces_that_are_not_json() {
+        let body = "Long {RSI 14} fired: {\"passphrase\":\"s3cret-token-123\",\"ticker\":\"BTC\",\"note\":\"}{\"} sent by TV";
+        let alert = intake().accept(request("text/plain", body)).unwrap();
+        assert_eq!(
+            alert.body,
+            "Long {RSI 14} fired: {\"passphrase\":\"[redacted]\",\"ticker\":\"BTC\",\"note\":\"}{\"} sent by TV"
+        );
+        assert_eq!(
+            alert.json.clone().unwrap(),
+            serde_json::json!({"ticker": "BTC", "note": "}{"})
+        );
+        assert_eq!(
+            stored_json(AlertKind::Text, &alert.body, "passphrase"),
+            alert.json,
+            "a worker reads the same JSON from the stored body"
+        );
+    }
+
+    #[test]
+    fn a_text_that_only_mentions_the_passphrase_authenticates_nothing() {
+        let rules = intake();
+        for body in [
+            "passphrase: s3cret-token-123 ticker BTCUSDT",
+            "passphrase=\"s3cret-token-123\"",
+            "{passphrase: \"s3cret-token-123\"}",
+            "[{\"passphrase\":\"s3cret-token-123\"}]",
+            "{\"alert\":{\"passphrase\":\"s3cret-token-123\"}}",
+        ] {
+            let err = rules.accept(request("text/plain", body)).unwrap_err();
+            assert_eq!(err.code(), "missing_secret", "{body}");
+        }
+        let wrong = "{\"passphrase\":\"guess-guess-guess\"}\n";
+        assert_eq!(
+            rules.accept(request("text/plain", wrong)).unwrap_err(),
+            Rejection::InvalidSecret
+        );
+    }
+
+    #[test]
+    fn json_in_a_text_body_is_held_to_the_rules_of_a_json_body() {
+        let rules = intake();
+        let refused = |body: &str| rules.accept(request("text/plain", body)).unwrap_err();
+        assert_eq!(
+            refused("{\"passphrase\":\"x\",\"passphrase\":\"s3cret-token-123\"}\n"),
+            Rejection::DuplicateKey("passphrase".into())
+        );
+        let deep = format!("alert {}{}", "{\"a\":".repeat(33), "}".repeat(33));
+        assert_eq!(refused(&deep), Rejection::TooDeep);
+        assert_eq!(refused("{\"a\\u0000\":1}"), Rejection::NulInKey);
+        assert_eq!(refused("{\"a\":\"\0\"}"), Rejection::NulByte);
+    }
+
+    #[test]
+    fn an_escaped_passphrase_in_a_text_body_is_written_out_again_without_it() {
+        let body = "TV: {\"passphrase\":\"\\u0073\\u0033cret-token-123\",\"ticker\":\"X\"} end";
+        let alert = intake().accept(request("text/plain", body)).unwrap();
+        assert_eq!(alert.body, "TV: {\"ticker\":\"X\"} end");
+    }
+
+    #[test]
+    fn a_path_token_in_another_field_is_kept_out_of_the_parsed_json_too() {
+        let mut req = request(
+            "application/json",
+            r#"{"ticker":"X","note":"posted to /webhook/s3cret-token-123"}"#,
+        );
+        req.path_token = Some(TOKEN);
+        let alert = intake().accept(req).unwrap();
+        assert_eq!(
+            alert.json.unwrap(),
+            serde_json::json!({"ticker": "X", "note": "posted to /webhook/[redacted]"})
         );
     }
 }
