@@ -6,6 +6,8 @@
 //! first at the top level and then level by level into nested objects, so the shallowest
 //! match wins. A text alert keeps its text.
 
+use std::collections::HashSet;
+
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::{Map, Value};
 
@@ -20,14 +22,38 @@ pub struct Signal {
     pub quantity: Option<f64>,
     pub strategy: Option<String>,
     pub alert_time: Option<DateTime<Utc>>,
+    /// A strategy's position after the order (`{{strategy.market_position}}`: `long`,
+    /// `short`, `flat`) and its size, and the same before the order.
+    pub market_position: Option<String>,
+    pub market_position_size: Option<f64>,
+    pub prev_market_position: Option<String>,
+    pub prev_market_position_size: Option<f64>,
+    /// `{{strategy.position_size}}`: signed, negative when short.
+    pub position_size: Option<f64>,
+    /// `{{strategy.order.id}}` and `{{strategy.order.comment}}`.
+    pub order_id: Option<String>,
+    pub comment: Option<String>,
+    /// Every top-level field of the alert that none of the fields above took (the
+    /// passphrase excepted), as it came: `{{plot_0}}` values, `timenow`, names of a
+    /// sender's own.
+    pub extra: Map<String, Value>,
     pub text: Option<String>,
 }
 
-/// An alert that can never be processed, however often it is retried.
+/// An alert that can never be processed, however often it is retried. A number is never
+/// guessed: a form that reads two ways is refused with the reason.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SignalError {
     #[error("{field} is not a number: {value}")]
     NotANumber { field: &'static str, value: String },
+    #[error(
+        "{field} is ambiguous: {value} could be read with a thousands separator or a decimal comma; send it without separators, with a decimal point"
+    )]
+    Ambiguous { field: &'static str, value: String },
+    #[error(
+        "{field} uses a decimal comma: {value}; Pyron reads only a decimal point (and commas only as thousands separators before one)"
+    )]
+    DecimalComma { field: &'static str, value: String },
 }
 
 const TICKER: &[&str] = &["ticker", "symbol"];
@@ -38,6 +64,13 @@ const PRICE: &[&str] = &["price", "close"];
 const QUANTITY: &[&str] = &["quantity", "contracts", "qty", "size"];
 const STRATEGY: &[&str] = &["strategy"];
 const TIME: &[&str] = &["time", "timenow", "timestamp"];
+const MARKET_POSITION: &[&str] = &["market_position"];
+const MARKET_POSITION_SIZE: &[&str] = &["market_position_size"];
+const PREV_MARKET_POSITION: &[&str] = &["prev_market_position"];
+const PREV_MARKET_POSITION_SIZE: &[&str] = &["prev_market_position_size"];
+const POSITION_SIZE: &[&str] = &["position_size"];
+const ORDER_ID: &[&str] = &["order_id"];
+const COMMENT: &[&str] = &["comment", "order_comment"];
 
 impl Signal {
     pub fn from_text(text: &str) -> Signal {
@@ -52,8 +85,12 @@ impl Signal {
             // A JSON scalar or array carries no named fields; keep it readable as text.
             return Ok(Signal::from_text(&value.to_string()));
         };
-        let mut ticker = find_string(root, TICKER);
-        let mut exchange = find_string(root, EXCHANGE);
+        let mut reader = Reader {
+            root,
+            taken: HashSet::new(),
+        };
+        let mut ticker = reader.string(TICKER);
+        let mut exchange = reader.string(EXCHANGE);
         // "NASDAQ:AAPL" names the exchange too.
         if let Some((prefix, symbol)) = ticker.as_deref().and_then(|t| t.split_once(':'))
             && !prefix.is_empty()
@@ -62,68 +99,154 @@ impl Signal {
             exchange.get_or_insert_with(|| prefix.to_owned());
             ticker = Some(symbol.to_owned());
         }
-        Ok(Signal {
+        let lower = |s: String| s.to_ascii_lowercase();
+        let mut signal = Signal {
             ticker,
             exchange,
-            interval: find_string(root, INTERVAL),
-            action: find_string(root, ACTION).map(|a| a.to_ascii_lowercase()),
-            price: find_number(root, "price", PRICE)?,
-            quantity: find_number(root, "quantity", QUANTITY)?,
-            strategy: find_string(root, STRATEGY),
-            alert_time: find(root, TIME).and_then(parse_time),
+            interval: reader.string(INTERVAL),
+            action: reader.string(ACTION).map(lower),
+            price: reader.number("price", PRICE)?,
+            quantity: reader.number("quantity", QUANTITY)?,
+            strategy: reader.string(STRATEGY),
+            alert_time: reader.find(TIME).and_then(parse_time),
+            market_position: reader.string(MARKET_POSITION).map(lower),
+            market_position_size: reader.number("market_position_size", MARKET_POSITION_SIZE)?,
+            prev_market_position: reader.string(PREV_MARKET_POSITION).map(lower),
+            prev_market_position_size: reader
+                .number("prev_market_position_size", PREV_MARKET_POSITION_SIZE)?,
+            position_size: reader.number("position_size", POSITION_SIZE)?,
+            order_id: reader.string(ORDER_ID),
+            comment: reader.string(COMMENT),
+            extra: Map::new(),
             text: None,
-        })
+        };
+        signal.extra = root
+            .iter()
+            .filter(|(key, _)| !reader.taken.contains(key.as_str()))
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect();
+        Ok(signal)
     }
 }
 
-/// The first scalar under any of `keys`, breadth first: all of one level before the next,
-/// and within a level, keys in the order given.
-fn find<'a>(root: &'a Map<String, Value>, keys: &[&str]) -> Option<&'a Value> {
-    let mut level: Vec<&Map<String, Value>> = vec![root];
-    while !level.is_empty() {
-        for key in keys {
-            for object in &level {
-                match object.get(*key) {
-                    Some(Value::Object(_) | Value::Array(_) | Value::Null) | None => {}
-                    Some(scalar) => return Some(scalar),
+/// Looks fields up in an alert, noting which top-level keys it took.
+struct Reader<'a> {
+    root: &'a Map<String, Value>,
+    taken: HashSet<&'a str>,
+}
+
+impl<'a> Reader<'a> {
+    /// The first scalar under any of `keys`, breadth first: all of one level before the
+    /// next, and within a level, keys in the order given.
+    fn find(&mut self, keys: &[&str]) -> Option<&'a Value> {
+        let mut level: Vec<&'a Map<String, Value>> = vec![self.root];
+        let mut top = true;
+        while !level.is_empty() {
+            for key in keys {
+                for object in &level {
+                    match object.get_key_value(*key) {
+                        Some((_, Value::Object(_) | Value::Array(_) | Value::Null)) | None => {}
+                        Some((name, scalar)) => {
+                            if top {
+                                self.taken.insert(name.as_str());
+                            }
+                            return Some(scalar);
+                        }
+                    }
                 }
             }
+            level = level
+                .iter()
+                .flat_map(|o| o.values())
+                .filter_map(Value::as_object)
+                .collect();
+            top = false;
         }
-        level = level
+        None
+    }
+
+    fn string(&mut self, keys: &[&str]) -> Option<String> {
+        match self.find(keys)? {
+            Value::String(s) if s.trim().is_empty() => None,
+            Value::String(s) => Some(s.trim().to_owned()),
+            other => Some(other.to_string()),
+        }
+    }
+
+    fn number(&mut self, field: &'static str, keys: &[&str]) -> Result<Option<f64>, SignalError> {
+        match self.find(keys) {
+            None => Ok(None),
+            Some(Value::Number(n)) => n.as_f64().map(Some).ok_or_else(|| SignalError::NotANumber {
+                field,
+                value: n.to_string(),
+            }),
+            Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+            Some(Value::String(s)) => parse_number(field, s).map(Some),
+            Some(other) => Err(SignalError::NotANumber {
+                field,
+                value: other.to_string(),
+            }),
+        }
+    }
+}
+
+/// Reads a number written as text, the one way it can be read or not at all:
+///
+/// - `96412.50`, `-0.015`, `1e-7`: as they stand;
+/// - `96,412.50`, `1,234,567`: commas as thousands separators, when they group the
+///   integer part by threes and either a decimal point follows or there are two or more
+///   of them (so they cannot be a decimal comma);
+/// - `96,412` (one comma, three digits after it: 96412 or 96.412?) is ambiguous;
+///   `96.412,50` and `96412,5` use a decimal comma; both are refused, never guessed.
+pub fn parse_number(field: &'static str, text: &str) -> Result<f64, SignalError> {
+    let value = text.trim();
+    let fail = |kind: fn(&'static str, String) -> SignalError| Err(kind(field, text.to_owned()));
+    let not_a_number = |field, value| SignalError::NotANumber { field, value };
+    let unsigned = value.strip_prefix(['-', '+']).unwrap_or(value);
+    let plain = unsigned
+        .bytes()
+        .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'-' | b'+'))
+        && unsigned.starts_with(|c: char| c.is_ascii_digit() || c == '.');
+    if plain {
+        return match value.parse::<f64>() {
+            Ok(n) if n.is_finite() => Ok(n),
+            _ => fail(not_a_number),
+        };
+    }
+    if !unsigned.contains(',')
+        || !unsigned
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b == b',' || b == b'.')
+    {
+        return fail(not_a_number);
+    }
+    let (integer, fraction) = match unsigned.split_once('.') {
+        Some((integer, fraction)) => (integer, Some(fraction)),
+        None => (unsigned, None),
+    };
+    if fraction.is_some_and(|f| f.contains(',')) {
+        return fail(|field, value| SignalError::DecimalComma { field, value });
+    }
+    let groups: Vec<&str> = integer.split(',').collect();
+    let grouped = (1..=3).contains(&groups[0].len())
+        && groups[0].bytes().all(|b| b.is_ascii_digit())
+        && groups[1..]
             .iter()
-            .flat_map(|o| o.values())
-            .filter_map(Value::as_object)
-            .collect();
+            .all(|g| g.len() == 3 && g.bytes().all(|b| b.is_ascii_digit()));
+    match (grouped, fraction) {
+        (true, Some(fraction)) if !fraction.is_empty() && !fraction.contains('.') => {}
+        (true, None) if groups.len() > 2 => {}
+        (true, None) => return fail(|field, value| SignalError::Ambiguous { field, value }),
+        (false, None) if groups.len() == 2 => {
+            return fail(|field, value| SignalError::DecimalComma { field, value });
+        }
+        _ => return fail(not_a_number),
     }
-    None
-}
-
-fn find_string(root: &Map<String, Value>, keys: &[&str]) -> Option<String> {
-    match find(root, keys)? {
-        Value::String(s) if s.trim().is_empty() => None,
-        Value::String(s) => Some(s.trim().to_owned()),
-        other => Some(other.to_string()),
-    }
-}
-
-fn find_number(
-    root: &Map<String, Value>,
-    field: &'static str,
-    keys: &[&str],
-) -> Result<Option<f64>, SignalError> {
-    let not_a_number = |value: String| SignalError::NotANumber { field, value };
-    match find(root, keys) {
-        None => Ok(None),
-        Some(Value::Number(n)) => n
-            .as_f64()
-            .map(Some)
-            .ok_or_else(|| not_a_number(n.to_string())),
-        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
-        Some(Value::String(s)) => match s.trim().parse::<f64>() {
-            Ok(n) if n.is_finite() => Ok(Some(n)),
-            _ => Err(not_a_number(s.clone())),
-        },
-        Some(other) => Err(not_a_number(other.to_string())),
+    let sign = if value.starts_with('-') { "-" } else { "" };
+    let digits: String = unsigned.chars().filter(|c| *c != ',').collect();
+    match format!("{sign}{digits}").parse::<f64>() {
+        Ok(n) if n.is_finite() => Ok(n),
+        _ => fail(not_a_number),
     }
 }
 
@@ -230,6 +353,93 @@ mod tests {
                 .unwrap()
                 .alert_time
                 .is_none()
+        );
+    }
+
+    #[test]
+    fn a_strategy_alert_keeps_its_position_fields_typed_and_the_rest_as_they_came() {
+        let signal = Signal::from_json(&json!({
+            "ticker": "BTCUSDT", "action": "sell", "contracts": "0.5", "price": "96,412.50",
+            "market_position": "Short", "market_position_size": "0.5",
+            "prev_market_position": "long", "prev_market_position_size": 1,
+            "position_size": "-0.5", "order_id": "Short Entry", "comment": "reverse",
+            "plot_0": 96100.25, "rsi": "71.2", "timenow": "2026-11-28T14:15:02Z",
+            "meta": {"bar": 7}
+        }))
+        .unwrap();
+        assert_eq!(signal.price, Some(96412.5));
+        assert_eq!(signal.market_position.as_deref(), Some("short"));
+        assert_eq!(signal.market_position_size, Some(0.5));
+        assert_eq!(signal.prev_market_position.as_deref(), Some("long"));
+        assert_eq!(signal.prev_market_position_size, Some(1.0));
+        assert_eq!(signal.position_size, Some(-0.5));
+        assert_eq!(signal.order_id.as_deref(), Some("Short Entry"));
+        assert_eq!(signal.comment.as_deref(), Some("reverse"));
+        assert_eq!(
+            Value::Object(signal.extra),
+            json!({"plot_0": 96100.25, "rsi": "71.2", "meta": {"bar": 7}}),
+            "every field no typed one took, as it came; timenow is the alert's time"
+        );
+    }
+
+    #[test]
+    fn a_field_taken_from_a_nested_object_leaves_its_parent_in_extra() {
+        let signal = Signal::from_json(&json!({
+            "symbol": {"ticker": "EURUSD"}, "time": "2026-11-28T14:15:00Z", "timenow": "x"
+        }))
+        .unwrap();
+        assert_eq!(signal.ticker.as_deref(), Some("EURUSD"));
+        assert_eq!(
+            Value::Object(signal.extra),
+            json!({"symbol": {"ticker": "EURUSD"}, "timenow": "x"})
+        );
+    }
+
+    #[test]
+    fn numbers_are_read_one_way_or_refused_with_the_reason() {
+        let ok = |text: &str| parse_number("price", text).unwrap();
+        assert_eq!(ok("96412.50"), 96412.5);
+        assert_eq!(ok(" 96,412.50 "), 96412.5);
+        assert_eq!(ok("1,234,567"), 1234567.0);
+        assert_eq!(ok("-1,234.5"), -1234.5);
+        assert_eq!(ok("+0.015"), 0.015);
+        assert_eq!(ok("1e-7"), 1e-7);
+        assert_eq!(ok(".5"), 0.5);
+        let err = |text: &str| parse_number("price", text).unwrap_err();
+        assert_eq!(
+            err("96,412"),
+            SignalError::Ambiguous {
+                field: "price",
+                value: "96,412".into()
+            }
+        );
+        for comma in ["96.412,50", "96412,5", "96,41", "1.234.567,89"] {
+            assert!(
+                matches!(err(comma), SignalError::DecimalComma { .. }),
+                "{comma}"
+            );
+        }
+        for junk in [
+            "{{close}}",
+            "$96,412.50",
+            "96 412.50",
+            "1,2,3",
+            "12,34.5",
+            "inf",
+            "NaN",
+            "1.234.567",
+            "--5",
+            "9,999.",
+            "",
+        ] {
+            assert!(
+                matches!(err(junk), SignalError::NotANumber { .. }),
+                "{junk}"
+            );
+        }
+        assert_eq!(
+            err("96,412").to_string(),
+            "price is ambiguous: 96,412 could be read with a thousands separator or a decimal comma; send it without separators, with a decimal point"
         );
     }
 }

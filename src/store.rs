@@ -6,6 +6,15 @@
 //! document when it can be (MongoDB-compatible servers refuse some keys, and FerretDB
 //! refuses arrays nested in arrays); otherwise the record says why, and the raw body, which
 //! is always stored, still holds everything.
+//!
+//! Two writes here make a promise that outlives the process: an audit record written
+//! while Redis is down (pyron-api answers 202 on it), and a worker's `jobs` and audit
+//! records (the worker acknowledges the stream entry on them, and the job is gone from
+//! Redis). Those ask MongoDB to have the write in its journal before it answers (`j:
+//! true`), and on a replica set a majority of members to have it (`w: "majority"`), so a
+//! crash of `mongod` right after the answer cannot take back what was promised. The
+//! batched audit writes of queued alerts make no promise (the job in Redis holds the
+//! alert) and take the server's default.
 
 use std::time::Duration;
 
@@ -14,7 +23,7 @@ use chrono::{DateTime, Utc};
 use mongodb::{
     Client, Collection, Database,
     error::{Error as MongoError, ErrorKind, WriteFailure},
-    options::ClientOptions,
+    options::{Acknowledgment, ClientOptions, WriteConcern},
 };
 use serde_json::Value;
 
@@ -34,6 +43,8 @@ pub enum StoreError {
     Timeout(Duration),
     #[error("mongodb refused a write: {0}")]
     Refused(String),
+    #[error("mongodb did not confirm the write as durable: {0}")]
+    Unconfirmed(String),
 }
 
 /// Server error codes that mean "not now" rather than "not this document": shutting
@@ -46,7 +57,7 @@ impl StoreError {
     /// against the job.
     pub fn is_outage(&self) -> bool {
         match self {
-            StoreError::Timeout(_) => true,
+            StoreError::Timeout(_) | StoreError::Unconfirmed(_) => true,
             StoreError::Refused(_) => false,
             StoreError::Mongo(err) => match err.kind.as_ref() {
                 ErrorKind::Command(e) => UNAVAILABLE_CODES.contains(&e.code),
@@ -149,7 +160,14 @@ pub struct EventRow {
     pub price: Option<f64>,
     pub lag_ms: Option<i64>,
     pub error: Option<String>,
+    /// The start of a text alert's message, for a text that gives no ticker.
+    pub text: Option<String>,
+    /// For a duplicate, the event id of the alert it repeats.
+    pub duplicate_of: Option<String>,
 }
+
+/// How much of a text alert's message the list of recent alerts shows.
+const TEXT_PREVIEW_CHARS: usize = 120;
 
 /// A failed attempt at a job, for its `jobs` record.
 #[derive(Debug, Clone)]
@@ -167,6 +185,40 @@ pub struct Failure<'a> {
 pub struct Store {
     db: Database,
     timeout: Duration,
+    durable: Durability,
+}
+
+/// The write concern of the writes that make a promise (see the module's doc).
+#[derive(Clone)]
+struct Durability {
+    /// `w` as the connection string set it, if it did.
+    configured: Option<Acknowledgment>,
+    /// Set once the server says it is a replica set member (or the connection string
+    /// names a set).
+    replica_set: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Durability {
+    fn concern(&self) -> WriteConcern {
+        let majority = self.replica_set.load(std::sync::atomic::Ordering::Relaxed);
+        let w = self.configured.clone().unwrap_or(if majority {
+            Acknowledgment::Majority
+        } else {
+            Acknowledgment::Nodes(1)
+        });
+        WriteConcern::builder().w(w).journal(true).build()
+    }
+
+    fn document(&self) -> Document {
+        let concern = self.concern();
+        let w = match concern.w {
+            Some(Acknowledgment::Nodes(n)) => Bson::Int64(i64::from(n)),
+            Some(Acknowledgment::Majority) | None => Bson::String("majority".into()),
+            Some(Acknowledgment::Custom(tag)) => Bson::String(tag),
+            Some(other) => Bson::String(format!("{other:?}")),
+        };
+        doc! { "w": w, "j": true }
+    }
 }
 
 impl Store {
@@ -177,28 +229,49 @@ impl Store {
         options.app_name.get_or_insert_with(|| "pyron".to_owned());
         options.server_selection_timeout = Some(timeout);
         options.connect_timeout = Some(options.connect_timeout.unwrap_or(timeout).min(timeout));
+        let durable = Durability {
+            configured: options.write_concern.as_ref().and_then(|c| c.w.clone()),
+            replica_set: std::sync::Arc::new(options.repl_set_name.is_some().into()),
+        };
         let client = Client::with_options(options)?;
         Ok(Store {
             db: client.database(db),
             timeout,
+            durable,
         })
     }
 
+    /// Asks the server who it is: it answers, and says whether it is in a replica set
+    /// (which decides the write concern of the writes that make a promise).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.bounded(self.db.run_command(doc! { "ping": 1 }))
+        let hello = self
+            .bounded(self.db.run_command(doc! { "hello": 1 }))
             .await?;
+        if hello.get_str("setName").is_ok() {
+            self.durable
+                .replica_set
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(())
     }
 
-    /// Writes the audit record of an alert. Writing the same alert twice is not an error,
-    /// so a retry after a lost reply does no harm. Bounded only by the driver's own
-    /// server-selection timeout: the caller decides how long to wait, and should let the
-    /// write finish rather than abandon it mid-flight (which FerretDB's SQLite backend
-    /// handles badly).
+    /// The write concern that `j: true` writes carry, as sent to the server.
+    pub fn durable_write_concern(&self) -> Document {
+        self.durable.document()
+    }
+
+    /// Writes the audit record of an alert, journaled: pyron-api answers 202 on it when
+    /// Redis is down. Writing the same alert twice is not an error, so a retry after a
+    /// lost reply does no harm. Bounded only by the driver's own server-selection timeout:
+    /// the caller decides how long to wait, and should let the write finish rather than
+    /// abandon it mid-flight (which FerretDB's SQLite backend handles badly).
     pub async fn insert_audit(&self, alert: &Alert, arrival: Arrival) -> Result<(), StoreError> {
         let record = audit_record(alert, &arrival);
         let audit: Collection<Document> = self.db.collection(AUDIT);
-        match audit.insert_one(record).await.map_err(StoreError::from) {
+        let insert = audit
+            .insert_one(record)
+            .write_concern(self.durable.concern());
+        match insert.await.map_err(StoreError::from) {
             Err(StoreError::Mongo(err)) if is_duplicate_key(&err) => Ok(()),
             other => other.map(drop),
         }
@@ -214,7 +287,7 @@ impl Store {
             .iter()
             .map(|(a, arrival)| audit_record(a, arrival))
             .collect();
-        let errors = self.insert_many(AUDIT, documents).await?;
+        let errors = self.insert_many(AUDIT, documents, None).await?;
         if let Some((_, e)) = errors.iter().find(|(_, e)| !e.duplicate) {
             return Err(StoreError::Refused(e.message.clone()));
         }
@@ -251,14 +324,15 @@ impl Store {
             .collect();
         let documents = outcomes.iter().map(|(_, o)| job_document(o)).collect();
         let mut refused = Vec::new();
-        for (position, error) in self.insert_many(JOBS, documents).await? {
+        let durable = Some(self.durable.document());
+        for (position, error) in self.insert_many(JOBS, documents, durable).await? {
             let (index, outcome) = outcomes[position];
             if !error.duplicate {
                 refused.push((index, error.message));
                 continue;
             }
             // A record exists: a redelivery, or an earlier attempt that failed.
-            match self.update_one(JOBS, job_update(outcome)).await {
+            match self.update_durable(JOBS, job_update(outcome)).await {
                 Ok(()) => {}
                 Err(err) if err.is_outage() => return Err(err),
                 Err(err) => refused.push((index, err.to_string())),
@@ -280,7 +354,8 @@ impl Store {
                 .iter()
                 .map(|&i| audit_record(&batch[i].alert, &batch[i].arrival))
                 .collect();
-            let errors = self.insert_many(AUDIT, documents).await?;
+            let durable = Some(self.durable.document());
+            let errors = self.insert_many(AUDIT, documents, durable).await?;
             Ok(errors
                 .into_iter()
                 .filter(|(_, e)| !e.duplicate)
@@ -330,7 +405,7 @@ impl Store {
     pub async fn recent(&self, limit: i64) -> Result<Vec<EventRow>, StoreError> {
         use futures_util::TryStreamExt;
         let audit: Collection<Document> = self.db.collection(AUDIT);
-        let projection = doc! { "_id": 1, "received_at": 1, "status": 1, "kind": 1, "duplicate_of": 1, "json": 1 };
+        let projection = doc! { "_id": 1, "received_at": 1, "status": 1, "kind": 1, "duplicate_of": 1, "json": 1, "body": 1 };
         let cursor = self
             .bounded(
                 audit
@@ -364,6 +439,12 @@ impl Store {
                         .or_else(|| body.and_then(|b| b.get_str(k).ok()))
                         .map(str::to_owned)
                 };
+                let ticker = text("ticker");
+                // A text alert that names no ticker shows the start of its message.
+                let preview = (a.get_str("kind") == Ok("text") && ticker.is_none())
+                    .then(|| a.get_str("body").ok())
+                    .flatten()
+                    .map(|body| preview(body, TEXT_PREVIEW_CHARS));
                 EventRow {
                     id: id.to_owned(),
                     received_at: a.get_datetime("received_at").ok().map(|d| d.to_chrono()),
@@ -373,13 +454,15 @@ impl Store {
                         .or_else(|| a.get_str("status").ok())
                         .unwrap_or("received")
                         .to_owned(),
-                    ticker: text("ticker"),
+                    ticker,
                     action: text("action"),
                     price: signal.and_then(|s| s.get_f64("price").ok()),
                     lag_ms: job.and_then(|j| j.get_i64("lag_ms").ok()),
                     error: job
                         .and_then(|j| j.get_str("error").or_else(|_| j.get_str("last_error")).ok())
                         .map(str::to_owned),
+                    text: preview,
+                    duplicate_of: a.get_str("duplicate_of").ok().map(str::to_owned),
                 }
             })
             .collect())
@@ -460,31 +543,51 @@ impl Store {
 
     /// Runs one update statement, bounded by the timeout.
     async fn update_one(&self, collection: &str, statement: Document) -> Result<(), StoreError> {
-        let reply = self
-            .bounded(
-                self.db
-                    .run_command(doc! { "update": collection, "updates": [statement] }),
-            )
-            .await?;
+        self.update(doc! { "update": collection, "updates": [statement] })
+            .await
+    }
+
+    /// Runs one update statement that makes a promise: journaled.
+    async fn update_durable(
+        &self,
+        collection: &str,
+        statement: Document,
+    ) -> Result<(), StoreError> {
+        self.update(doc! {
+            "update": collection,
+            "updates": [statement],
+            "writeConcern": self.durable.document(),
+        })
+        .await
+    }
+
+    async fn update(&self, command: Document) -> Result<(), StoreError> {
+        let reply = self.bounded(self.db.run_command(command)).await?;
+        unconfirmed(&reply)?;
         match write_errors(&reply).first() {
             Some(error) => Err(StoreError::Refused(error.to_string())),
             None => Ok(()),
         }
     }
 
-    /// Inserts documents unordered; returns the write errors by document index.
+    /// Inserts documents unordered, with `write_concern` when given; returns the write
+    /// errors by document index.
     async fn insert_many(
         &self,
         collection: &str,
         documents: Vec<Document>,
+        write_concern: Option<Document>,
     ) -> Result<Vec<(usize, WriteErrorInfo)>, StoreError> {
-        let reply = self
-            .bounded(self.db.run_command(doc! {
-                "insert": collection,
-                "documents": documents,
-                "ordered": false,
-            }))
-            .await?;
+        let mut command = doc! {
+            "insert": collection,
+            "documents": documents,
+            "ordered": false,
+        };
+        if let Some(concern) = write_concern {
+            command.insert("writeConcern", concern);
+        }
+        let reply = self.bounded(self.db.run_command(command)).await?;
+        unconfirmed(&reply)?;
         let errors = write_errors(&reply)
             .iter()
             .filter_map(|e| {
@@ -557,6 +660,15 @@ pub(crate) fn finish(mut refused: Vec<(usize, String)>) -> Vec<(usize, String)> 
     refused
 }
 
+/// The first `chars` characters of a message on one line, with an ellipsis if cut.
+fn preview(text: &str, chars: usize) -> String {
+    let line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match line.char_indices().nth(chars) {
+        Some((cut, _)) => format!("{}…", &line[..cut]),
+        None => line,
+    }
+}
+
 /// Rebuilds an alert from its audit record, for the reconciler. `None` for a record that
 /// is not one Pyron wrote.
 fn alert_from_audit(record: &Document) -> Option<Alert> {
@@ -607,6 +719,20 @@ fn audit_record(alert: &Alert, arrival: &Arrival) -> Document {
         record.insert("dedup_key", key);
     }
     record
+}
+
+/// A write the server applied but could not confirm at the write concern asked (no
+/// journal, no majority in time): not a promise yet, so the caller waits and writes again.
+fn unconfirmed(reply: &Document) -> Result<(), StoreError> {
+    match reply.get_document("writeConcernError") {
+        Ok(error) => Err(StoreError::Unconfirmed(
+            error
+                .get_str("errmsg")
+                .unwrap_or("no reason given")
+                .to_owned(),
+        )),
+        Err(_) => Ok(()),
+    }
 }
 
 fn write_errors(reply: &Document) -> &[Bson] {
@@ -667,6 +793,10 @@ fn signal_document(signal: &Signal) -> Document {
         ("interval", &signal.interval),
         ("action", &signal.action),
         ("strategy", &signal.strategy),
+        ("market_position", &signal.market_position),
+        ("prev_market_position", &signal.prev_market_position),
+        ("order_id", &signal.order_id),
+        ("comment", &signal.comment),
         ("text", &signal.text),
     ];
     for (key, value) in strings {
@@ -674,13 +804,36 @@ fn signal_document(signal: &Signal) -> Document {
             document.insert(key, value);
         }
     }
-    for (key, value) in [("price", signal.price), ("quantity", signal.quantity)] {
+    let numbers = [
+        ("price", signal.price),
+        ("quantity", signal.quantity),
+        ("market_position_size", signal.market_position_size),
+        (
+            "prev_market_position_size",
+            signal.prev_market_position_size,
+        ),
+        ("position_size", signal.position_size),
+    ];
+    for (key, value) in numbers {
         if let Some(value) = value {
             document.insert(key, value);
         }
     }
     if let Some(time) = signal.alert_time {
         document.insert("alert_time", bson::DateTime::from_chrono(time));
+    }
+    if !signal.extra.is_empty() {
+        match to_bson(&Value::Object(signal.extra.clone()), 0) {
+            Ok(extra) => {
+                document.insert("extra", extra);
+            }
+            Err(why) => {
+                document.insert(
+                    "extra_note",
+                    format!("extra fields kept in the audit body only: {why}"),
+                );
+            }
+        }
     }
     document
 }

@@ -26,7 +26,6 @@ use std::{
 
 use chrono::Utc;
 use rand::Rng;
-use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::{
@@ -442,12 +441,16 @@ impl Worker {
         jitter(delay)
     }
 
+    /// What to write for one entry. The audit record is built from the job exactly as
+    /// pyron-api builds it from the request (`ingest::stored_json` of the stored body),
+    /// so whoever writes it, an alert has one record.
     fn record(
         &self,
         delivery: &Delivery,
         mut alert: Alert,
         processed_at: chrono::DateTime<Utc>,
     ) -> Record {
+        alert.json = ingest::stored_json(alert.kind, &alert.body, &self.passphrase_field);
         if let Some(first) = &delivery.duplicate_of {
             return Record {
                 alert,
@@ -457,18 +460,10 @@ impl Worker {
                 outcome: None,
             };
         }
-        let result = match alert.kind {
-            AlertKind::Text => Ok(Signal::from_text(&alert.body)),
-            AlertKind::Json => match serde_json::from_str::<Value>(&alert.body) {
-                Ok(mut value) => {
-                    // The stored body keeps the field, redacted; the parsed JSON drops it.
-                    ingest::take_passphrase(&mut value, &self.passphrase_field);
-                    let signal = Signal::from_json(&value).map_err(|e| e.to_string());
-                    alert.json = Some(value);
-                    signal
-                }
-                Err(e) => Err(format!("stored body is not JSON: {e}")),
-            },
+        let result = match (&alert.json, alert.kind) {
+            (Some(json), _) => Signal::from_json(json).map_err(|e| e.to_string()),
+            (None, AlertKind::Text) => Ok(Signal::from_text(&alert.body)),
+            (None, AlertKind::Json) => Err("stored body is not JSON".to_owned()),
         };
         Record {
             outcome: Some(Outcome {
@@ -479,7 +474,9 @@ impl Worker {
                 entry: delivery.entry.clone(),
                 worker: self.consumer.name().to_owned(),
             }),
-            arrival: Arrival::Queued { entry: None },
+            arrival: Arrival::Queued {
+                entry: Some(delivery.entry.clone()),
+            },
             alert,
         }
     }
