@@ -224,7 +224,19 @@ impl Queue {
     /// Connects, failing if Redis cannot be reached within `timeout`. Every later command
     /// is bounded by the same `timeout`, and the connection is re-established on its own.
     pub async fn connect(url: &str, timeout: Duration) -> Result<Self, QueueError> {
-        let conn = manager(url, timeout).await?;
+        Ok(Self::with(manager(url, timeout).await?, timeout))
+    }
+
+    /// Like `connect`, but returns at once: the connection is made on first use, and
+    /// commands fail (within `timeout`) until Redis answers. pyron-api starts this way so
+    /// that it can take alerts into MongoDB while Redis is still down.
+    pub fn lazy(url: &str, timeout: Duration) -> Result<Self, QueueError> {
+        let client = Client::open(url)?;
+        let conn = ConnectionManager::new_lazy_with_config(client, manager_config(timeout))?;
+        Ok(Self::with(conn, timeout))
+    }
+
+    fn with(conn: ConnectionManager, timeout: Duration) -> Self {
         let enqueue_once = Script::new(ENQUEUE_ONCE);
         let (batches, rx) = mpsc::channel(PIPELINE_MAX * 16);
         tokio::spawn(send_batches(
@@ -233,13 +245,13 @@ impl Queue {
             timeout,
             rx,
         ));
-        Ok(Queue {
+        Queue {
             conn,
             timeout,
             enqueue_once,
             replay: Script::new(REPLAY),
             batches,
-        })
+        }
     }
 
     /// The activity counts, over this queue's connection.
@@ -741,16 +753,19 @@ fn dedup_key(key: &str) -> String {
     out
 }
 
-async fn manager(url: &str, response_timeout: Duration) -> Result<ConnectionManager, QueueError> {
-    let client = Client::open(url)?;
-    let config = ConnectionManagerConfig::new()
+fn manager_config(response_timeout: Duration) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(1)))
         .set_response_timeout(Some(response_timeout))
         .set_number_of_retries(1)
-        .set_max_delay(Duration::from_secs(2));
+        .set_max_delay(Duration::from_secs(2))
+}
+
+async fn manager(url: &str, response_timeout: Duration) -> Result<ConnectionManager, QueueError> {
+    let client = Client::open(url)?;
     let conn = bounded(
         response_timeout + Duration::from_secs(1),
-        client.get_connection_manager_with_config(config),
+        client.get_connection_manager_with_config(manager_config(response_timeout)),
     )
     .await?;
     Ok(conn)

@@ -3,8 +3,8 @@
 //! pyron-api marks such an alert's audit record `unqueued` and wakes the reconciler, which
 //! pages through those records, queues each (`Queue::requeue`, safe to repeat), and marks
 //! it `queued`, or `duplicate` when its idempotency key turns out to belong to an earlier
-//! alert. While Redis is still down it retries every second. It also runs once at start-up,
-//! for records an earlier process left behind.
+//! alert. While Redis is still down it retries every second. It also runs once both stores
+//! have first answered after start-up, for records an earlier process left behind.
 
 use std::{sync::Arc, time::Duration};
 
@@ -42,11 +42,17 @@ pub struct Reconciler {
     pub store: Store,
     pub dedup_ttl: Duration,
     pub wake: Arc<Notify>,
+    /// The stores pyron-api has reached; the reconciler waits for both.
+    pub reached: watch::Receiver<crate::http::Reached>,
 }
 
 impl Reconciler {
     /// Sweeps at start, then whenever woken, until `shutdown` turns true.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        tokio::select! {
+            _ = self.reached.wait_for(|r| r.redis && r.mongo) => {}
+            _ = shutdown.changed() => return,
+        }
         loop {
             match self.sweep().await {
                 Ok(None) => {}

@@ -1,8 +1,14 @@
 //! Wiring: builds pyron-api from a `Config` and serves it until shutdown. Tests start the
 //! real binaries; this is what those binaries call.
 //!
-//! Start-up binds the listening socket first (or takes the one systemd passed), then waits
-//! for Redis and MongoDB, retrying, and only then tells systemd it is ready.
+//! Start-up binds the listening socket first (or takes the one systemd passed) and serves
+//! at once: `/healthz` answers from the first moment. The store clients connect on first
+//! use, so alerts follow the acknowledgement rule from the first request, as at any other
+//! time: Redis, else MongoDB, else a 503 within the storing budget. A deploy that restarts
+//! pyron-api while MongoDB (or Redis) is down therefore loses no alert that the other
+//! store can keep, and no request waits for a store to come back. In the background each
+//! store is tried until it answers; systemd hears `READY=1` once the first one does, that
+//! is once alerts can be acknowledged.
 
 use std::{fmt::Display, path::Path, sync::Arc, time::Duration};
 
@@ -18,12 +24,13 @@ use crate::{
     audit::AuditWriter,
     config::{BindAddr, Config},
     http::{
-        self, AppState, Breaker, Counters, Peer, SenderRules, TlsError, serve_tls, tls_acceptor,
+        self, AppState, Breaker, Counters, Peer, Reached, SenderRules, TlsError, serve_tls,
+        tls_acceptor,
     },
     ingest::Intake,
-    queue::Queue,
+    queue::{Queue, QueueError},
     reconcile::Reconciler,
-    store::Store,
+    store::{Store, StoreError},
     systemd::{self, Activated},
 };
 
@@ -40,6 +47,10 @@ pub enum StartupError {
     Tls(#[from] TlsError),
     #[error("USE_SSL=true needs a TCP socket, not a unix socket")]
     TlsOnUnixSocket,
+    #[error("cannot use the Redis URL: {0}")]
+    Redis(#[from] QueueError),
+    #[error("cannot use the MongoDB URI: {0}")]
+    Mongo(#[from] StoreError),
 }
 
 pub enum Listener {
@@ -75,7 +86,7 @@ const DRAIN_TASKS: Duration = Duration::from_secs(10);
 pub const STATUS_EVERY: Duration = Duration::from_secs(2);
 
 impl Api {
-    /// Binds, then waits until Redis and MongoDB answer.
+    /// Binds, and prepares the clients of both stores without waiting for either.
     pub async fn build(config: &Config) -> Result<Api, StartupError> {
         let acceptor = match &config.tls {
             Some(files) => Some(tls_acceptor(&files.cert, &files.key)?),
@@ -87,36 +98,21 @@ impl Api {
             (Listener::Unix(_), Some(_)) => return Err(StartupError::TlsOnUnixSocket),
             (listener, _) => listener,
         };
-        tracing::info!(bind = %bound, "pyron-api bound; connecting to the stores");
+        tracing::info!(bind = %bound, "pyron-api bound");
 
         // A request's storing budget is split: Redis first, MongoDB with what is left if
         // Redis fails, so that both down still answers within the budget.
         let half = config.store_timeout / 2;
-        let queue = wait_for("Redis", async || {
-            let queue = Queue::connect(config.redis_url.expose(), half).await?;
-            queue.ping().await?;
-            Ok::<_, crate::queue::QueueError>(queue)
-        })
-        .await;
-        let store = wait_for("MongoDB", async || {
-            let store = Store::connect(config.mongo_uri.expose(), &config.mongo_db, half).await?;
-            store.ping().await?;
-            Ok::<_, crate::store::StoreError>(store)
-        })
-        .await;
+        let queue = Queue::lazy(config.redis_url.expose(), half)?;
+        let store = Store::connect(config.mongo_uri.expose(), &config.mongo_db, half).await?;
         // For writes no answer waits on: the reconciler's, and withdrawals.
-        let background = wait_for("MongoDB", async || {
-            Store::connect(
-                config.mongo_uri.expose(),
-                &config.mongo_db,
-                config.worker.write_timeout,
-            )
-            .await
-        })
-        .await;
-        if let Err(err) = background.ensure_indexes().await {
-            tracing::warn!(error = %err, "audit.status index not created; the reconciler will scan");
-        }
+        let background = Store::connect(
+            config.mongo_uri.expose(),
+            &config.mongo_db,
+            config.worker.write_timeout,
+        )
+        .await?;
+        let (reached, _) = tokio::sync::watch::channel(Reached::default());
         let reconcile = Arc::new(Notify::new());
         let reconciler = Reconciler {
             grace: RECONCILE_GRACE.max(config.store_timeout * 2),
@@ -124,6 +120,7 @@ impl Api {
             store: background.clone(),
             dedup_ttl: config.dedup_ttl,
             wake: reconcile.clone(),
+            reached: reached.subscribe(),
         };
         let tasks = TaskTracker::new();
         let (stop_audit, audit_stopped) = watch::channel(false);
@@ -143,6 +140,7 @@ impl Api {
             dedup_ttl: config.dedup_ttl,
             store_timeout: config.store_timeout,
             queue_breaker: Breaker::new(QUEUE_BREAKER_WINDOW),
+            reached,
             reconcile,
             tasks: tasks.clone(),
             audit,
@@ -169,10 +167,12 @@ impl Api {
     }
 
     /// Serves until `stop` turns true, then stops accepting, lets in-flight requests
-    /// finish and the audit writes they started complete. Tells systemd it is ready,
-    /// keeps its status line current and pings its watchdog meanwhile.
+    /// finish and the audit writes they started complete. Reaches the stores meanwhile,
+    /// tells systemd it is ready once one answers, keeps its status line current and pings
+    /// its watchdog.
     pub async fn serve(self, mut stop: watch::Receiver<bool>) -> std::io::Result<()> {
         let (stop_tasks, tasks_stopped) = watch::channel(false);
+        let reach = tokio::spawn(reach_stores(self.state.clone(), tasks_stopped.clone()));
         let reconciler = tokio::spawn(self.reconciler.run(tasks_stopped.clone()));
         let tally = {
             let state = self.state.clone();
@@ -181,11 +181,21 @@ impl Api {
         };
         let state = self.state.clone();
         let bound = self.bound.clone();
-        systemd::ready(&status_line(&state, &bound));
         systemd::spawn_watchdog(|_| true);
-        if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        {
+            let state = state.clone();
+            let bound = bound.clone();
+            let mut reached = state.reached.subscribe();
             let mut stopped = tasks_stopped;
             tokio::spawn(async move {
+                tokio::select! {
+                    _ = reached.wait_for(|r| r.any()) => {}
+                    _ = stopped.changed() => return,
+                }
+                systemd::ready(&status_line(&state, &bound));
+                if std::env::var_os("NOTIFY_SOCKET").is_none() {
+                    return;
+                }
                 loop {
                     tokio::select! {
                         _ = tokio::time::sleep(STATUS_EVERY) => systemd::status(&status_line(&state, &bound)),
@@ -227,6 +237,7 @@ impl Api {
         }
         let _ = reconciler.await;
         let _ = tally.await;
+        let _ = reach.await;
         served
     }
 }
@@ -234,24 +245,72 @@ impl Api {
 /// pyron-api's line for `systemctl status`.
 fn status_line(state: &AppState, bound: &str) -> String {
     let c = state.counters.snapshot();
-    let queue = if state.queue_breaker.is_open() {
+    let reached = *state.reached.borrow();
+    let queue = if !reached.redis {
+        "Redis not reached yet: alerts kept in MongoDB"
+    } else if state.queue_breaker.is_open() {
         "Redis down: alerts kept in MongoDB"
     } else {
         "queue ok"
     };
+    let mongo = if reached.mongo {
+        ""
+    } else {
+        "; MongoDB not reached yet"
+    };
     format!(
-        "{queue}; {} accepted ({} duplicate, {} kept in MongoDB), {} refused, {} unavailable; on {bound}",
+        "{queue}; {} accepted ({} duplicate, {} kept in MongoDB), {} refused, {} unavailable; on {bound}{mongo}",
         c.accepted, c.duplicates, c.kept, c.refused, c.unavailable
     )
 }
 
+/// How often a store that has not answered since start is tried again. Short: until it
+/// answers, alerts cannot use it.
+const REACH_EVERY: Duration = Duration::from_millis(250);
+
+/// Tries each store until it answers, and notes it in `state.reached`; for MongoDB, then
+/// makes sure of the reconciler's index.
+async fn reach_stores(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
+    let redis = async {
+        let queue = state.queue.clone();
+        let ping = move || {
+            let queue = queue.clone();
+            async move { queue.ping().await }
+        };
+        retry_until("Redis", REACH_EVERY, ping).await;
+        state.reached.send_modify(|r| r.redis = true);
+    };
+    let mongo = async {
+        let store = state.store.clone();
+        let ping = move || {
+            let store = store.clone();
+            async move { store.ping().await }
+        };
+        retry_until("MongoDB", REACH_EVERY, ping).await;
+        state.reached.send_modify(|r| r.mongo = true);
+        if let Err(err) = state.background_store.ensure_indexes().await {
+            tracing::warn!(error = %err, "audit.status index not created; the reconciler will scan");
+        }
+    };
+    tokio::select! {
+        _ = async { tokio::join!(redis, mongo) } => {}
+        _ = stop.changed() => {}
+    }
+}
+
 /// Retries `attempt` until it succeeds, with backoff up to two seconds, saying why it
 /// waits in the log and in systemd's status line.
-pub async fn wait_for<T, E: Display>(
+pub async fn wait_for<T, E: Display>(what: &str, attempt: impl AsyncFnMut() -> Result<T, E>) -> T {
+    retry_until(what, Duration::from_secs(2), attempt).await
+}
+
+/// `wait_for` with the longest wait between two attempts given.
+async fn retry_until<T, E: Display>(
     what: &str,
+    longest: Duration,
     mut attempt: impl AsyncFnMut() -> Result<T, E>,
 ) -> T {
-    let mut delay = Duration::from_millis(100);
+    let mut delay = Duration::from_millis(100).min(longest);
     let mut tries: u32 = 0;
     loop {
         match attempt().await {
@@ -268,7 +327,7 @@ pub async fn wait_for<T, E: Display>(
                 }
                 tries += 1;
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
+                delay = (delay * 2).min(longest);
             }
         }
     }

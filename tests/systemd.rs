@@ -108,9 +108,10 @@ fn assert_watchdog_period(gaps: &[Duration], half: Duration) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pyron_api_is_ready_only_with_its_stores_pings_the_watchdog_and_says_stopping() {
+async fn pyron_api_is_ready_once_a_store_answers_pings_the_watchdog_and_says_stopping() {
     let mut app = App::stores_only(&[]);
     app.stores.redis.kill();
+    app.stores.mongo.kill();
     let mut notes = Notifications::bind(app.stores.dir.path());
     let socket = notes.path.to_str().unwrap().to_owned();
     let mut api = app.spawn(
@@ -119,19 +120,28 @@ async fn pyron_api_is_ready_only_with_its_stores_pings_the_watchdog_and_says_sto
         &[("NOTIFY_SOCKET", &socket), ("WATCHDOG_USEC", "400000")],
     );
 
-    // Redis is down: the api says why it waits, and is not ready.
+    // Both stores are down: the api says why it waits, and is not ready (it cannot
+    // acknowledge an alert), though it answers at once.
     notes.wait_for("a waiting status", |l| {
         l.starts_with("STATUS=waiting for Redis")
     });
+    notes.wait_for("a waiting status", |l| {
+        l.starts_with("STATUS=waiting for MongoDB")
+    });
     notes.collect(Duration::from_secs(1));
-    assert!(!notes.has("READY=1"), "READY before Redis answered");
+    assert!(!notes.has("READY=1"), "READY before any store answered");
+    let alive = app.http.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(alive.status(), 200);
 
+    // One store is enough to acknowledge alerts: ready, and the status line says which
+    // store it still waits for.
     app.stores.start_redis_again();
     let ready = notes.wait_for("READY=1", |l| l == "READY=1");
     let status = notes.wait_for("a status line", |l| {
-        l.starts_with("STATUS=queue ok; 0 accepted")
+        l.starts_with("STATUS=queue ok; 0 accepted") && l.ends_with("; MongoDB not reached yet")
     });
     assert!(status >= ready);
+    app.stores.start_mongo_again();
 
     // An alert shows in the status line, refreshed every two seconds.
     let response = app

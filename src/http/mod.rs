@@ -73,6 +73,9 @@ pub struct AppState {
     /// Open after Redis failed a request: the requests that follow for a moment go to
     /// MongoDB directly instead of each waiting for Redis to fail again.
     pub queue_breaker: Breaker,
+    /// Which stores have answered since pyron-api started (for readiness, the status
+    /// line and the reconciler; alerts try the stores as at any other time).
+    pub reached: tokio::sync::watch::Sender<Reached>,
     /// Wakes the reconciler after an alert was kept in MongoDB alone.
     pub reconcile: Arc<Notify>,
     /// Audit writes that outlive their request; shutdown waits for them.
@@ -127,6 +130,20 @@ impl Counters {
             refused: get(&self.refused),
             unavailable: get(&self.unavailable),
         }
+    }
+}
+
+/// Which stores have answered at least once since the process started.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Reached {
+    pub redis: bool,
+    pub mongo: bool,
+}
+
+impl Reached {
+    /// Whether an alert can be acknowledged: one durable store is enough.
+    pub fn any(self) -> bool {
+        self.redis || self.mongo
     }
 }
 
