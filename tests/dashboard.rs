@@ -177,6 +177,31 @@ impl Browser {
     }
 }
 
+impl Browser {
+    /// Logs in through the form.
+    async fn log_in(&mut self, base: &str) {
+        self.goto(&format!("{base}/login")).await;
+        self.eval(&format!(
+            "document.querySelector('#token').value = '{ADMIN}'; document.querySelector('form').submit()"
+        ))
+        .await;
+        self.wait_until(
+            "the dashboard",
+            "location.pathname === '/' && !!document.querySelector('#events')",
+        )
+        .await;
+    }
+
+    /// Makes the page `width` CSS pixels wide, as a phone (`mobile`) or a desktop window.
+    async fn resize(&mut self, width: u32, mobile: bool) {
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            json!({ "width": width, "height": 900, "deviceScaleFactor": 1, "mobile": mobile }),
+        )
+        .await;
+    }
+}
+
 fn count(kind: &str) -> String {
     format!("document.querySelector('[data-count=\"hour.{kind}\"]').textContent")
 }
@@ -391,6 +416,154 @@ async fn the_dashboard_goes_live_in_a_real_browser_and_replays_a_dead_letter() {
     assert!(nginx.process.log().is_empty() || !nginx.process.log().contains("emerg"));
 }
 
+/// Every card whose content spills past its right edge or makes its table scroll
+/// sideways, whether the page itself scrolls sideways, and how wide the page is laid out
+/// (a phone widens it to fit what overflows).
+const OVERFLOW: &str = "JSON.stringify({
+    cards: Array.from(document.querySelectorAll('section'))
+        .filter((s) => [s, ...s.querySelectorAll('.scroll')].some((e) => e.scrollWidth > e.clientWidth + 1))
+        .map((s) => s.querySelector('h2').textContent),
+    page: document.documentElement.scrollWidth > window.innerWidth + 1,
+    width: window.innerWidth,
+})";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_fits_a_phone_and_a_wide_screen_and_says_what_each_alert_is() {
+    let app = App::start_with(&[("PYRON_ADMIN_TOKEN", ADMIN)]).await;
+    let (cert, key) = common::make_cert(app.stores.dir.path());
+    let nginx = Nginx::start(
+        app.stores.dir.path(),
+        &format!("127.0.0.1:{}", app.port),
+        &cert,
+        &key,
+        &[],
+    );
+    let base = format!("https://localhost:{}", nginx.https_port);
+    let client = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let send = async |content_type: &str, key: Option<&str>, body: &str| -> Value {
+        let mut request = client
+            .post(format!("{base}/webhook/{TOKEN}"))
+            .header("content-type", content_type)
+            .body(body.to_owned());
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 202);
+        response.json().await.unwrap()
+    };
+    let order = r#"{"ticker":"BTCUSDT","action":"buy","price":"96,412.50"}"#;
+    let first = send("application/json", Some("order-1"), order).await;
+    let repeat = send("application/json", Some("order-1"), order).await;
+    assert_eq!(repeat["status"], "duplicate");
+    let first_id = first["id"].as_str().unwrap().to_owned();
+    let repeat_id = repeat["id"].as_str().unwrap().to_owned();
+    send(
+        "text/plain",
+        None,
+        "ETHUSDT 1h: MACD bullish cross\nclose=3521.8 volume=18233.4",
+    )
+    .await;
+    send(
+        "text/plain; charset=utf-8",
+        None,
+        "{\"ticker\":\"SOLUSDT\",\"action\":\"sell\",\"price\":142.5}\n",
+    )
+    .await;
+    let unreadable = send(
+        "application/json",
+        None,
+        r#"{"ticker":"XAUUSD","action":"buy","price":"2.412,50"}"#,
+    )
+    .await;
+    let unreadable_id = unreadable["id"].as_str().unwrap().to_owned();
+    app.wait_for_docs("jobs", doc! {}, 4).await;
+
+    let mut browser = Browser::launch(app.stores.dir.path()).await;
+    browser.log_in(&base).await;
+    browser
+        .wait_until(
+            "every alert, with the reason of the dead one",
+            "document.querySelectorAll('#events tbody tr').length === 5 && document.querySelector('#events').innerText.includes('decimal comma')",
+        )
+        .await;
+    let row = |id: &str| format!("document.querySelector('#events tr[data-id=\"{id}\"]')");
+    // A text alert shows its message where the fields would be.
+    let message = browser
+        .eval("Array.from(document.querySelectorAll('#events td.message')).map((td) => td.textContent)")
+        .await;
+    assert_eq!(
+        message,
+        json!(["ETHUSDT 1h: MACD bullish cross close=3521.8 volume=18233.4"]),
+        "only the text without JSON shows as a message, on one line"
+    );
+    // JSON sent as text reads as JSON; a price with a thousands separator reads.
+    let table = browser
+        .eval("document.querySelector('#events').innerText")
+        .await;
+    let table = table.as_str().unwrap();
+    assert!(
+        table.contains("SOLUSDT") && table.contains("142.5"),
+        "{table}"
+    );
+    assert!(table.contains("96412.5"), "{table}");
+    // The dead alert says why, in the row.
+    let why = browser
+        .eval(&format!(
+            "{}.querySelector('.why').textContent",
+            row(&unreadable_id)
+        ))
+        .await;
+    assert_eq!(
+        why,
+        "price uses a decimal comma: 2.412,50; Pyron reads only a decimal point (and commas only as thousands separators before one)"
+    );
+    // A duplicate links to the alert it repeats, and the link opens that alert.
+    let link = browser
+        .eval(&format!(
+            "{}.querySelector('a.first').dataset.open",
+            row(&repeat_id)
+        ))
+        .await;
+    assert_eq!(link, json!(first_id));
+    browser
+        .eval(&format!(
+            "{}.querySelector('a.first').click()",
+            row(&repeat_id)
+        ))
+        .await;
+    browser
+        .wait_until(
+            "the first alert's records",
+            &format!("document.querySelector('#detail-id').textContent === '{first_id}' && document.querySelector('#detail-job').textContent.includes('processed')"),
+        )
+        .await;
+
+    for (width, mobile) in [(390, true), (1400, false)] {
+        browser.resize(width, mobile).await;
+        // Two frames: the page is laid out again at the new size.
+        browser
+            .eval("new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)))")
+            .await;
+        let overflow: Value =
+            serde_json::from_str(browser.eval(OVERFLOW).await.as_str().unwrap()).unwrap();
+        assert_eq!(
+            overflow,
+            json!({"cards": [], "page": false, "width": width}),
+            "at {width} px wide"
+        );
+        let shot = output_dir().join(format!("dashboard-{width}.png"));
+        browser.screenshot(&shot).await;
+        eprintln!(
+            "dashboard: {width} px screenshot saved to {}",
+            shot.display()
+        );
+    }
+}
+
 #[tokio::test]
 async fn the_page_shows_current_numbers_without_javascript_and_is_not_public() {
     let app = App::start_with(&[("PYRON_ADMIN_TOKEN", ADMIN)]).await;
@@ -461,6 +634,10 @@ async fn the_page_shows_current_numbers_without_javascript_and_is_not_public() {
     assert!(
         html.contains(ack["id"].as_str().unwrap()),
         "the alert is not listed"
+    );
+    assert!(
+        html.contains("<td colspan=\"3\" class=\"message\">BTCUSDT crossing 67000</td>"),
+        "a text alert shows the start of its message: {html}"
     );
     assert!(
         !html.contains("<script>"),

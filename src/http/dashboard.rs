@@ -275,6 +275,11 @@ fn esc(text: &str) -> String {
     out
 }
 
+/// The end of an event id, enough to tell alerts of the same minute apart.
+fn short_id(id: &str) -> &str {
+    &id[id.len().saturating_sub(12)..]
+}
+
 fn opt<T: ToString>(value: Option<T>) -> String {
     value
         .map(|v| esc(&v.to_string()))
@@ -343,7 +348,7 @@ fn page(
         };
         let _ = write!(
             h,
-            "<tr><th>{label}</th><td class=\"n\" data-count=\"hour.{field}\">{}</td>\
+            "<tr><th scope=\"row\">{label}</th><td class=\"n\" data-count=\"hour.{field}\">{}</td>\
              <td class=\"n\" data-count=\"day.{field}\">{}</td></tr>",
             pick(&a.hour),
             pick(&a.day)
@@ -354,11 +359,11 @@ fn page(
     let _ = write!(
         h,
         "<section><h2>Latency and queue</h2><table>\
-         <tr><th>acknowledgement p50 / p99 (ms)</th><td class=\"n\"><span data-stat=\"ack_p50_ms\">{}</span> / <span data-stat=\"ack_p99_ms\">{}</span></td></tr>\
-         <tr><th>end-to-end lag p50 / p99 (ms)</th><td class=\"n\"><span data-stat=\"lag_p50_ms\">{}</span> / <span data-stat=\"lag_p99_ms\">{}</span></td></tr>\
-         <tr><th>queue depth</th><td class=\"n\" data-stat=\"queue_depth\">{}</td></tr>\
-         <tr><th>pending</th><td class=\"n\" data-stat=\"pending\">{}</td></tr>\
-         <tr><th>dead letters</th><td class=\"n\" data-stat=\"dead_letters\">{}</td></tr></table></section>",
+         <tr><th scope=\"row\">acknowledgement p50 / p99 (ms)</th><td class=\"n\"><span data-stat=\"ack_p50_ms\">{}</span> / <span data-stat=\"ack_p99_ms\">{}</span></td></tr>\
+         <tr><th scope=\"row\">end-to-end lag p50 / p99 (ms)</th><td class=\"n\"><span data-stat=\"lag_p50_ms\">{}</span> / <span data-stat=\"lag_p99_ms\">{}</span></td></tr>\
+         <tr><th scope=\"row\">queue depth</th><td class=\"n\" data-stat=\"queue_depth\">{}</td></tr>\
+         <tr><th scope=\"row\">pending</th><td class=\"n\" data-stat=\"pending\">{}</td></tr>\
+         <tr><th scope=\"row\">dead letters</th><td class=\"n\" data-stat=\"dead_letters\">{}</td></tr></table></section>",
         opt(stats.ack_p50_ms.map(|v| (v * 10.0).round() / 10.0)),
         opt(stats.ack_p99_ms.map(|v| (v * 10.0).round() / 10.0)),
         opt(a.lag_p50_ms),
@@ -401,29 +406,58 @@ fn page(
         "<section class=\"wide\"><h2>Recent alerts</h2>\
          <form method=\"get\" action=\"/\"><input id=\"filter\" name=\"ticker\" placeholder=\"filter: ticker, action, status\" value=\"{}\"> \
          <noscript><button>Filter</button></noscript></form>\
-         <table id=\"events\"><thead><tr><th>time</th><th>ticker</th><th>action</th><th>price</th><th>status</th><th>lag</th></tr></thead><tbody>",
+         <div class=\"scroll\"><table id=\"events\"><thead><tr><th>time</th><th>ticker</th><th>action</th><th>price</th><th>status</th><th>lag</th></tr></thead><tbody>",
         esc(query.ticker.as_deref().unwrap_or(""))
     );
     for e in events {
         let _ = write!(
             h,
-            "<tr class=\"event\" data-id=\"{id}\"><td><a href=\"/api/events/{id}\">{}</a></td><td>{}</td><td>{}</td><td class=\"n\">{}</td>\
-             <td class=\"status-{status}\">{status}</td><td class=\"n\">{}</td></tr>",
+            "<tr class=\"event\" data-id=\"{id}\"><td><a href=\"/api/events/{id}\">{}</a></td>",
             opt(e.received_at.map(|t| t.format("%H:%M:%S").to_string())),
-            opt(e.ticker.as_deref()),
-            opt(e.action.as_deref()),
-            opt(e.price),
-            opt(e.lag_ms.map(|l| format!("{l} ms"))),
             id = esc(&e.id),
-            status = esc(&e.status),
+        );
+        match (&e.text, &e.ticker) {
+            (Some(text), None) => {
+                let _ = write!(h, "<td colspan=\"3\" class=\"message\">{}</td>", esc(text));
+            }
+            _ => {
+                let _ = write!(
+                    h,
+                    "<td>{}</td><td>{}</td><td class=\"n\">{}</td>",
+                    opt(e.ticker.as_deref()),
+                    opt(e.action.as_deref()),
+                    opt(e.price),
+                );
+            }
+        }
+        let _ = write!(
+            h,
+            "<td class=\"status-{status}\">{status}",
+            status = esc(&e.status)
+        );
+        if let Some(first) = &e.duplicate_of {
+            let _ = write!(
+                h,
+                " of <a class=\"first\" data-open=\"{id}\" href=\"/api/events/{id}\">{}</a>",
+                esc(short_id(first)),
+                id = esc(first),
+            );
+        }
+        if let Some(error) = &e.error {
+            let _ = write!(h, "<div class=\"why\">{}</div>", esc(error));
+        }
+        let _ = write!(
+            h,
+            "</td><td class=\"n\">{}</td></tr>",
+            opt(e.lag_ms.map(|l| format!("{l} ms")))
         );
     }
     h.push_str(
-        "</tbody></table><div id=\"detail\" hidden><h2>Alert <span id=\"detail-id\"></span></h2>\
+        "</tbody></table></div><div id=\"detail\" hidden><h2>Alert <span id=\"detail-id\"></span></h2>\
          <p class=\"muted\">audit</p><pre id=\"detail-audit\"></pre><p class=\"muted\">jobs</p><pre id=\"detail-job\"></pre></div></section>",
     );
     // Dead letters.
-    h.push_str("<section class=\"wide\"><h2>Dead letters</h2><p id=\"replay-result\" class=\"muted\"></p><table id=\"dead\"><thead><tr><th>alert</th><th>reason</th><th></th></tr></thead><tbody>");
+    h.push_str("<section class=\"wide\"><h2>Dead letters</h2><p id=\"replay-result\" class=\"muted\"></p><div class=\"scroll\"><table id=\"dead\"><thead><tr><th>alert</th><th>reason</th><th></th></tr></thead><tbody>");
     for d in dead {
         let id = d.id.as_deref().unwrap_or("");
         let _ = write!(
@@ -434,7 +468,7 @@ fn page(
             esc(id)
         );
     }
-    h.push_str("</tbody></table></section></main>");
+    h.push_str("</tbody></table></div></section></main>");
     h.push_str("<noscript><p class=\"muted\" style=\"padding:0 20px\">JavaScript is off: reload for current numbers.</p></noscript>");
     h.push_str("<script src=\"/assets/app.js\" defer></script></body></html>");
     h

@@ -59,10 +59,32 @@ function renderWorkers(workers) {
 function matches(event) {
   const filter = ($("#filter").value || "").trim().toLowerCase();
   if (!filter) return true;
-  return [event.ticker, event.action, event.status, event.id].some((v) => (v || "").toLowerCase().includes(filter));
+  return [event.ticker, event.action, event.status, event.id, event.text]
+    .some((v) => (v || "").toLowerCase().includes(filter));
 }
 
 let lastEvents = [];
+
+// The status, the alert a duplicate repeats (a link that opens it), and why a job is
+// dead or retrying.
+function statusCell(e) {
+  const td = cell(e.status, `status-${e.status}`);
+  if (e.duplicate_of) {
+    const link = document.createElement("a");
+    link.className = "first";
+    link.href = `/api/events/${encodeURIComponent(e.duplicate_of)}`;
+    link.dataset.open = e.duplicate_of;
+    link.textContent = e.duplicate_of.slice(-12);
+    td.append(" of ", link);
+  }
+  if (e.error) {
+    const why = document.createElement("div");
+    why.className = "why";
+    why.textContent = e.error;
+    td.append(why);
+  }
+  return td;
+}
 
 function renderEvents(events) {
   lastEvents = events;
@@ -72,8 +94,16 @@ function renderEvents(events) {
     tr.className = "event";
     tr.dataset.id = e.id;
     const time = e.received_at ? new Date(e.received_at).toLocaleTimeString() : "–";
-    tr.append(cell(time), cell(e.ticker), cell(e.action), cell(e.price, "n"),
-      cell(e.status, `status-${e.status}`), cell(e.lag_ms === null ? null : `${e.lag_ms} ms`, "n"));
+    tr.append(cell(time));
+    if (e.text && !e.ticker) {
+      // A text alert: the start of its message, where the fields would be.
+      const message = cell(e.text, "message");
+      message.colSpan = 3;
+      tr.append(message);
+    } else {
+      tr.append(cell(e.ticker), cell(e.action), cell(e.price, "n"));
+    }
+    tr.append(statusCell(e), cell(e.lag_ms === null ? null : `${e.lag_ms} ms`, "n"));
     tr.addEventListener("click", () => showEvent(e.id));
     return tr;
   }));
@@ -139,6 +169,14 @@ function connect() {
 }
 
 $("#filter").addEventListener("input", () => renderEvents(lastEvents));
+// A duplicate's link opens the alert it repeats, in the page.
+$("#events").addEventListener("click", (event) => {
+  const link = event.target.closest("a[data-open]");
+  if (!link) return;
+  event.preventDefault();
+  event.stopPropagation();
+  showEvent(link.dataset.open);
+}, true);
 for (const button of $$("[data-replay]")) {
   button.addEventListener("click", () => replay(button.dataset.replay, button));
 }
