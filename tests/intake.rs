@@ -100,6 +100,18 @@ async fn every_sample_is_accepted_and_ends_with_exactly_one_jobs_record() {
         alert_time.try_to_rfc3339_string().unwrap(),
         "2026-11-28T14:15:00Z"
     );
+    // The strategy's position fields are typed; what no field took comes as it came.
+    assert_eq!(str_at(&strategy, "market_position"), "long");
+    assert_eq!(f64_at(&strategy, "position_size"), 0.015);
+    assert_eq!(str_at(&strategy, "order_id"), "Long Entry");
+    assert_eq!(
+        strategy
+            .get_document("signal")
+            .unwrap()
+            .get_document("extra")
+            .unwrap(),
+        &doc! { "timenow": "2026-11-28T14:15:02Z" }
+    );
     assert_eq!(strategy.get_i64("attempts").unwrap(), 1);
     assert!(strategy.get_i64("lag_ms").unwrap() >= 0);
     assert!(
@@ -979,4 +991,164 @@ async fn concurrent_alerts_sharing_a_pipeline_each_get_their_own_answer() {
             .unwrap_or_else(|| panic!("no job for {id}"));
         assert_eq!(record.get_str("entry"), Ok(entry.id.as_str()), "{id}");
     }
+}
+
+/// An audit record as comparable across writers: the fields that differ by nature (the id,
+/// the time, which stream entry, the idempotency key, when the reconciler queued it) are
+/// replaced by whether they are there.
+fn comparable(record: &Document) -> Document {
+    let mut record = record.clone();
+    for field in [
+        "_id",
+        "received_at",
+        "entry",
+        "dedup_key",
+        "duplicate_of",
+        "queued_at",
+    ] {
+        if let Some(value) = record.get_mut(field) {
+            *value = Bson::String(format!("<{field}>"));
+        }
+    }
+    record
+}
+
+/// The same four alerts, told apart by `tag` in their idempotency key: a JSON alert, its
+/// duplicate, JSON sent as text, and a text alert. Returns their event ids in that order.
+async fn send_the_four(app: &App, tag: &str) -> Vec<String> {
+    let json_alert = format!(
+        r#"{{"passphrase":"{TOKEN}","ticker":"BTCUSDT","action":"buy","price":"96,412.50","note":"n"}}"#
+    );
+    let text_json = format!("{{\"passphrase\":\"{TOKEN}\",\"ticker\":\"ETHUSDT\"}}\n");
+    let sends = [
+        (
+            "/webhook".to_owned(),
+            "application/json",
+            json_alert.clone(),
+            Some(tag),
+        ),
+        (
+            "/webhook".to_owned(),
+            "application/json",
+            json_alert,
+            Some(tag),
+        ),
+        (
+            "/webhook".to_owned(),
+            "text/plain; charset=utf-8",
+            text_json,
+            None,
+        ),
+        (
+            format!("/webhook/{TOKEN}"),
+            "text/plain",
+            "SOLUSDT crossing 150".to_owned(),
+            None,
+        ),
+    ];
+    let mut ids = Vec::new();
+    for (path, content_type, body, key) in sends {
+        let mut request = app
+            .http
+            .post(app.url(&path))
+            .header("content-type", content_type)
+            .body(body);
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        let (status, ack) = json(request.send().await.unwrap()).await;
+        assert_eq!(status, 202, "{tag}: {ack}");
+        ids.push(ack["id"].as_str().unwrap().to_owned());
+    }
+    ids
+}
+
+#[tokio::test]
+async fn an_alert_has_the_same_audit_record_whoever_writes_it() {
+    let mut app = App::start().await;
+    // pyron-api writes these.
+    let by_api = send_the_four(&app, "by-api").await;
+    app.wait_for_docs("audit", doc! {}, 4).await;
+    app.wait_for_docs("jobs", doc! {}, 3).await;
+
+    // MongoDB down: Redis takes the jobs, the api's writer fails, and the worker writes
+    // the audit records from the jobs once MongoDB is back.
+    app.stores.mongo.kill();
+    let by_worker = send_the_four(&app, "by-worker").await;
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    while !app
+        .api_log()
+        .contains("audit records deferred to the worker")
+    {
+        assert!(std::time::Instant::now() < deadline, "{}", app.api_log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.stores.start_mongo_again();
+    app.wait_for_docs("audit", doc! {}, 8).await;
+    app.wait_for_docs("jobs", doc! {}, 6).await;
+    // pyron-api has seen MongoDB back too.
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    while app
+        .http
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        != 200
+    {
+        assert!(std::time::Instant::now() < deadline, "not ready again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Redis down: MongoDB alone takes them, and the reconciler queues them once Redis
+    // is back (the repeat turns out a duplicate then).
+    app.stores.redis.kill();
+    let kept = send_the_four(&app, "kept").await;
+    app.stores.start_redis_again();
+    app.wait_for_docs("jobs", doc! {}, 9).await;
+    app.wait_for_docs("audit", doc! { "status": "duplicate" }, 3)
+        .await;
+
+    let audit = app.docs("audit", doc! {}).await;
+    let record = |id: &String| {
+        audit
+            .iter()
+            .find(|r| r.get_str("_id") == Ok(id))
+            .unwrap_or_else(|| panic!("no audit record for {id}"))
+    };
+    for (i, ((api, worker), kept)) in by_api.iter().zip(&by_worker).zip(&kept).enumerate() {
+        let (api, worker, kept) = (record(api), record(worker), record(kept));
+        assert_eq!(
+            comparable(api),
+            comparable(worker),
+            "alert {i}: written by pyron-api, then by the worker"
+        );
+        // The MongoDB-only record says when it was queued, and names no stream entry.
+        let mut expected = comparable(api);
+        expected.remove("entry");
+        if kept.contains_key("queued_at") {
+            expected.insert("queued_at", "<queued_at>");
+        }
+        assert_eq!(
+            comparable(kept),
+            expected,
+            "alert {i}: kept in MongoDB alone"
+        );
+    }
+    let first = record(&by_worker[0]);
+    assert_eq!(
+        first.get_document("json").unwrap(),
+        &doc! { "ticker": "BTCUSDT", "action": "buy", "price": "96,412.50", "note": "n" }
+    );
+    assert_eq!(
+        record(&by_worker[1]).get_str("duplicate_of").unwrap(),
+        by_worker[0]
+    );
+    assert_eq!(
+        record(&by_worker[2]).get_document("json").unwrap(),
+        &doc! { "ticker": "ETHUSDT" }
+    );
+    assert!(record(&by_worker[3]).get_document("json").is_err());
+    assert!(!audit.iter().any(|r| r.to_string().contains(TOKEN)));
 }
