@@ -20,7 +20,8 @@ fn send(states: &[NotifyState<'_>]) {
     }
 }
 
-/// `READY=1`: listening, and connected to the stores.
+/// `READY=1`: able to do its work (pyron-api: listening, and a store has answered, so
+/// alerts can be acknowledged; pyron-worker: connected to both stores).
 pub fn ready(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
