@@ -273,20 +273,12 @@ const REACH_EVERY: Duration = Duration::from_millis(250);
 async fn reach_stores(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
     let redis = async {
         let queue = state.queue.clone();
-        let ping = move || {
-            let queue = queue.clone();
-            async move { queue.ping().await }
-        };
-        retry_until("Redis", REACH_EVERY, ping).await;
+        retry_until("Redis", REACH_EVERY, async move || queue.ping().await).await;
         state.reached.send_modify(|r| r.redis = true);
     };
     let mongo = async {
         let store = state.store.clone();
-        let ping = move || {
-            let store = store.clone();
-            async move { store.ping().await }
-        };
-        retry_until("MongoDB", REACH_EVERY, ping).await;
+        retry_until("MongoDB", REACH_EVERY, async move || store.ping().await).await;
         state.reached.send_modify(|r| r.mongo = true);
         if let Err(err) = state.background_store.ensure_indexes().await {
             tracing::warn!(error = %err, "audit.status index not created; the reconciler will scan");

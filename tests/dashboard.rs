@@ -13,7 +13,7 @@ use std::{
 
 use base64::Engine;
 use bson::doc;
-use common::{App, Nginx, PATIENCE, Process, TOKEN};
+use common::{App, PATIENCE, Process, TOKEN};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async, tungstenite::Message};
@@ -227,14 +227,7 @@ fn output_dir() -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_goes_live_in_a_real_browser_and_replays_a_dead_letter() {
     let app = App::start_with(&[("PYRON_ADMIN_TOKEN", ADMIN)]).await;
-    let (cert, key) = common::make_cert(app.stores.dir.path());
-    let nginx = Nginx::start(
-        app.stores.dir.path(),
-        &format!("127.0.0.1:{}", app.port),
-        &cert,
-        &key,
-        &[],
-    );
+    let nginx = app.behind_nginx(&[]);
     let base = format!("https://localhost:{}", nginx.https_port);
     let mut browser = Browser::launch(app.stores.dir.path()).await;
 
@@ -430,14 +423,7 @@ const OVERFLOW: &str = "JSON.stringify({
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_fits_a_phone_and_a_wide_screen_and_says_what_each_alert_is() {
     let app = App::start_with(&[("PYRON_ADMIN_TOKEN", ADMIN)]).await;
-    let (cert, key) = common::make_cert(app.stores.dir.path());
-    let nginx = Nginx::start(
-        app.stores.dir.path(),
-        &format!("127.0.0.1:{}", app.port),
-        &cert,
-        &key,
-        &[],
-    );
+    let nginx = app.behind_nginx(&[]);
     let base = format!("https://localhost:{}", nginx.https_port);
     let client = reqwest::Client::builder()
         .danger_accept_invalid_certs(true)

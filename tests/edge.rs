@@ -8,7 +8,7 @@ mod common;
 use std::{net::IpAddr, time::Duration};
 
 use bson::doc;
-use common::{App, Nginx, Reply, TOKEN, raw_request};
+use common::{App, Reply, TOKEN, raw_request};
 
 /// Requests come from 127.0.0.1 (allowed) unless a case says otherwise; 127.0.0.2 is a
 /// loopback address outside the allowlist and not a trusted proxy.
@@ -452,14 +452,8 @@ async fn hostile_requests_are_refused_through_nginx_and_directly_and_write_nothi
         ("PYRON_TRUSTED_PROXIES", "127.0.0.1"),
     ];
     let app = App::start_with(&settings).await;
-    let (cert, key) = common::make_cert(app.stores.dir.path());
-    let nginx = Nginx::start(
-        app.stores.dir.path(),
-        &format!("127.0.0.1:{}", app.port),
-        &cert,
-        &key,
-        &[("BODY_LIMIT", &limit), ("CLIENT_TIMEOUT", "2")],
-    );
+    let nginx = app.behind_nginx(&[("BODY_LIMIT", &limit), ("CLIENT_TIMEOUT", "2")]);
+    let (cert, key) = (nginx.cert.clone(), nginx.key.clone());
     let cert_path = cert.display().to_string();
     let key_path = key.display().to_string();
     let (tls_api, tls_port) = app.spawn_api(
@@ -522,15 +516,8 @@ async fn hostile_requests_are_refused_through_nginx_and_directly_and_write_nothi
 #[tokio::test]
 async fn alerts_arrive_over_https_through_nginx_http_redirects_and_floods_are_rate_limited() {
     let app = App::start().await;
-    let (cert, key) = common::make_cert(app.stores.dir.path());
-    let nginx = Nginx::start(
-        app.stores.dir.path(),
-        &format!("127.0.0.1:{}", app.port),
-        &cert,
-        &key,
-        &[("RATE", "5"), ("BURST", "5")],
-    );
-    let root = reqwest::Certificate::from_pem(&std::fs::read(&cert).unwrap()).unwrap();
+    let nginx = app.behind_nginx(&[("RATE", "5"), ("BURST", "5")]);
+    let root = reqwest::Certificate::from_pem(&std::fs::read(&nginx.cert).unwrap()).unwrap();
     let client = reqwest::Client::builder()
         .add_root_certificate(root)
         .redirect(reqwest::redirect::Policy::none())

@@ -20,15 +20,8 @@ struct Edge {
 
 impl Edge {
     fn start(app: App) -> Edge {
-        let (cert, key) = common::make_cert(app.stores.dir.path());
-        let nginx = Nginx::start(
-            app.stores.dir.path(),
-            &format!("127.0.0.1:{}", app.port),
-            &cert,
-            &key,
-            &[],
-        );
-        let root = reqwest::Certificate::from_pem(&std::fs::read(&cert).unwrap()).unwrap();
+        let nginx = app.behind_nginx(&[]);
+        let root = reqwest::Certificate::from_pem(&std::fs::read(&nginx.cert).unwrap()).unwrap();
         let client = reqwest::Client::builder()
             .add_root_certificate(root)
             .timeout(Duration::from_secs(10))

@@ -551,6 +551,9 @@ pub struct Nginx {
     pub http_port: u16,
     pub https_port: u16,
     pub prefix: PathBuf,
+    /// The certificate it serves (clients trust it) and its key.
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl Nginx {
@@ -622,6 +625,8 @@ impl Nginx {
             http_port,
             https_port,
             prefix,
+            cert: cert.to_owned(),
+            key: key.to_owned(),
         }
     }
 
@@ -633,6 +638,19 @@ impl Nginx {
 }
 
 impl App {
+    /// NGINX with a certificate of its own in front of this pyron-api.
+    pub fn behind_nginx(&self, settings: &[(&str, &str)]) -> Nginx {
+        let dir = self.stores.dir.path();
+        let (cert, key) = make_cert(dir);
+        Nginx::start(
+            dir,
+            &format!("127.0.0.1:{}", self.port),
+            &cert,
+            &key,
+            settings,
+        )
+    }
+
     /// A second pyron-api on the same stores, with extra settings (HTTPS, say).
     pub fn spawn_api(&self, name: &str, extra: &[(&str, &str)]) -> (Process, u16) {
         let port = free_port();
