@@ -23,6 +23,8 @@ echo "==> GitHub Actions workflows and shell scripts"
 ./scripts/check-workflows.sh
 echo "==> k6 scenarios type-check"
 ./scripts/check-k6.sh
+echo "==> NGINX configuration: gixy, as nixpkgs runs it on the module's"
+./scripts/check-nginx.sh
 echo "==> Nix: parse, format, lint, flake.lock, pure evaluation"
 ./scripts/check-nix.sh
 echo "==> systemd units: hardening evaluates, units verify, exposure within the limit"
