@@ -29,6 +29,18 @@
         inherit system;
         config.allowUnfreePredicate = pkg: nixpkgs.lib.getName pkg == "terraform";
       };
+      # MongoDB's server (SSPL) likewise, for the VM test of the production default.
+      testPkgs = import nixpkgs {
+        inherit system;
+        config.allowUnfreePredicate = pkg: nixpkgs.lib.getName pkg == "mongodb-ce";
+      };
+      vmTest =
+        database: testPkgs':
+        import ./nix/vm-test.nix {
+          inherit database;
+          pkgs = testPkgs';
+          module = self.nixosModules.default;
+        };
     in
     {
       packages.${system} = {
@@ -52,14 +64,16 @@
         ];
       };
 
-      checks.${system} = {
-        pyron = build.package;
-        clippy = build.clippy;
-        vm = import ./nix/vm-test.nix {
-          inherit pkgs;
-          module = self.nixosModules.default;
+      checks.${system} =
+        {
+          pyron = build.package;
+          clippy = build.clippy;
+          vm = vmTest "mongodb" testPkgs;
+        }
+        # Only FerretDB 1.x has the SQLite backend the `ferretdb` choice uses.
+        // nixpkgs.lib.optionalAttrs (nixpkgs.lib.versionOlder pkgs.ferretdb.version "2") {
+          vm-ferretdb = vmTest "ferretdb" pkgs;
         };
-      };
 
       devShells.${system}.default = import ./nix/shell.nix { pkgs = shellPkgs; };
 

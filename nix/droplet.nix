@@ -10,8 +10,14 @@
   ];
 
   # DigitalOcean hands out addresses through its metadata service, which cloud-init
-  # reads; the droplet's own hostname and root SSH keys come from there too.
+  # reads; the droplet's own hostname and root SSH keys come from there too. cloud-init
+  # writes systemd-networkd's configuration, so NixOS uses networkd as well (as nixpkgs'
+  # Azure image does with the same cloud-init settings).
   networking.useDHCP = lib.mkForce false;
+  networking.useNetworkd = true;
+  # The droplet's user data is cloud-init's; never a NixOS configuration to switch to
+  # (this system comes from the flake).
+  virtualisation.digitalOcean.rebuildFromUserData = false;
   services.cloud-init = {
     enable = true;
     network.enable = true;

@@ -52,6 +52,13 @@ let
 
   selfSigned = "/var/lib/pyron-tls";
 
+  # FerretDB 1.x keeps its data in SQLite, with nothing else to run. FerretDB 2 dropped
+  # that backend: it needs PostgreSQL with the DocumentDB extension, which this module
+  # does not set up. Which one nixpkgs ships decides whether `database = "ferretdb"` can
+  # work (an assertion says so).
+  ferretdb = config.services.ferretdb.package or pkgs.ferretdb;
+  ferretdbHasSqlite = lib.versionOlder (lib.getVersion ferretdb) "2";
+
   # Both units: notify, watchdog, restart, the shared configuration file.
   common = {
     Type = "notify";
@@ -119,7 +126,9 @@ in
         The MongoDB wire server on this machine. `mongodb` uses `pkgs.mongodb-ce`, which
         is unfree: allow it with
         `nixpkgs.config.allowUnfreePredicate = pkg: builtins.elem (lib.getName pkg) [ "mongodb-ce" ];`.
-        `ferretdb` uses FerretDB (free), with its SQLite backend.
+        `ferretdb` uses FerretDB (free) with its SQLite backend, which only FerretDB 1.x
+        has: with a nixpkgs whose FerretDB is 2.x (PostgreSQL and DocumentDB only) the
+        configuration is refused with an explanation; use `mongodb` there.
       '';
     };
 
@@ -186,6 +195,15 @@ in
       {
         assertion = cfg.domain == null || cfg.acmeEmail != null;
         message = "services.pyron.acmeEmail is required when services.pyron.domain is set";
+      }
+      {
+        assertion = cfg.database != "ferretdb" || ferretdbHasSqlite;
+        message = ''
+          services.pyron.database = "ferretdb" needs FerretDB 1.x and its SQLite backend, but
+          this nixpkgs has FerretDB ${lib.getVersion ferretdb}, which runs only on PostgreSQL
+          with the DocumentDB extension (not set up by this module). Use
+          services.pyron.database = "mongodb".
+        '';
       }
     ];
 
