@@ -102,6 +102,8 @@ pkgs.testers.runNixOSTest {
         machine.succeed("systemctl show pyron-api -p DynamicUser | grep -x DynamicUser=yes")
 
     with subtest("pyron-api restarted while MongoDB is down still takes alerts"):
+        # Masked, or pyron-api's Wants= would start it again with pyron-api.
+        machine.succeed("systemctl mask --runtime mongodb.service")
         machine.systemctl("stop mongodb.service")
         machine.systemctl("restart pyron-api.service")
         machine.wait_for_unit("pyron-api.service")
@@ -110,6 +112,7 @@ pkgs.testers.runNixOSTest {
             "https://localhost/webhook/vm-test-token-0123"
         ))
         assert ack["status"] == "queued", ack
+        machine.succeed("systemctl unmask --runtime mongodb.service")
         machine.systemctl("start mongodb.service")
         machine.wait_until_succeeds(
             "mongosh --quiet mongodb://127.0.0.1:27017/pyron --eval "
