@@ -184,17 +184,17 @@ async fn keep_in_mongo(
     deadline: Instant,
 ) -> Result<(StatusCode, Json<Ack>), ApiError> {
     let id = alert.id;
-    let unavailable = || {
-        ApiError::storage_unavailable(
-            "neither Redis nor MongoDB could take the alert; it was not accepted, send it again",
-        )
-    };
     let store = app.store.clone();
     // The write runs to its end even if the answer cannot wait for it, so that it is
     // never cut off half-way; if it lands after a 503, it is withdrawn (below).
     let mut write = app
         .tasks
         .spawn(async move { store.insert_audit(&alert, Arrival::Unqueued).await });
+    let unavailable = || {
+        ApiError::storage_unavailable(
+            "neither Redis nor MongoDB could take the alert; it was not accepted, send it again",
+        )
+    };
     match tokio::time::timeout_at(deadline.into(), &mut write).await {
         Ok(Ok(Ok(()))) => {
             app.reconcile.notify_one();
