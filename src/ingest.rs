@@ -119,9 +119,14 @@ pub struct Request<'a> {
 }
 
 /// An alert that passed every check, ready to be stored and queued.
-#[derive(Debug, Clone)]
+///
+/// Serialized (as JSON) it is the job a stream entry carries, in its one field `job`: a
+/// field added here travels to the worker with nothing else to change. The parsed `json`
+/// is not part of it; the worker reads it again from the body (`stored_json`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Alert {
     pub id: EventId,
+    #[serde(with = "chrono::serde::ts_milliseconds")]
     pub received_at: DateTime<Utc>,
     pub kind: AlertKind,
     /// The Content-Type header as sent.
@@ -132,8 +137,11 @@ pub struct Alert {
     pub body: String,
     /// The JSON object of the body (a JSON alert's, or the one a text alert holds),
     /// without the passphrase field: `stored_json` of `body`.
+    #[serde(skip)]
     pub json: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dedup_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sender: Option<String>,
 }
 

@@ -2,8 +2,9 @@
 //! `pyron-workers`, with dead letters in `webhook-jobs:dead`.
 //!
 //! A job carries the whole alert (id, receive time, kind, content type, redacted body,
-//! sender, dedup key), so a worker needs nothing else to process it and can rebuild the
-//! audit record should it be missing. Deduplication lives here too: a key
+//! sender, dedup key) as JSON in one stream field, `job`, so a worker needs nothing else to
+//! process it and can rebuild the audit record should it be missing. Entries queued before
+//! jobs were one field (a field per attribute) are still read. Deduplication lives here too: a key
 //! `pyron:dedup:<sha256>` is set with the event id, atomically with the `XADD`, by one Lua
 //! script, so a duplicate can never create a second job and a first alert can never be
 //! marked seen without its job.
@@ -298,10 +299,7 @@ impl Queue {
             Some(key) => self.once(alert, &dedup_key(key), dedup_ttl),
             None => {
                 let mut cmd = redis::cmd("XADD");
-                cmd.arg(STREAM).arg("*");
-                for (name, value) in JobFields::of(alert).pairs() {
-                    cmd.arg(name).arg(value);
-                }
+                cmd.arg(STREAM).arg("*").arg(JOB).arg(job(alert));
                 cmd
             }
         };
@@ -361,17 +359,15 @@ impl Queue {
     /// `ENQUEUE_ONCE` for one alert under `key`, as an `EVALSHA` for a pipeline that
     /// loads the script first.
     fn once(&self, alert: &Alert, key: &str, ttl: Duration) -> redis::Cmd {
-        let fields = JobFields::of(alert);
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(self.enqueue_once.get_hash())
             .arg(2)
             .arg(STREAM)
             .arg(key)
-            .arg(&fields.id)
-            .arg(ttl.as_secs().max(1));
-        for (name, value) in fields.pairs() {
-            cmd.arg(name).arg(value);
-        }
+            .arg(alert.id.to_string())
+            .arg(ttl.as_secs().max(1))
+            .arg(JOB)
+            .arg(job(alert));
         cmd
     }
 
@@ -437,39 +433,12 @@ fn enqueued((queued, value): (i64, String)) -> Enqueued {
     }
 }
 
-/// The fields of an alert's job, as strings for Redis.
-struct JobFields<'a> {
-    id: String,
-    received_at: String,
-    alert: &'a Alert,
-}
+/// The stream field that carries an alert's job.
+const JOB: &str = "job";
 
-impl<'a> JobFields<'a> {
-    fn of(alert: &'a Alert) -> Self {
-        JobFields {
-            id: alert.id.to_string(),
-            received_at: alert.received_at.timestamp_millis().to_string(),
-            alert,
-        }
-    }
-
-    fn pairs(&self) -> Vec<(&str, &str)> {
-        let alert = self.alert;
-        let mut fields: Vec<(&str, &str)> = vec![
-            ("id", &self.id),
-            ("received_at", &self.received_at),
-            ("kind", alert.kind.as_str()),
-            ("content_type", &alert.content_type),
-            ("body", &alert.body),
-        ];
-        if let Some(sender) = &alert.sender {
-            fields.push(("sender", sender));
-        }
-        if let Some(key) = &alert.dedup_key {
-            fields.push(("dedup_key", key));
-        }
-        fields
-    }
+/// An alert's job, as the stream carries it: the alert as JSON (see `Alert`).
+fn job(alert: &Alert) -> String {
+    serde_json::to_string(alert).expect("an alert always serializes")
 }
 
 /// The worker's side of the stream.
@@ -649,6 +618,14 @@ impl Consumer {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
+        // The event id stands on its own too, for whoever reads the dead letters in Redis
+        // (a job queued as one field has it only inside `job`).
+        let id = delivery.alert.as_ref().map(|a| a.id.to_string());
+        if let Ok(id) = &id
+            && !fields.iter().any(|(k, _)| *k == "id")
+        {
+            fields.push(("id", id));
+        }
         fields.push(("reason", reason));
         fields.push(("entry", &delivery.entry));
         fields.push(("attempts", &attempts));
@@ -681,7 +658,7 @@ impl Delivery {
                 (k, v)
             })
             .collect();
-        let alert = alert_from_fields(&fields);
+        let alert = read_job(&fields);
         let duplicate_of = fields
             .iter()
             .find(|(k, _)| k == "duplicate_of")
@@ -698,24 +675,49 @@ impl Delivery {
 impl DeadLetter {
     fn from_entry(entry: StreamId) -> DeadLetter {
         let delivery = Delivery::from_entry(entry);
-        let mut fields = delivery.fields;
-        let mut take = |name: &str| {
-            fields
+        let find = |name: &str| {
+            delivery
+                .fields
                 .iter()
-                .position(|(k, _)| k == name)
-                .map(|i| fields.swap_remove(i).1)
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
         };
-        DeadLetter {
-            entry: delivery.entry,
-            id: take("id"),
-            reason: take("reason").unwrap_or_default(),
-            received_at: take("received_at"),
-            kind: take("kind"),
-            body: take("body"),
+        let reason = find("reason").unwrap_or_default();
+        match &delivery.alert {
+            Ok(alert) => DeadLetter {
+                entry: delivery.entry.clone(),
+                id: Some(alert.id.to_string()),
+                reason,
+                received_at: Some(alert.received_at.timestamp_millis().to_string()),
+                kind: Some(alert.kind.as_str().to_owned()),
+                body: Some(alert.body.clone()),
+            },
+            // What can be read of an entry that is not a job.
+            Err(_) => DeadLetter {
+                entry: delivery.entry.clone(),
+                id: find("id"),
+                reason,
+                received_at: find("received_at"),
+                kind: find("kind"),
+                body: find("body"),
+            },
         }
     }
 }
 
+/// The alert a stream entry carries.
+fn read_job(fields: &[(String, String)]) -> Result<Alert, String> {
+    match fields.iter().find(|(k, _)| k == JOB) {
+        Some((_, job)) => {
+            serde_json::from_str::<Alert>(job).map_err(|e| format!("job is not readable: {e}"))
+        }
+        // Queued by a Pyron from before jobs were one field: still read, so that an
+        // upgrade strands no job.
+        None => alert_from_fields(fields),
+    }
+}
+
+/// A job queued as a field per attribute, as Pyron did before `job`.
 fn alert_from_fields(fields: &[(String, String)]) -> Result<Alert, String> {
     let find = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v);
     let get = |name: &str| find(name).ok_or_else(|| format!("job has no field {name:?}"));
@@ -821,5 +823,58 @@ mod tests {
                 .unwrap_err()
                 .contains("body")
         );
+    }
+
+    #[test]
+    fn a_job_is_one_field_that_reads_back_as_the_alert() {
+        let alert = Alert {
+            id: "0192f0c0-0000-7000-8000-000000000000".parse().unwrap(),
+            received_at: Utc.timestamp_millis_opt(1764339300123).unwrap(),
+            kind: AlertKind::Text,
+            content_type: "text/plain".into(),
+            body: "BTCUSDT Crossing 67,000.00".into(),
+            json: Some(serde_json::json!({"dropped": true})),
+            dedup_key: None,
+            sender: Some("127.0.0.1".into()),
+        };
+        let field = job(&alert);
+        assert_eq!(
+            field,
+            r#"{"id":"0192f0c0-0000-7000-8000-000000000000","received_at":1764339300123,"kind":"text","content_type":"text/plain","body":"BTCUSDT Crossing 67,000.00","sender":"127.0.0.1"}"#
+        );
+        let read = read_job(&[(JOB.into(), field)]).unwrap();
+        assert_eq!(read.id, alert.id);
+        assert_eq!(read.received_at, alert.received_at);
+        assert_eq!(
+            (read.body, read.sender, read.dedup_key),
+            (alert.body, alert.sender, None)
+        );
+        assert!(
+            read.json.is_none(),
+            "the parsed JSON is read again from the body"
+        );
+        assert!(
+            read_job(&[(JOB.into(), "{\"id\":1}".into())])
+                .unwrap_err()
+                .starts_with("job is not readable")
+        );
+    }
+
+    #[test]
+    fn a_job_queued_as_a_field_per_attribute_is_still_read() {
+        let fields: Vec<(String, String)> = [
+            ("id", "0192f0c0-0000-7000-8000-000000000000"),
+            ("received_at", "1764339300000"),
+            ("kind", "json"),
+            ("content_type", "application/json"),
+            ("body", "{}"),
+            ("dedup_key", "k-1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let alert = read_job(&fields).unwrap();
+        assert_eq!(alert.kind, AlertKind::Json);
+        assert_eq!(alert.dedup_key.as_deref(), Some("k-1"));
     }
 }

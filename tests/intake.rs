@@ -987,7 +987,11 @@ async fn concurrent_alerts_sharing_a_pipeline_each_get_their_own_answer() {
         let entry = stream
             .ids
             .iter()
-            .find(|e| e.get::<String>("id").as_ref() == Some(id))
+            .find(|e| {
+                // The job is the alert as JSON, in one field.
+                let job: Value = serde_json::from_str(&e.get::<String>("job").unwrap()).unwrap();
+                job["id"].as_str() == Some(id.as_str())
+            })
             .unwrap_or_else(|| panic!("no job for {id}"));
         assert_eq!(record.get_str("entry"), Ok(entry.id.as_str()), "{id}");
     }
@@ -1151,4 +1155,40 @@ async fn an_alert_has_the_same_audit_record_whoever_writes_it() {
     );
     assert!(record(&by_worker[3]).get_document("json").is_err());
     assert!(!audit.iter().any(|r| r.to_string().contains(TOKEN)));
+}
+
+#[tokio::test]
+async fn a_job_queued_before_jobs_were_one_field_is_still_processed() {
+    // A stream entry as the previous Pyron wrote it, a field per attribute, found in the
+    // stream by an upgraded worker.
+    let app = App::start().await;
+    let id = "01a22500-0000-7000-8000-000000000002";
+    let mut conn = app.stores.redis().await;
+    let _: String = redis::cmd("XADD")
+        .arg("webhook-jobs")
+        .arg("*")
+        .arg(&[
+            ("id", id),
+            ("received_at", "1795915106149"),
+            ("kind", "json"),
+            ("content_type", "application/json"),
+            (
+                "body",
+                r#"{"ticker":"ETHUSDT","action":"sell","price":"3,601.25"}"#,
+            ),
+            ("sender", "127.0.0.1"),
+            ("dedup_key", "legacy-1"),
+        ])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let jobs = app
+        .wait_for_docs("jobs", doc! { "_id": id, "status": "processed" }, 1)
+        .await;
+    assert_eq!(jobs.len(), 1, "the old entry was not processed");
+    assert_eq!(f64_at(&jobs[0], "price"), 3601.25);
+    let audit = app.wait_for_docs("audit", doc! { "_id": id }, 1).await;
+    assert_eq!(audit[0].get_str("sender").unwrap(), "127.0.0.1");
+    assert_eq!(audit[0].get_str("dedup_key").unwrap(), "legacy-1");
+    assert_eq!(app.redis_state().await.0, 0, "the entry is acknowledged");
 }
