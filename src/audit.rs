@@ -13,7 +13,8 @@
 
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     ingest::Alert,
@@ -32,11 +33,12 @@ pub struct AuditWriter {
 }
 
 impl AuditWriter {
-    /// Starts the writer; it stops, after writing what it holds, once `stop` turns true.
+    /// Starts the writer; it stops, after writing what it holds, once `stop` is
+    /// cancelled.
     pub fn start(
         store: Store,
         queue: Queue,
-        stop: watch::Receiver<bool>,
+        stop: CancellationToken,
     ) -> (AuditWriter, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
         let task = tokio::spawn(run(Stores { store, queue }, rx, stop));
@@ -54,11 +56,7 @@ struct Stores {
     queue: Queue,
 }
 
-async fn run(
-    store: Stores,
-    mut rx: mpsc::Receiver<(Alert, Arrival)>,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn run(store: Stores, mut rx: mpsc::Receiver<(Alert, Arrival)>, stop: CancellationToken) {
     let mut batch = Vec::with_capacity(BATCH);
     loop {
         tokio::select! {
@@ -67,11 +65,7 @@ async fn run(
                     return;
                 }
             }
-            changed = stop.changed() => {
-                let stopping = changed.is_err() || *stop.borrow();
-                if !stopping {
-                    continue;
-                }
+            () = stop.cancelled() => {
                 rx.close();
                 while rx.recv_many(&mut batch, BATCH).await > 0 {
                     write(&store, &mut batch).await;

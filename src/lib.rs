@@ -6,6 +6,7 @@
 //! persist it; `worker` consumes the queue and uses `signal` to normalize each alert.
 
 pub mod audit;
+pub mod backoff;
 pub mod config;
 pub mod domain;
 pub mod http;

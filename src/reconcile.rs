@@ -10,8 +10,10 @@ use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
 use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
 
 use crate::{
+    backoff::Backoff,
     queue::{Enqueued, Queue, QueueError},
     store::{Store, StoreError},
 };
@@ -22,7 +24,7 @@ const PAGE: i64 = 100;
 /// Shortest wait before sweeping again for records still in their grace.
 const MIN_WAIT: Duration = Duration::from_millis(10);
 
-/// Wait between attempts while a store is down.
+/// Wait between attempts while a store is down (jittered: half of it to all of it).
 const RETRY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
@@ -47,32 +49,33 @@ pub struct Reconciler {
 }
 
 impl Reconciler {
-    /// Sweeps at start, then whenever woken, until `shutdown` turns true.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+    /// Sweeps at start, then whenever woken, until `shutdown` is cancelled.
+    pub async fn run(mut self, shutdown: CancellationToken) {
         tokio::select! {
             _ = self.reached.wait_for(|r| r.redis && r.mongo) => {}
-            _ = shutdown.changed() => return,
+            () = shutdown.cancelled() => return,
         }
+        let mut retry = Backoff::new(RETRY, RETRY);
         loop {
             match self.sweep().await {
                 Ok(None) => {}
                 Ok(Some(wait)) => {
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => continue,
-                        _ = shutdown.changed() => return,
+                        () = shutdown.cancelled() => return,
                     }
                 }
                 Err(err) => {
                     tracing::warn!(error = %err, "reconciler cannot queue yet; will retry");
                     tokio::select! {
-                        _ = tokio::time::sleep(RETRY) => continue,
-                        _ = shutdown.changed() => return,
+                        _ = tokio::time::sleep(retry.next_wait()) => continue,
+                        () = shutdown.cancelled() => return,
                     }
                 }
             }
             tokio::select! {
                 _ = self.wake.notified() => {}
-                _ = shutdown.changed() => return,
+                () = shutdown.cancelled() => return,
             }
         }
     }

@@ -15,13 +15,14 @@ use std::{fmt::Display, path::Path, sync::Arc, time::Duration};
 use axum::Router;
 use tokio::{
     net::{TcpListener, UnixListener},
-    sync::{Notify, watch},
+    sync::Notify,
 };
 use tokio_rustls::TlsAcceptor;
-use tokio_util::task::TaskTracker;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     audit::AuditWriter,
+    backoff::Backoff,
     config::{BindAddr, Config},
     http::{
         self, AppState, Breaker, Counters, Peer, Reached, SenderRules, TlsError, serve_tls,
@@ -66,7 +67,7 @@ pub struct Api {
     reconciler: Reconciler,
     tasks: TaskTracker,
     /// Stops the audit writer (after its last batch) and waits for it.
-    audit: (watch::Sender<bool>, tokio::task::JoinHandle<()>),
+    audit: (CancellationToken, tokio::task::JoinHandle<()>),
     state: Arc<AppState>,
     /// Where it listens, for the log and the status line.
     pub bound: String,
@@ -123,9 +124,9 @@ impl Api {
             reached: reached.subscribe(),
         };
         let tasks = TaskTracker::new();
-        let (stop_audit, audit_stopped) = watch::channel(false);
+        let stop_audit = CancellationToken::new();
         let (audit, audit_task) =
-            AuditWriter::start(background.clone(), queue.clone(), audit_stopped);
+            AuditWriter::start(background.clone(), queue.clone(), stop_audit.clone());
 
         let state = Arc::new(AppState {
             intake: Intake {
@@ -166,17 +167,20 @@ impl Api {
         })
     }
 
-    /// Serves until `stop` turns true, then stops accepting, lets in-flight requests
+    /// Serves until `stop` is cancelled, then stops accepting, lets in-flight requests
     /// finish and the audit writes they started complete. Reaches the stores meanwhile,
     /// tells systemd it is ready once one answers, keeps its status line current and pings
     /// its watchdog.
-    pub async fn serve(self, mut stop: watch::Receiver<bool>) -> std::io::Result<()> {
-        let (stop_tasks, tasks_stopped) = watch::channel(false);
-        let reach = tokio::spawn(reach_stores(self.state.clone(), tasks_stopped.clone()));
-        let reconciler = tokio::spawn(self.reconciler.run(tasks_stopped.clone()));
+    ///
+    /// The background tasks stop only once the last request is answered (they serve the
+    /// requests), and the audit writer after them, with its last batch.
+    pub async fn serve(self, stop: CancellationToken) -> std::io::Result<()> {
+        let background = CancellationToken::new();
+        let reach = tokio::spawn(reach_stores(self.state.clone(), background.child_token()));
+        let reconciler = tokio::spawn(self.reconciler.run(background.child_token()));
         let tally = {
             let state = self.state.clone();
-            let stopped = tasks_stopped.clone();
+            let stopped = background.child_token();
             tokio::spawn(async move { state.tally.run(state.queue.stats(), stopped).await })
         };
         let state = self.state.clone();
@@ -186,11 +190,11 @@ impl Api {
             let state = state.clone();
             let bound = bound.clone();
             let mut reached = state.reached.subscribe();
-            let mut stopped = tasks_stopped;
+            let stopped = background.child_token();
             tokio::spawn(async move {
                 tokio::select! {
                     _ = reached.wait_for(|r| r.any()) => {}
-                    _ = stopped.changed() => return,
+                    () = stopped.cancelled() => return,
                 }
                 systemd::ready(&status_line(&state, &bound));
                 if std::env::var_os("NOTIFY_SOCKET").is_none() {
@@ -199,13 +203,13 @@ impl Api {
                 loop {
                     tokio::select! {
                         _ = tokio::time::sleep(STATUS_EVERY) => systemd::status(&status_line(&state, &bound)),
-                        _ = stopped.changed() => return,
+                        () = stopped.cancelled() => return,
                     }
                 }
             });
         }
         let shutdown = async move {
-            let _ = stop.wait_for(|stop| *stop).await;
+            stop.cancelled().await;
             tracing::info!("shutting down: no new connections; finishing requests in flight");
         };
         let served = match self.listener {
@@ -221,9 +225,9 @@ impl Api {
                     .await
             }
         };
-        let _ = stop_tasks.send(true);
+        background.cancel();
         let (stop_audit, audit_task) = self.audit;
-        let _ = stop_audit.send(true);
+        stop_audit.cancel();
         let _ = audit_task.await;
         self.tasks.close();
         if tokio::time::timeout(DRAIN_TASKS, self.tasks.wait())
@@ -270,7 +274,7 @@ const REACH_EVERY: Duration = Duration::from_millis(250);
 
 /// Tries each store until it answers, and notes it in `state.reached`; for MongoDB, then
 /// makes sure of the reconciler's index.
-async fn reach_stores(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
+async fn reach_stores(state: Arc<AppState>, stop: CancellationToken) {
     let redis = async {
         let queue = state.queue.clone();
         retry_until("Redis", REACH_EVERY, async move || queue.ping().await).await;
@@ -286,11 +290,11 @@ async fn reach_stores(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
     };
     tokio::select! {
         _ = async { tokio::join!(redis, mongo) } => {}
-        _ = stop.changed() => {}
+        () = stop.cancelled() => {}
     }
 }
 
-/// Retries `attempt` until it succeeds, with backoff up to two seconds, saying why it
+/// Retries `attempt` until it succeeds, backing off up to two seconds, saying why it
 /// waits in the log and in systemd's status line.
 pub async fn wait_for<T, E: Display>(what: &str, attempt: impl AsyncFnMut() -> Result<T, E>) -> T {
     retry_until(what, Duration::from_secs(2), attempt).await
@@ -302,7 +306,7 @@ async fn retry_until<T, E: Display>(
     longest: Duration,
     mut attempt: impl AsyncFnMut() -> Result<T, E>,
 ) -> T {
-    let mut delay = Duration::from_millis(100).min(longest);
+    let mut backoff = Backoff::new(Duration::from_millis(100), longest);
     let mut tries: u32 = 0;
     loop {
         match attempt().await {
@@ -318,8 +322,7 @@ async fn retry_until<T, E: Display>(
                     systemd::status(&format!("waiting for {what}: {err}"));
                 }
                 tries += 1;
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(longest);
+                tokio::time::sleep(backoff.next_wait()).await;
             }
         }
     }
@@ -385,10 +388,12 @@ fn remove_stale_socket(path: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Turns true on the first SIGTERM or SIGINT, after telling systemd `STOPPING=1`.
-pub fn shutdown_signals() -> watch::Receiver<bool> {
+/// Cancelled on the first SIGTERM or SIGINT, after telling systemd `STOPPING=1`. The
+/// process's parts each hold a child of it.
+pub fn shutdown_signals() -> CancellationToken {
     use tokio::signal::unix::{SignalKind, signal};
-    let (tx, rx) = watch::channel(false);
+    let token = CancellationToken::new();
+    let cancel = token.clone();
     let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
     tokio::spawn(async move {
@@ -397,7 +402,7 @@ pub fn shutdown_signals() -> watch::Receiver<bool> {
             _ = int.recv() => {}
         }
         systemd::stopping();
-        let _ = tx.send(true);
+        cancel.cancel();
     });
-    rx
+    token
 }

@@ -182,14 +182,14 @@ impl Tally {
         }
     }
 
-    /// Flushes every `TALLY_EVERY` until `stop` turns true, then once more.
-    pub async fn run(&self, stats: Stats, mut stop: tokio::sync::watch::Receiver<bool>) {
+    /// Flushes every `TALLY_EVERY` until `stop` is cancelled, then once more.
+    pub async fn run(&self, stats: Stats, stop: tokio_util::sync::CancellationToken) {
         let mut tick = tokio::time::interval(TALLY_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        while !*stop.borrow() {
+        loop {
             tokio::select! {
                 _ = tick.tick() => self.flush(&stats).await,
-                changed = stop.changed() => if changed.is_err() { break },
+                () = stop.cancelled() => break,
             }
         }
         self.flush(&stats).await;

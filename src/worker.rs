@@ -25,10 +25,10 @@ use std::{
 };
 
 use chrono::Utc;
-use rand::Rng;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::{
+    backoff::Backoff,
     config::Config,
     domain::AlertKind,
     ingest::{self, Alert},
@@ -201,18 +201,18 @@ impl Worker {
         )
     }
 
-    /// Runs until `shutdown` turns true; the batch in hand is finished and acknowledged
+    /// Runs until `shutdown` is cancelled; the batch in hand is finished and acknowledged
     /// first. Jobs waiting for a retry stay pending, for this consumer's next run or for
     /// another consumer to claim.
-    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(&self, shutdown: CancellationToken) {
         // Entries given to this consumer name before and never acknowledged come first.
         let mut pending: Option<String> = Some("0".into());
         let claim_every = (self.claim_idle / 2).max(Duration::from_millis(500));
         let mut next_claim = Instant::now();
         let mut retries = Retries::default();
-        let mut backoff = OUTAGE_BACKOFF.0;
+        let mut outage = Backoff::new(OUTAGE_BACKOFF.0, OUTAGE_BACKOFF.1);
         let mut last_beat: Option<Instant> = None;
-        while !*shutdown.borrow() {
+        while !shutdown.is_cancelled() {
             self.heartbeat.beat();
             if last_beat.is_none_or(|at| at.elapsed() >= HEARTBEAT_EVERY) {
                 last_beat = Some(Instant::now());
@@ -247,7 +247,7 @@ impl Worker {
                         // it off would leave them pending until this consumer's next
                         // start. It ends within `block`; its batch is processed, and the
                         // loop stops at its top.
-                        _ = shutdown.changed() => read.await,
+                        () = shutdown.cancelled() => read.await,
                     }
                 } else {
                     Ok(due)
@@ -267,16 +267,15 @@ impl Worker {
                 Err(err) => Err(err.into()),
             };
             match result {
-                Ok(()) => backoff = OUTAGE_BACKOFF.0,
+                Ok(()) => outage.reset(),
                 Err(err) => {
-                    let wait = jitter(backoff);
+                    let wait = outage.next_wait();
                     tracing::warn!(error = %err, retry_in_ms = wait.as_millis() as u64, "batch not recorded; will retry");
                     pending = Some("0".into());
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
-                        _ = shutdown.changed() => break,
+                        () = shutdown.cancelled() => break,
                     }
-                    backoff = (backoff * 2).min(OUTAGE_BACKOFF.1);
                 }
             }
         }
@@ -434,11 +433,7 @@ impl Worker {
     /// takes a job that is merely waiting, with jitter so that retries spread out.
     fn retry_delay(&self, attempts: u32) -> Duration {
         let cap = MAX_RETRY_DELAY.min(self.claim_idle / 2);
-        let delay = self
-            .retry_base
-            .saturating_mul(1 << (attempts - 1).min(20))
-            .min(cap);
-        jitter(delay)
+        Backoff::after_failures(self.retry_base, cap, attempts)
     }
 
     /// What to write for one entry. The audit record is built from the job exactly as
@@ -480,10 +475,4 @@ impl Worker {
             alert,
         }
     }
-}
-
-/// "Equal jitter": somewhere between half the delay and the whole of it.
-fn jitter(delay: Duration) -> Duration {
-    let half = delay / 2;
-    half + half.mul_f64(rand::rng().random::<f64>())
 }

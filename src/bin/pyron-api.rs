@@ -33,10 +33,10 @@ async fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     telemetry::init(&config, "pyron-api");
-    let mut stop = shutdown_signals();
+    let stop = shutdown_signals();
     let api = tokio::select! {
         api = Api::build(&config) => api,
-        _ = stop.changed() => return ExitCode::SUCCESS,
+        () = stop.cancelled() => return ExitCode::SUCCESS,
     };
     let api = match api {
         Ok(api) => api,

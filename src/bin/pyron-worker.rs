@@ -82,10 +82,10 @@ async fn main() -> ExitCode {
 
 async fn run(config: Config) -> ExitCode {
     telemetry::init(&config, "pyron-worker");
-    let mut stop = shutdown_signals();
+    let stop = shutdown_signals();
     let worker = tokio::select! {
         worker = Worker::connect(&config) => Arc::new(worker),
-        _ = stop.changed() => return ExitCode::SUCCESS,
+        () = stop.cancelled() => return ExitCode::SUCCESS,
     };
     tracing::info!(consumer = %worker.consumer(), "pyron-worker consuming");
     systemd::ready(&worker.status_line().await);
@@ -93,23 +93,21 @@ async fn run(config: Config) -> ExitCode {
     systemd::spawn_watchdog(move |interval| heartbeat.age() < interval);
     if std::env::var_os("NOTIFY_SOCKET").is_some() {
         let worker = worker.clone();
-        let mut stopped = stop.clone();
+        let stopped = stop.child_token();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(STATUS_EVERY) => systemd::status(&worker.status_line().await),
-                    _ = stopped.changed() => return,
+                    () = stopped.cancelled() => return,
                 }
             }
         });
     }
     {
-        let stopped = stop.clone();
+        let stopped = stop.child_token();
         tokio::spawn(async move {
-            let mut stopped = stopped;
-            if stopped.wait_for(|s| *s).await.is_ok() {
-                tracing::info!("shutting down: finishing the batch in hand");
-            }
+            stopped.cancelled().await;
+            tracing::info!("shutting down: finishing the batch in hand");
         });
     }
     worker.run(stop).await;
