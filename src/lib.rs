@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod backoff;
 pub mod config;
+pub mod delivery;
 pub mod domain;
 pub mod http;
 pub mod ingest;

@@ -24,6 +24,7 @@ use crate::{
     audit::AuditWriter,
     backoff::Backoff,
     config::{BindAddr, Config},
+    delivery::Acceptor,
     http::{
         self, AppState, Breaker, Counters, Peer, Reached, SenderRules, TlsError, serve_tls,
         tls_acceptor,
@@ -135,16 +136,18 @@ impl Api {
                 idempotency_field: config.idempotency_field.clone(),
                 body_limit: config.body_limit,
             },
-            queue,
-            store,
-            background_store: background,
-            dedup_ttl: config.dedup_ttl,
-            store_timeout: config.store_timeout,
-            queue_breaker: Breaker::new(QUEUE_BREAKER_WINDOW),
+            delivery: Acceptor {
+                queue,
+                store,
+                background_store: background,
+                budget: config.store_timeout,
+                dedup_ttl: config.dedup_ttl,
+                breaker: Breaker::new(QUEUE_BREAKER_WINDOW),
+                reconcile,
+                tasks: tasks.clone(),
+                audit,
+            },
             reached,
-            reconcile,
-            tasks: tasks.clone(),
-            audit,
             admin_token: config.admin_token.clone(),
             counters: Counters::default(),
             tally: Default::default(),
@@ -181,7 +184,9 @@ impl Api {
         let tally = {
             let state = self.state.clone();
             let stopped = background.child_token();
-            tokio::spawn(async move { state.tally.run(state.queue.stats(), stopped).await })
+            tokio::spawn(
+                async move { state.tally.run(state.delivery.queue.stats(), stopped).await },
+            )
         };
         let state = self.state.clone();
         let bound = self.bound.clone();
@@ -252,7 +257,7 @@ fn status_line(state: &AppState, bound: &str) -> String {
     let reached = *state.reached.borrow();
     let queue = if !reached.redis {
         "Redis not reached yet: alerts kept in MongoDB"
-    } else if state.queue_breaker.is_open() {
+    } else if state.delivery.breaker.is_open() {
         "Redis down: alerts kept in MongoDB"
     } else {
         "queue ok"
@@ -276,15 +281,15 @@ const REACH_EVERY: Duration = Duration::from_millis(250);
 /// makes sure of the reconciler's index.
 async fn reach_stores(state: Arc<AppState>, stop: CancellationToken) {
     let redis = async {
-        let queue = state.queue.clone();
+        let queue = state.delivery.queue.clone();
         retry_until("Redis", REACH_EVERY, async move || queue.ping().await).await;
         state.reached.send_modify(|r| r.redis = true);
     };
     let mongo = async {
-        let store = state.store.clone();
+        let store = state.delivery.store.clone();
         retry_until("MongoDB", REACH_EVERY, async move || store.ping().await).await;
         state.reached.send_modify(|r| r.mongo = true);
-        if let Err(err) = state.background_store.ensure_indexes().await {
+        if let Err(err) = state.delivery.background_store.ensure_indexes().await {
             tracing::warn!(error = %err, "audit.status index not created; the reconciler will scan");
         }
     };

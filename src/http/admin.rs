@@ -33,7 +33,12 @@ pub async fn dead_letters(
 ) -> Result<Json<DeadLetters>, ApiError> {
     auth::check(app.admin_token.as_ref(), &Method::GET, &headers)?;
     let limit = query.limit.unwrap_or(100).clamp(1, MAX_LIMIT);
-    let dead_letters = app.queue.dead_letters(limit).await.map_err(redis_down)?;
+    let dead_letters = app
+        .delivery
+        .queue
+        .dead_letters(limit)
+        .await
+        .map_err(redis_down)?;
     Ok(Json(DeadLetters { dead_letters }))
 }
 
@@ -75,7 +80,12 @@ pub async fn replay(
         (true, false) => return Err(bad("give either ids or all, not both".into())),
         (false, true) => return Err(bad("give the event ids to replay, or \"all\": true".into())),
     };
-    let replayed = app.queue.replay(ids.as_deref()).await.map_err(redis_down)?;
+    let replayed = app
+        .delivery
+        .queue
+        .replay(ids.as_deref())
+        .await
+        .map_err(redis_down)?;
     tracing::info!(replayed, "dead letters replayed");
     Ok((StatusCode::ACCEPTED, Json(Replayed { replayed })))
 }

@@ -42,7 +42,7 @@ pub struct StatsView {
 }
 
 async fn stats_view(app: &AppState) -> Result<StatsView, ApiError> {
-    let activity = app.queue.stats().activity().await.map_err(|err| {
+    let activity = app.delivery.queue.stats().activity().await.map_err(|err| {
         tracing::warn!(error = %err, "dashboard: Redis unavailable");
         ApiError::storage_unavailable("Redis is unavailable; the dashboard needs it")
     })?;
@@ -56,11 +56,21 @@ async fn stats_view(app: &AppState) -> Result<StatsView, ApiError> {
 
 async fn snapshot(app: &AppState) -> Result<Snapshot, ApiError> {
     let stats = stats_view(app).await?;
-    let events = app.background_store.recent(RECENT).await.map_err(|err| {
-        tracing::warn!(error = %err, "dashboard: MongoDB unavailable");
-        ApiError::storage_unavailable("MongoDB is unavailable; the dashboard needs it")
-    })?;
-    let dead_letters = app.queue.dead_letters(20).await.unwrap_or_default();
+    let events = app
+        .delivery
+        .background_store
+        .recent(RECENT)
+        .await
+        .map_err(|err| {
+            tracing::warn!(error = %err, "dashboard: MongoDB unavailable");
+            ApiError::storage_unavailable("MongoDB is unavailable; the dashboard needs it")
+        })?;
+    let dead_letters = app
+        .delivery
+        .queue
+        .dead_letters(20)
+        .await
+        .unwrap_or_default();
     Ok(Snapshot {
         stats,
         events,
@@ -102,10 +112,15 @@ async fn recent(app: &AppState, query: &EventsQuery) -> Result<Vec<EventRow>, Ap
     } else {
         limit
     };
-    let rows = app.background_store.recent(fetch).await.map_err(|err| {
-        tracing::warn!(error = %err, "events: MongoDB unavailable");
-        ApiError::storage_unavailable("MongoDB is unavailable")
-    })?;
+    let rows = app
+        .delivery
+        .background_store
+        .recent(fetch)
+        .await
+        .map_err(|err| {
+            tracing::warn!(error = %err, "events: MongoDB unavailable");
+            ApiError::storage_unavailable("MongoDB is unavailable")
+        })?;
     let wanted = |row: &EventRow| {
         query
             .status
@@ -138,10 +153,15 @@ pub async fn event(
     Path(id): Path<String>,
 ) -> Result<Json<EventDetail>, ApiError> {
     auth::check(app.admin_token.as_ref(), &Method::GET, &headers)?;
-    let (audit, job) = app.background_store.event(&id).await.map_err(|err| {
-        tracing::warn!(error = %err, "event: MongoDB unavailable");
-        ApiError::storage_unavailable("MongoDB is unavailable")
-    })?;
+    let (audit, job) = app
+        .delivery
+        .background_store
+        .event(&id)
+        .await
+        .map_err(|err| {
+            tracing::warn!(error = %err, "event: MongoDB unavailable");
+            ApiError::storage_unavailable("MongoDB is unavailable")
+        })?;
     if audit.is_none() && job.is_none() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -256,7 +276,12 @@ pub async fn index(
         Err(err) => return err.into_response(),
     };
     let events = recent(&app, &query).await.unwrap_or_default();
-    let dead = app.queue.dead_letters(20).await.unwrap_or_default();
+    let dead = app
+        .delivery
+        .queue
+        .dead_letters(20)
+        .await
+        .unwrap_or_default();
     Html(page(&stats, &events, &dead, &query)).into_response()
 }
 

@@ -12,7 +12,7 @@ pub async fn alive() -> Json<Value> {
 }
 
 pub async fn ready(State(app): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
-    let (redis, mongo) = tokio::join!(app.queue.ping(), app.store.ping());
+    let (redis, mongo) = tokio::join!(app.delivery.queue.ping(), app.delivery.store.ping());
     match (redis, mongo) {
         (Ok(()), Ok(())) => Ok(Json(
             json!({ "status": "ready", "redis": "ok", "mongodb": "ok" }),

@@ -138,7 +138,7 @@ async fn render(app: &AppState) -> Result<String, ApiError> {
     );
     let _ = writeln!(w, "pyron_ack_duration_seconds_count {count}");
 
-    let stats = app.queue.stats();
+    let stats = app.delivery.queue.stats();
     let unavailable = |err: redis::RedisError| {
         tracing::warn!(error = %err, "metrics: Redis unavailable");
         ApiError::storage_unavailable("Redis is unavailable; the metrics need it")

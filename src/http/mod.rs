@@ -29,11 +29,7 @@ use axum::{
     routing::{get, post},
     serve::IncomingStream,
 };
-use tokio::{
-    net::{TcpListener, UnixListener},
-    sync::Notify,
-};
-use tokio_util::task::TaskTracker;
+use tokio::net::{TcpListener, UnixListener};
 
 pub use error::ApiError;
 
@@ -56,32 +52,17 @@ mod tests {
 pub use sender::SenderRules;
 pub use tls::{TlsError, serve_tls, tls_acceptor};
 
-use crate::{domain::Secret, ingest::Intake, queue::Queue, store::Store};
+use crate::{domain::Secret, ingest::Intake};
 
 /// What every handler shares.
 pub struct AppState {
     pub intake: Intake,
-    pub queue: Queue,
-    /// MongoDB for the request path: bounded by half the storing budget.
-    pub store: Store,
-    /// MongoDB for writes no answer waits on, with the worker's longer timeout.
-    pub background_store: Store,
-    pub dedup_ttl: Duration,
-    /// How long a request may spend storing its alert, Redis and MongoDB together, before
-    /// it is answered 503.
-    pub store_timeout: Duration,
-    /// Open after Redis failed a request: the requests that follow for a moment go to
-    /// MongoDB directly instead of each waiting for Redis to fail again.
-    pub queue_breaker: Breaker,
+    /// Makes accepted alerts durable (the acknowledgement rule); its stores also serve
+    /// readiness, the dashboard and the admin API.
+    pub delivery: crate::delivery::Acceptor,
     /// Which stores have answered since pyron-api started (for readiness, the status
     /// line and the reconciler; alerts try the stores as at any other time).
     pub reached: tokio::sync::watch::Sender<Reached>,
-    /// Wakes the reconciler after an alert was kept in MongoDB alone.
-    pub reconcile: Arc<Notify>,
-    /// Audit writes that outlive their request; shutdown waits for them.
-    pub tasks: TaskTracker,
-    /// Writes queued alerts' audit records in batches.
-    pub audit: crate::audit::AuditWriter,
     pub admin_token: Option<Secret>,
     pub counters: Counters,
     /// Answers counted for the dashboard, written to Redis every few hundred ms.

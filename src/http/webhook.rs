@@ -1,10 +1,7 @@
 //! `POST /webhook` and `POST /webhook/{token}`: read the body within the limit, let
-//! `ingest` judge it, queue it, record it, answer 202.
+//! `ingest` judge it and `delivery` make it durable, answer 202.
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration, time::Instant};
 
 use axum::{
     Json,
@@ -17,21 +14,38 @@ use serde::Serialize;
 
 use super::{ApiError, AppState, Counters, Peer};
 use crate::{
-    ingest::{self, Alert, Rejection},
-    queue::Enqueued,
+    delivery::{Receipt, Unavailable},
+    ingest::{self, Rejection},
     stats::Event,
-    store::Arrival,
 };
 
+/// The answer to an accepted alert.
 #[derive(Debug, Serialize)]
 pub struct Ack {
     pub id: String,
     pub status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duplicate_of: Option<String>,
-    /// Kept in MongoDB alone (Redis was down); not part of the answer.
-    #[serde(skip)]
-    pub kept: bool,
+}
+
+impl From<&Receipt> for Ack {
+    fn from(receipt: &Receipt) -> Ack {
+        let (status, duplicate_of) = match receipt {
+            Receipt::Queued { .. } | Receipt::KeptInMongo { .. } => ("queued", None),
+            Receipt::Duplicate { first, .. } => ("duplicate", Some(first.clone())),
+        };
+        Ack {
+            id: receipt.id().to_string(),
+            status,
+            duplicate_of,
+        }
+    }
+}
+
+impl From<Unavailable> for ApiError {
+    fn from(unavailable: Unavailable) -> ApiError {
+        ApiError::storage_unavailable(unavailable.to_string())
+    }
 }
 
 pub async fn receive(
@@ -78,18 +92,18 @@ async fn handle(
     app.latency.record(started.elapsed());
     let counters = &app.counters;
     let event = match &result {
-        Ok((_, Json(ack))) => {
+        Ok(receipt) => {
             Counters::add(&counters.accepted);
-            match ack.status {
-                "duplicate" => {
+            match receipt {
+                Receipt::Duplicate { .. } => {
                     Counters::add(&counters.duplicates);
                     Some(Event::Duplicate)
                 }
-                _ if ack.kept => {
+                Receipt::KeptInMongo { .. } => {
                     Counters::add(&counters.kept);
                     Some(Event::Kept)
                 }
-                _ => Some(Event::Queued),
+                Receipt::Queued { .. } => Some(Event::Queued),
             }
         }
         Err(err) => {
@@ -111,7 +125,7 @@ async fn handle(
     if let Some(event) = event {
         app.tally.add(event);
     }
-    result
+    result.map(|receipt| (StatusCode::ACCEPTED, Json(Ack::from(&receipt))))
 }
 
 async fn accept(
@@ -120,7 +134,7 @@ async fn accept(
     token: Option<&str>,
     headers: &HeaderMap,
     body: Body,
-) -> Result<(StatusCode, Json<Ack>), ApiError> {
+) -> Result<Receipt, ApiError> {
     let limit = app.intake.body_limit;
     let bytes = read_body(headers, body, limit, app.body_timeout).await?;
     let alert = app.intake.accept(ingest::Request {
@@ -131,110 +145,7 @@ async fn accept(
         body: &bytes,
         sender,
     })?;
-
-    let deadline = Instant::now() + app.store_timeout;
-    if app.queue_breaker.is_open() {
-        return keep_in_mongo(app, alert, deadline).await;
-    }
-    let (arrival, ack) = match app.queue.enqueue(&alert, app.dedup_ttl).await {
-        Ok(Enqueued::Queued { entry }) => (Arrival::Queued { entry: Some(entry) }, "queued"),
-        Ok(Enqueued::AlreadyQueued) => (Arrival::Queued { entry: None }, "queued"),
-        Ok(Enqueued::Duplicate { first }) => (Arrival::Duplicate { first }, "duplicate"),
-        Err(err) => {
-            if app.queue_breaker.trip() {
-                tracing::warn!(
-                    error = %err,
-                    skip_ms = app.queue_breaker.window.as_millis() as u64,
-                    "queue unavailable; alerts go to MongoDB alone until it answers again"
-                );
-            }
-            return keep_in_mongo(app, alert, deadline).await;
-        }
-    };
-    let ack = Ack {
-        id: alert.id.to_string(),
-        status: ack,
-        duplicate_of: match &arrival {
-            Arrival::Duplicate { first } => Some(first.clone()),
-            _ => None,
-        },
-        kept: false,
-    };
-    tracing::info!(
-        event_id = %alert.id,
-        kind = alert.kind.as_str(),
-        status = ack.status,
-        sender = alert.sender.as_deref(),
-        "alert accepted"
-    );
-    // The job is durable in Redis, and carries the whole alert: the answer need not wait
-    // for MongoDB: the audit record goes to the batching writer. Should the writer be full
-    // or the write fail, the worker writes the record from the job.
-    if !app.audit.offer(alert, arrival) {
-        tracing::debug!("audit writer full; the worker writes this audit record");
-    }
-    Ok((StatusCode::ACCEPTED, Json(ack)))
-}
-
-/// Redis could not take the alert: MongoDB alone keeps it, marked `unqueued`, and the
-/// reconciler queues it once Redis is back. Neither store: 503 before `deadline`.
-async fn keep_in_mongo(
-    app: &AppState,
-    alert: Alert,
-    deadline: Instant,
-) -> Result<(StatusCode, Json<Ack>), ApiError> {
-    let id = alert.id;
-    let store = app.store.clone();
-    // The write runs to its end even if the answer cannot wait for it, so that it is
-    // never cut off half-way; if it lands after a 503, it is withdrawn (below).
-    let mut write = app
-        .tasks
-        .spawn(async move { store.insert_audit(&alert, Arrival::Unqueued).await });
-    let unavailable = || {
-        ApiError::storage_unavailable(
-            "neither Redis nor MongoDB could take the alert; it was not accepted, send it again",
-        )
-    };
-    match tokio::time::timeout_at(deadline.into(), &mut write).await {
-        Ok(Ok(Ok(()))) => {
-            app.reconcile.notify_one();
-            tracing::info!(event_id = %id, status = "unqueued", "alert accepted; it waits in MongoDB for the queue");
-            Ok((
-                StatusCode::ACCEPTED,
-                Json(Ack {
-                    id: id.to_string(),
-                    status: "queued",
-                    duplicate_of: None,
-                    kept: true,
-                }),
-            ))
-        }
-        Ok(Ok(Err(err))) => {
-            tracing::error!(event_id = %id, error = %err, "alert not accepted: no store took it");
-            Err(unavailable())
-        }
-        Ok(Err(panic)) => {
-            tracing::error!(event_id = %id, error = %panic, "audit write task failed");
-            Err(unavailable())
-        }
-        Err(_) => {
-            // Still in flight. The sender was told the alert was not taken, so should the
-            // write land, it is withdrawn; the reconciler leaves records alone until they
-            // are older than any request's budget.
-            let store = app.background_store.clone();
-            app.tasks.spawn(async move {
-                if let Ok(Ok(())) = write.await {
-                    match store.withdraw_unqueued(&id.to_string()).await {
-                        Ok(true) => tracing::warn!(event_id = %id, "audit record written after its 503; withdrawn"),
-                        Ok(false) => tracing::warn!(event_id = %id, "audit record written after its 503 was queued already; the alert will be processed"),
-                        Err(err) => tracing::error!(event_id = %id, error = %err, "audit record written after its 503 could not be withdrawn; the alert will be processed"),
-                    }
-                }
-            });
-            tracing::error!(event_id = %id, "alert not accepted: MongoDB did not answer in time");
-            Err(unavailable())
-        }
-    }
+    Ok(app.delivery.accept(alert).await?)
 }
 
 /// Reads the body, refusing it as soon as it passes `limit`, whether the length was
