@@ -41,7 +41,7 @@ impl AuditWriter {
         stop: CancellationToken,
     ) -> (AuditWriter, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(run(Stores { store, queue }, rx, stop));
+        let task = tokio::spawn(run(RecordsAndMarkers { store, queue }, rx, stop));
         (AuditWriter { tx }, task)
     }
 
@@ -51,12 +51,17 @@ impl AuditWriter {
     }
 }
 
-struct Stores {
+/// Where the writer writes: the records to MongoDB, then their markers to Redis.
+struct RecordsAndMarkers {
     store: Store,
     queue: Queue,
 }
 
-async fn run(store: Stores, mut rx: mpsc::Receiver<(Alert, Arrival)>, stop: CancellationToken) {
+async fn run(
+    store: RecordsAndMarkers,
+    mut rx: mpsc::Receiver<(Alert, Arrival)>,
+    stop: CancellationToken,
+) {
     let mut batch = Vec::with_capacity(BATCH);
     loop {
         tokio::select! {
@@ -77,19 +82,19 @@ async fn run(store: Stores, mut rx: mpsc::Receiver<(Alert, Arrival)>, stop: Canc
     }
 }
 
-async fn write(stores: &Stores, batch: &mut Vec<(Alert, Arrival)>) {
+async fn write(stores: &RecordsAndMarkers, batch: &mut Vec<(Alert, Arrival)>) {
     if batch.is_empty() {
         return;
     }
     match tokio::time::timeout(DRAIN, stores.store.insert_audits(batch)).await {
-        Ok(Ok(existing)) => {
+        Ok(Ok(written)) => {
             // A record that was there already was written by a worker, which did not find
             // it marked and will not remove a marker set now.
             let written = batch
                 .iter()
-                .enumerate()
-                .filter(|(i, _)| !existing.contains(i))
-                .map(|(_, (alert, _))| alert);
+                .zip(written)
+                .filter(|(_, written)| *written)
+                .map(|((alert, _), _)| alert);
             if let Err(err) = stores.queue.mark_audited(written).await {
                 tracing::debug!(records = batch.len(), error = %err, "audit records not marked; the worker writes them again");
             }

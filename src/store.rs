@@ -284,11 +284,9 @@ impl Store {
     }
 
     /// Writes many audit records in one unordered insert; records that exist already are
-    /// left as they are. Answers which of them were already there.
-    pub async fn insert_audits(
-        &self,
-        batch: &[(Alert, Arrival)],
-    ) -> Result<Vec<usize>, StoreError> {
+    /// left as they are. Answers, for each record in order, whether this insert wrote it
+    /// (false: it was there already).
+    pub async fn insert_audits(&self, batch: &[(Alert, Arrival)]) -> Result<Vec<bool>, StoreError> {
         let documents = batch
             .iter()
             .map(|(a, arrival)| audit_record(a, arrival))
@@ -297,26 +295,31 @@ impl Store {
         if let Some((_, e)) = errors.iter().find(|(_, e)| !e.duplicate) {
             return Err(StoreError::Refused(e.message.clone()));
         }
-        Ok(errors.into_iter().map(|(i, _)| i).collect())
+        let mut written = vec![true; batch.len()];
+        for (index, _) in errors {
+            written[index] = false;
+        }
+        Ok(written)
     }
 
     /// Writes the `jobs` records of a batch, one per event id whatever the number of
     /// deliveries (records without an outcome, duplicates, have none).
     ///
     /// `Err` means MongoDB is unreachable and nothing can be said of the batch. Otherwise
-    /// the answer lists the records MongoDB refused, by index, with its reason; the rest
-    /// are written.
+    /// the answer has one verdict per record, in order: `None` when it is written (or
+    /// needs no `jobs` record), or the reason MongoDB refused it.
     ///
     /// The common case, a first delivery, is one multi-document insert. A redelivered job
     /// already has its record, so its insert fails with a duplicate key and that record
     /// alone is then updated. (Many upsert statements in one `update` command would be
     /// simpler, but FerretDB 1.x holds a cursor open per matching statement until the
     /// command ends, and a batch of them exhausts its SQLite pool and stalls.)
-    pub async fn record_jobs(&self, batch: &[Record]) -> Result<Vec<(usize, String)>, StoreError> {
+    pub async fn record_jobs(&self, batch: &[Record]) -> Result<Verdicts, StoreError> {
         let jobs: Vec<usize> = (0..batch.len())
             .filter(|&i| batch[i].outcome.is_some())
             .collect();
-        each(&jobs, |which| self.insert_jobs(batch, which)).await
+        let refused = together_then_one_by_one(&jobs, |which| self.insert_jobs(batch, which));
+        Ok(verdicts(batch.len(), refused.await?))
     }
 
     async fn insert_jobs(
@@ -347,15 +350,16 @@ impl Store {
         Ok(refused)
     }
 
-    /// Writes the audit records of the batch's records at `which` (those pyron-api may
-    /// not have written: it was down, or MongoDB was, as they arrived); records that
-    /// exist already are left as they are. Answers like `record_jobs`.
+    /// Writes the audit records of the batch's records that are `unmarked` (those
+    /// pyron-api may not have written: it was down, or MongoDB was, as they arrived);
+    /// records that exist already are left as they are. Answers like `record_jobs`.
     pub async fn record_audits(
         &self,
         batch: &[Record],
-        which: &[usize],
-    ) -> Result<Vec<(usize, String)>, StoreError> {
-        each(which, |which| async move {
+        unmarked: &[bool],
+    ) -> Result<Verdicts, StoreError> {
+        let which: Vec<usize> = (0..batch.len()).filter(|&i| unmarked[i]).collect();
+        let refused = together_then_one_by_one(&which, |which| async move {
             let documents = which
                 .iter()
                 .map(|&i| audit_record(&batch[i].alert, &batch[i].arrival))
@@ -367,8 +371,8 @@ impl Store {
                 .filter(|(_, e)| !e.duplicate)
                 .map(|(position, e)| (which[position], e.message))
                 .collect())
-        })
-        .await
+        });
+        Ok(verdicts(batch.len(), refused.await?))
     }
 
     /// Notes a failed attempt in the job's record: `retrying` with the error and when the
@@ -629,9 +633,24 @@ struct WriteErrorInfo {
     message: String,
 }
 
+/// One verdict per record of a batch, in order: `None` for written, else why MongoDB
+/// refused it.
+pub type Verdicts = Vec<Option<String>>;
+
+/// The verdicts of a batch of `len` records, from the refusals of the records at some of
+/// its indices (the first reason of each kept).
+fn verdicts(len: usize, refused: Vec<(usize, String)>) -> Verdicts {
+    let mut verdicts = vec![None; len];
+    for (index, reason) in refused {
+        verdicts[index].get_or_insert(reason);
+    }
+    verdicts
+}
+
 /// Runs `write` on the records at `indices` together; should MongoDB refuse the command
-/// as a whole, runs it on each record alone to find the one it minds.
-async fn each<'a, F, Fut>(
+/// as a whole, runs it on each record alone to find the one it minds. The refusals, by
+/// index.
+async fn together_then_one_by_one<'a, F, Fut>(
     indices: &'a [usize],
     write: F,
 ) -> Result<Vec<(usize, String)>, StoreError>
@@ -643,7 +662,7 @@ where
         return Ok(Vec::new());
     }
     match write(indices).await {
-        Ok(refused) => return Ok(finish(refused)),
+        Ok(refused) => return Ok(refused),
         Err(err) if err.is_outage() => return Err(err),
         Err(err) if indices.len() == 1 => return Ok(vec![(indices[0], err.to_string())]),
         Err(_) => {}
@@ -656,14 +675,7 @@ where
             Err(err) => refused.push((*index, err.to_string())),
         }
     }
-    Ok(finish(refused))
-}
-
-/// One entry per refused record, in index order.
-pub(crate) fn finish(mut refused: Vec<(usize, String)>) -> Vec<(usize, String)> {
-    refused.sort_by_key(|(i, _)| *i);
-    refused.dedup_by_key(|(i, _)| *i);
-    refused
+    Ok(refused)
 }
 
 /// The first `chars` characters of a message on one line, with an ellipsis if cut.

@@ -10,10 +10,12 @@
 //! 503, and a MongoDB write that lands after its 503 is withdrawn, so a refused alert is
 //! never half kept.
 //!
-//! **Settling** (pyron-worker, `crate::worker`): a batch's `jobs` records are written, then
+//! **Settling** (`settle`, pyron-worker): a batch's `jobs` records are written, then
 //! the audit records pyron-api did not mark as written, and only then are the entries
 //! acknowledged; a failed job is retried or dead-lettered.
 
 pub mod accept;
+pub mod settle;
 
 pub use accept::{Acceptor, Receipt, Unavailable};
+pub use settle::{SettleError, Settler};

@@ -1,0 +1,326 @@
+//! pyron-worker's side of the protocol: `Settler::settle` takes a batch read from the
+//! stream and leaves every entry settled, or the whole batch pending.
+//!
+//! Each entry's alert is normalized into a `Signal` (or the reason it never can be). The
+//! batch's `jobs` records are written, then the audit records pyron-api did not mark as
+//! written (the markers are read after the jobs write, which gives the api's writer the
+//! time to finish its batch), and only then are the entries acknowledged and their
+//! markers cleared. Acknowledging after the writes makes processing at-least-once; the
+//! `jobs` record keyed by event id makes a second delivery rewrite the same record.
+//!
+//! A store that cannot be reached fails the whole batch (`Err`): nothing is the jobs'
+//! fault, and the worker reads them again once it is back. MongoDB refusing one job's
+//! record makes that job `retrying` until its attempts run out, then `dead`; an alert that
+//! can never be processed is `dead` at once. Dead jobs move to `webhook-jobs:dead`.
+
+use std::{
+    collections::HashMap,
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
+
+use chrono::Utc;
+
+use crate::{
+    backoff::Backoff,
+    domain::AlertKind,
+    ingest::{self, Alert},
+    queue::{Consumer, Delivery, QueueError},
+    signal::Signal,
+    stats::Event,
+    store::{Arrival, Failure, Outcome, Record, Store, StoreError, Verdicts},
+};
+
+/// A store could not be reached: the batch stays pending.
+#[derive(Debug, thiserror::Error)]
+pub enum SettleError {
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Longest wait between two attempts at a failing job.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
+
+/// How a worker settles batches.
+pub struct Settler {
+    pub store: Store,
+    pub max_attempts: u32,
+    pub retry_base: Duration,
+    /// After this long unacknowledged, another worker may claim an entry: a retry is
+    /// never scheduled later than half of it.
+    pub claim_idle: Duration,
+    /// The JSON field that carries the webhook secret (`PYRON_PASSPHRASE_FIELD`).
+    pub passphrase_field: String,
+    pub totals: Totals,
+}
+
+/// What this worker has settled since it started, for its status line.
+#[derive(Debug, Default)]
+pub struct Totals {
+    pub processed: AtomicU64,
+    pub failed_attempts: AtomicU64,
+    pub dead: AtomicU64,
+    pub waiting: AtomicU64,
+}
+
+impl Totals {
+    /// Adds a settled batch's outcomes.
+    fn absorb(&self, batch: &BatchCounts) {
+        for (event, n) in &batch.events {
+            match event {
+                Event::Processed => self.processed.fetch_add(*n, Ordering::Relaxed),
+                Event::Dead => self.dead.fetch_add(*n, Ordering::Relaxed),
+                _ => 0,
+            };
+        }
+    }
+}
+
+/// What one batch did, for the status line and the activity counts.
+#[derive(Default)]
+struct BatchCounts {
+    events: std::collections::BTreeMap<Event, u64>,
+    lags: Vec<i64>,
+}
+
+impl BatchCounts {
+    fn add(&mut self, event: Event) {
+        *self.events.entry(event).or_default() += 1;
+    }
+}
+
+/// Jobs that failed and wait for their next attempt, by stream entry.
+#[derive(Default)]
+pub struct Retries {
+    attempts: HashMap<String, u32>,
+    waiting: HashMap<String, (Delivery, Instant)>,
+}
+
+impl Retries {
+    /// How many jobs wait for a retry.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    pub fn take_due(&mut self, now: Instant, limit: usize) -> Vec<Delivery> {
+        let due: Vec<String> = self
+            .waiting
+            .iter()
+            .filter(|(_, (_, at))| *at <= now)
+            .map(|(entry, _)| entry.clone())
+            .take(limit)
+            .collect();
+        due.iter()
+            .filter_map(|entry| self.waiting.remove(entry).map(|(d, _)| d))
+            .collect()
+    }
+
+    pub fn next_due(&self) -> Option<Instant> {
+        self.waiting.values().map(|(_, at)| *at).min()
+    }
+}
+
+impl Settler {
+    /// Records a batch and settles each entry: acknowledged, dead-lettered, or kept
+    /// pending for a retry. `Err` when a store is unreachable: then the whole batch is
+    /// read again later.
+    pub async fn settle(
+        &self,
+        consumer: &Consumer,
+        batch: Vec<Delivery>,
+        retries: &mut Retries,
+    ) -> Result<(), SettleError> {
+        let processed_at = Utc::now();
+        let mut records: Vec<Record> = Vec::with_capacity(batch.len());
+        let mut deliveries: Vec<Delivery> = Vec::with_capacity(batch.len());
+        let mut unreadable = Vec::new();
+        for delivery in batch {
+            if retries.waiting.contains_key(&delivery.entry) {
+                continue; // its retry is scheduled; a pending re-read does not hasten it
+            }
+            match &delivery.alert {
+                Ok(alert) => {
+                    records.push(self.record(consumer, &delivery, alert.clone(), processed_at));
+                    deliveries.push(delivery);
+                }
+                Err(reason) => unreadable.push((delivery.clone(), reason.clone())),
+            }
+        }
+        let verdicts = self.write(consumer, &records).await?;
+
+        let mut done: Vec<&str> = Vec::with_capacity(records.len());
+        let mut counted = BatchCounts::default();
+        for ((record, delivery), refused) in records.iter().zip(&deliveries).zip(&verdicts) {
+            if let Some(error) = refused {
+                let dead = self
+                    .failed(consumer, delivery, &record.alert, error, retries)
+                    .await?;
+                counted.add(if dead { Event::Dead } else { Event::Retrying });
+                continue;
+            }
+            let attempts = retries.attempts.remove(&delivery.entry).unwrap_or(0) + 1;
+            match record.outcome.as_ref().map(|o| (o, &o.result)) {
+                None => done.push(&delivery.entry),
+                Some((o, Err(error))) => {
+                    counted.add(Event::Dead);
+                    tracing::warn!(event_id = %o.id, status = "dead", error, "alert cannot be processed; moved to dead letters");
+                    consumer.dead_letter(delivery, error, attempts).await?;
+                }
+                Some((o, Ok(signal))) => {
+                    counted.add(Event::Processed);
+                    counted
+                        .lags
+                        .push((o.processed_at - o.received_at).num_milliseconds());
+                    tracing::info!(
+                        event_id = %o.id,
+                        status = "processed",
+                        ticker = signal.ticker.as_deref(),
+                        attempts,
+                        lag_ms = (o.processed_at - o.received_at).num_milliseconds(),
+                        "alert processed"
+                    );
+                    done.push(&delivery.entry);
+                }
+            }
+        }
+        for (delivery, reason) in &unreadable {
+            counted.add(Event::Dead);
+            tracing::error!(entry = %delivery.entry, reason = %reason, "unreadable stream entry moved to dead letters");
+            consumer.dead_letter(delivery, reason, 1).await?;
+        }
+        // Markers go with the entries settled here; a job waiting for a retry keeps its own.
+        let settled: Vec<&Alert> = records
+            .iter()
+            .zip(&deliveries)
+            .filter(|(_, d)| !retries.waiting.contains_key(&d.entry))
+            .map(|(r, _)| &r.alert)
+            .collect();
+        consumer.ack(&done, &settled).await?;
+        self.totals.absorb(&counted);
+        let events: Vec<(Event, u64)> = counted.events.into_iter().collect();
+        if let Err(err) = consumer.stats().count(&events, &counted.lags).await {
+            tracing::debug!(error = %err, "activity not counted");
+        }
+        Ok(())
+    }
+
+    /// Writes a batch's `jobs` records, then the audit records pyron-api has not marked
+    /// as written. The markers are read after the jobs write, which gives the api's audit
+    /// writer, racing this worker for fresh alerts, the time to finish its batch.
+    async fn write(
+        &self,
+        consumer: &Consumer,
+        records: &[Record],
+    ) -> Result<Verdicts, SettleError> {
+        let jobs = self.store.record_jobs(records).await?;
+        let alerts: Vec<&Alert> = records.iter().map(|r| &r.alert).collect();
+        let marked = match consumer.audited(&alerts).await {
+            Ok(marked) => marked,
+            Err(err) => {
+                tracing::debug!(error = %err, "audit markers not read; writing every audit record");
+                vec![false; records.len()]
+            }
+        };
+        let unmarked: Vec<bool> = marked.iter().map(|m| !m).collect();
+        let audits = self.store.record_audits(records, &unmarked).await?;
+        Ok(jobs.into_iter().zip(audits).map(|(j, a)| j.or(a)).collect())
+    }
+
+    /// A job whose write MongoDB refused: schedule its next attempt, or dead-letter it
+    /// after the last (then true).
+    async fn failed(
+        &self,
+        consumer: &Consumer,
+        delivery: &Delivery,
+        alert: &Alert,
+        error: &str,
+        retries: &mut Retries,
+    ) -> Result<bool, SettleError> {
+        self.totals.failed_attempts.fetch_add(1, Ordering::Relaxed);
+        let attempts = retries.attempts.entry(delivery.entry.clone()).or_insert(0);
+        *attempts += 1;
+        let attempts = *attempts;
+        let last = attempts >= self.max_attempts;
+        let delay = (!last).then(|| self.retry_delay(attempts));
+        let failure = Failure {
+            id: alert.id,
+            received_at: alert.received_at,
+            entry: &delivery.entry,
+            worker: consumer.name(),
+            error,
+            next_attempt_at: delay.map(|d| Utc::now() + d),
+        };
+        // The job's record says what happened when MongoDB lets it; Redis keeps the job
+        // either way.
+        if let Err(err) = self.store.record_failure(&failure).await {
+            tracing::warn!(event_id = %alert.id, error = %err, "failure not recorded in jobs");
+        }
+        match delay {
+            Some(delay) => {
+                tracing::warn!(event_id = %alert.id, status = "retrying", attempts, error, retry_in_ms = delay.as_millis() as u64, "alert not recorded; will retry");
+                retries.waiting.insert(
+                    delivery.entry.clone(),
+                    (delivery.clone(), Instant::now() + delay),
+                );
+                Ok(false)
+            }
+            None => {
+                let reason = format!("gave up after {attempts} attempts: {error}");
+                tracing::error!(event_id = %alert.id, status = "dead", attempts, error, "alert not recorded after the last attempt; moved to dead letters");
+                consumer.dead_letter(delivery, &reason, attempts).await?;
+                retries.attempts.remove(&delivery.entry);
+                Ok(true)
+            }
+        }
+    }
+
+    /// Exponential from the base, capped below the claim time so that no other worker
+    /// takes a job that is merely waiting, with jitter so that retries spread out.
+    fn retry_delay(&self, attempts: u32) -> Duration {
+        let cap = MAX_RETRY_DELAY.min(self.claim_idle / 2);
+        Backoff::after_failures(self.retry_base, cap, attempts)
+    }
+
+    /// What to write for one entry. The audit record is built from the job exactly as
+    /// pyron-api builds it from the request (`ingest::stored_json` of the stored body),
+    /// so whoever writes it, an alert has one record.
+    fn record(
+        &self,
+        consumer: &Consumer,
+        delivery: &Delivery,
+        mut alert: Alert,
+        processed_at: chrono::DateTime<Utc>,
+    ) -> Record {
+        alert.json = ingest::stored_json(alert.kind, &alert.body, &self.passphrase_field);
+        if let Some(first) = &delivery.duplicate_of {
+            return Record {
+                alert,
+                arrival: Arrival::Duplicate {
+                    first: first.clone(),
+                },
+                outcome: None,
+            };
+        }
+        let result = match (&alert.json, alert.kind) {
+            (Some(json), _) => Signal::from_json(json).map_err(|e| e.to_string()),
+            (None, AlertKind::Text) => Ok(Signal::from_text(&alert.body)),
+            (None, AlertKind::Json) => Err("stored body is not JSON".to_owned()),
+        };
+        Record {
+            outcome: Some(Outcome {
+                id: alert.id,
+                result,
+                received_at: alert.received_at,
+                processed_at,
+                entry: delivery.entry.clone(),
+                worker: consumer.name().to_owned(),
+            }),
+            arrival: Arrival::Queued {
+                entry: Some(delivery.entry.clone()),
+            },
+            alert,
+        }
+    }
+}
