@@ -296,7 +296,7 @@ impl Queue {
         dedup_ttl: Duration,
     ) -> Result<Enqueued, QueueError> {
         let cmd = match &alert.dedup_key {
-            Some(key) => self.once(alert, &dedup_key(key), dedup_ttl),
+            Some(key) => self.enqueue_once_cmd(alert, &dedup_key(key), dedup_ttl),
             None => {
                 let mut cmd = redis::cmd("XADD");
                 cmd.arg(STREAM).arg("*").arg(JOB).arg(job(alert));
@@ -348,7 +348,7 @@ impl Queue {
         let mut pipe = redis::pipe();
         pipe.load_script(&self.enqueue_once).ignore();
         for (alert, (key, ttl)) in alerts.iter().zip(&keys) {
-            pipe.add_command(self.once(alert, key, *ttl));
+            pipe.add_command(self.enqueue_once_cmd(alert, key, *ttl));
         }
         let mut conn = self.conn.clone();
         let replies: Vec<(i64, String)> =
@@ -358,7 +358,7 @@ impl Queue {
 
     /// `ENQUEUE_ONCE` for one alert under `key`, as an `EVALSHA` for a pipeline that
     /// loads the script first.
-    fn once(&self, alert: &Alert, key: &str, ttl: Duration) -> redis::Cmd {
+    fn enqueue_once_cmd(&self, alert: &Alert, key: &str, ttl: Duration) -> redis::Cmd {
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(self.enqueue_once.get_hash())
             .arg(2)

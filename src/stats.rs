@@ -29,13 +29,14 @@ const KEEP_LAGS: isize = 1000;
 /// Upper bounds of the lag histogram, in seconds.
 pub const LAG_BUCKETS: [f64; 10] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
-/// What happened to one alert, as counted.
+/// One of the things counted of an alert: each is a field of the minute hashes and the
+/// running total (its name there is `field()`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Event {
+pub enum Tallied {
     /// Answered 202 queued.
     Queued,
     /// Answered 202, kept in MongoDB alone (Redis down: counted when it is back, if ever).
-    Kept,
+    KeptInMongo,
     Duplicate,
     /// Answered 4xx.
     Rejected,
@@ -44,24 +45,24 @@ pub enum Event {
     Dead,
 }
 
-impl Event {
+impl Tallied {
     pub fn field(self) -> &'static str {
         match self {
-            Event::Queued => "queued",
-            Event::Kept => "kept",
-            Event::Duplicate => "duplicate",
-            Event::Rejected => "rejected",
-            Event::Processed => "processed",
-            Event::Retrying => "retrying",
-            Event::Dead => "dead",
+            Tallied::Queued => "queued",
+            Tallied::KeptInMongo => "kept",
+            Tallied::Duplicate => "duplicate",
+            Tallied::Rejected => "rejected",
+            Tallied::Processed => "processed",
+            Tallied::Retrying => "retrying",
+            Tallied::Dead => "dead",
         }
     }
 
-    /// Events that are an answer to a sender, each one alert received.
+    /// What answers a sender: each is one alert received.
     fn is_received(self) -> bool {
         matches!(
             self,
-            Event::Queued | Event::Kept | Event::Duplicate | Event::Rejected
+            Tallied::Queued | Tallied::KeptInMongo | Tallied::Duplicate | Tallied::Rejected
         )
     }
 }
@@ -138,34 +139,34 @@ pub struct Tally {
 pub const TALLY_EVERY: Duration = Duration::from_millis(250);
 
 impl Tally {
-    pub fn add(&self, event: Event) {
+    pub fn add(&self, event: Tallied) {
         self.add_n(event, 1);
     }
 
-    fn add_n(&self, event: Event, n: u64) {
+    fn add_n(&self, event: Tallied, n: u64) {
         let counter = match event {
-            Event::Queued => &self.queued,
-            Event::Kept => &self.kept,
-            Event::Duplicate => &self.duplicate,
-            Event::Rejected => &self.rejected,
-            Event::Processed | Event::Retrying | Event::Dead => return,
+            Tallied::Queued => &self.queued,
+            Tallied::KeptInMongo => &self.kept,
+            Tallied::Duplicate => &self.duplicate,
+            Tallied::Rejected => &self.rejected,
+            Tallied::Processed | Tallied::Retrying | Tallied::Dead => return,
         };
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    fn counters(&self) -> [(Event, &AtomicU64); 4] {
+    fn counters(&self) -> [(Tallied, &AtomicU64); 4] {
         [
-            (Event::Queued, &self.queued),
-            (Event::Kept, &self.kept),
-            (Event::Duplicate, &self.duplicate),
-            (Event::Rejected, &self.rejected),
+            (Tallied::Queued, &self.queued),
+            (Tallied::KeptInMongo, &self.kept),
+            (Tallied::Duplicate, &self.duplicate),
+            (Tallied::Rejected, &self.rejected),
         ]
     }
 
     /// Writes what was counted since the last call. While Redis is down (alerts are then
     /// kept in MongoDB) the counts wait for the next tick.
     pub async fn flush(&self, stats: &Stats) {
-        let events: Vec<(Event, u64)> = self
+        let events: Vec<(Tallied, u64)> = self
             .counters()
             .into_iter()
             .map(|(event, n)| (event, n.swap(0, Ordering::Relaxed)))
@@ -212,7 +213,11 @@ impl Stats {
     }
 
     /// Counts events (with how many of each), and end-to-end lags in milliseconds.
-    pub async fn count(&self, events: &[(Event, u64)], lags_ms: &[i64]) -> redis::RedisResult<()> {
+    pub async fn count(
+        &self,
+        events: &[(Tallied, u64)],
+        lags_ms: &[i64],
+    ) -> redis::RedisResult<()> {
         let minute = format!("{MINUTE_PREFIX}{}", minute_now());
         let mut pipe = redis::pipe();
         for (event, n) in events.iter().filter(|(_, n)| *n > 0) {

@@ -84,7 +84,8 @@ pub enum Arrival {
     /// A repeat of `first` under the same idempotency key.
     Duplicate { first: String },
     /// Redis could not take it: MongoDB holds it alone until the reconciler queues it.
-    Unqueued,
+    /// Stored as the status `unqueued`.
+    KeptInMongo,
 }
 
 impl Arrival {
@@ -92,7 +93,7 @@ impl Arrival {
         match self {
             Arrival::Queued { .. } => "queued",
             Arrival::Duplicate { .. } => "duplicate",
-            Arrival::Unqueued => UNQUEUED,
+            Arrival::KeptInMongo => UNQUEUED,
         }
     }
 }
@@ -718,7 +719,7 @@ fn audit_record(alert: &Alert, arrival: &Arrival) -> Document {
         Arrival::Duplicate { first } => {
             record.insert("duplicate_of", first);
         }
-        Arrival::Queued { entry: None } | Arrival::Unqueued => {}
+        Arrival::Queued { entry: None } | Arrival::KeptInMongo => {}
     }
     if let Some(json) = &alert.json {
         match to_bson(json, 0) {

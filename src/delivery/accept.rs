@@ -121,7 +121,7 @@ impl Acceptor {
         // never cut off half-way; if it lands after a 503, it is withdrawn (below).
         let mut write = self
             .tasks
-            .spawn(async move { store.insert_audit(&alert, Arrival::Unqueued).await });
+            .spawn(async move { store.insert_audit(&alert, Arrival::KeptInMongo).await });
         match tokio::time::timeout_at(deadline.into(), &mut write).await {
             Ok(Ok(Ok(()))) => {
                 self.reconcile.notify_one();

@@ -27,7 +27,7 @@ use crate::{
     ingest::{self, Alert},
     queue::{Consumer, Delivery, QueueError},
     signal::Signal,
-    stats::Event,
+    stats::Tallied,
     store::{Arrival, Failure, Outcome, Record, Store, StoreError, Verdicts},
 };
 
@@ -70,8 +70,8 @@ impl Totals {
     fn absorb(&self, batch: &BatchCounts) {
         for (event, n) in &batch.events {
             match event {
-                Event::Processed => self.processed.fetch_add(*n, Ordering::Relaxed),
-                Event::Dead => self.dead.fetch_add(*n, Ordering::Relaxed),
+                Tallied::Processed => self.processed.fetch_add(*n, Ordering::Relaxed),
+                Tallied::Dead => self.dead.fetch_add(*n, Ordering::Relaxed),
                 _ => 0,
             };
         }
@@ -81,12 +81,12 @@ impl Totals {
 /// What one batch did, for the status line and the activity counts.
 #[derive(Default)]
 struct BatchCounts {
-    events: std::collections::BTreeMap<Event, u64>,
+    events: std::collections::BTreeMap<Tallied, u64>,
     lags: Vec<i64>,
 }
 
 impl BatchCounts {
-    fn add(&mut self, event: Event) {
+    fn add(&mut self, event: Tallied) {
         *self.events.entry(event).or_default() += 1;
     }
 }
@@ -157,19 +157,23 @@ impl Settler {
                 let dead = self
                     .failed(consumer, delivery, &record.alert, error, retries)
                     .await?;
-                counted.add(if dead { Event::Dead } else { Event::Retrying });
+                counted.add(if dead {
+                    Tallied::Dead
+                } else {
+                    Tallied::Retrying
+                });
                 continue;
             }
             let attempts = retries.attempts.remove(&delivery.entry).unwrap_or(0) + 1;
             match record.outcome.as_ref().map(|o| (o, &o.result)) {
                 None => done.push(&delivery.entry),
                 Some((o, Err(error))) => {
-                    counted.add(Event::Dead);
+                    counted.add(Tallied::Dead);
                     tracing::warn!(event_id = %o.id, status = "dead", error, "alert cannot be processed; moved to dead letters");
                     consumer.dead_letter(delivery, error, attempts).await?;
                 }
                 Some((o, Ok(signal))) => {
-                    counted.add(Event::Processed);
+                    counted.add(Tallied::Processed);
                     counted
                         .lags
                         .push((o.processed_at - o.received_at).num_milliseconds());
@@ -186,7 +190,7 @@ impl Settler {
             }
         }
         for (delivery, reason) in &unreadable {
-            counted.add(Event::Dead);
+            counted.add(Tallied::Dead);
             tracing::error!(entry = %delivery.entry, reason = %reason, "unreadable stream entry moved to dead letters");
             consumer.dead_letter(delivery, reason, 1).await?;
         }
@@ -199,7 +203,7 @@ impl Settler {
             .collect();
         consumer.ack(&done, &settled).await?;
         self.totals.absorb(&counted);
-        let events: Vec<(Event, u64)> = counted.events.into_iter().collect();
+        let events: Vec<(Tallied, u64)> = counted.events.into_iter().collect();
         if let Err(err) = consumer.stats().count(&events, &counted.lags).await {
             tracing::debug!(error = %err, "activity not counted");
         }

@@ -16,7 +16,7 @@ use super::{ApiError, AppState, Counters, Peer};
 use crate::{
     delivery::{Receipt, Unavailable},
     ingest::{self, Rejection},
-    stats::Event,
+    stats::Tallied,
 };
 
 /// The answer to an accepted alert.
@@ -97,13 +97,13 @@ async fn handle(
             match receipt {
                 Receipt::Duplicate { .. } => {
                     Counters::add(&counters.duplicates);
-                    Some(Event::Duplicate)
+                    Some(Tallied::Duplicate)
                 }
                 Receipt::KeptInMongo { .. } => {
                     Counters::add(&counters.kept);
-                    Some(Event::Kept)
+                    Some(Tallied::KeptInMongo)
                 }
-                Receipt::Queued { .. } => Some(Event::Queued),
+                Receipt::Queued { .. } => Some(Tallied::Queued),
             }
         }
         Err(err) => {
@@ -118,7 +118,7 @@ async fn handle(
                 sender,
                 "alert rejected"
             );
-            (err.status != StatusCode::SERVICE_UNAVAILABLE).then_some(Event::Rejected)
+            (err.status != StatusCode::SERVICE_UNAVAILABLE).then_some(Tallied::Rejected)
         }
     };
     // Counted for the dashboard off the request path, and never in its way.
