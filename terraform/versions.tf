@@ -13,7 +13,3 @@ terraform {
   # the Spaces key pair comes from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.
   backend "s3" {}
 }
-
-provider "digitalocean" {
-  token = var.do_token
-}
