@@ -19,7 +19,6 @@ use std::{
 use figment::{
     Figment,
     providers::{Env, Format, Serialized, Toml},
-    value::Dict,
 };
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -162,20 +161,24 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
-/// Validated configuration shared by both binaries.
+/// Validated configuration shared by both binaries, in sections that each check their own
+/// keys (`from_raw`).
 #[derive(Debug, Clone)]
 pub struct Config {
+    pub http: HttpConfig,
+    pub redis: RedisConfig,
+    pub mongo: MongoConfig,
+    pub intake: IntakeConfig,
+    pub worker: WorkerConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+}
+
+/// Where and how pyron-api listens, and whom it believes.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
     pub bind: BindAddr,
     pub tls: Option<TlsFiles>,
-    pub redis_url: Secret,
-    pub mongo_uri: Secret,
-    pub mongo_db: String,
-    /// `None` only when `PYRON_ALLOW_UNAUTHENTICATED=true`.
-    pub webhook_token: Option<Secret>,
-    pub passphrase_field: String,
-    pub idempotency_field: Option<String>,
-    pub dedup_ttl: Duration,
-    pub body_limit: usize,
     /// How long a request body may take to arrive.
     pub body_timeout: Duration,
     /// Largest total size of a request's headers, in bytes.
@@ -184,14 +187,46 @@ pub struct Config {
     pub trusted_proxies: Vec<IpNet>,
     /// When set, only these senders may post alerts.
     pub allowed_senders: Option<Vec<IpNet>>,
-    pub log: String,
-    pub log_format: LogFormat,
-    /// How long one store operation may take on the request path before it counts as down.
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `PYRON_REDIS_URL`, else built from `REDIS_HOST` and `REDIS_PORT`.
+    pub url: Secret,
+}
+
+#[derive(Debug, Clone)]
+pub struct MongoConfig {
+    pub uri: Secret,
+    pub db: String,
+}
+
+/// What an alert must be to be accepted, and how long storing it may take.
+#[derive(Debug, Clone)]
+pub struct IntakeConfig {
+    /// `None` only when `PYRON_ALLOW_UNAUTHENTICATED=true`.
+    pub webhook_token: Option<Secret>,
+    pub passphrase_field: String,
+    pub idempotency_field: Option<String>,
+    pub dedup_ttl: Duration,
+    pub body_limit: usize,
+    /// How long one alert's storing may take, Redis and MongoDB together, before it is
+    /// answered 503; also the bound of each store command on the request path.
     pub store_timeout: Duration,
-    /// The operator's secret for the dead-letter API (`Authorization: Bearer`); the admin
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// The operator's secret for the dashboard and the dead-letter API; the admin
     /// endpoints answer 401 while it is unset.
-    pub admin_token: Option<Secret>,
-    pub worker: WorkerConfig,
+    pub token: Option<Secret>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// A `tracing` filter (`PYRON_LOG`).
+    pub filter: String,
+    pub format: LogFormat,
 }
 
 #[derive(Debug, Clone)]
@@ -261,11 +296,27 @@ impl Config {
         role: Role,
     ) -> Result<Self, ConfigError> {
         let raw: Raw = figment.extract().map_err(from_figment_error)?;
+        Ok(Config {
+            http: HttpConfig::from_raw(&raw)?,
+            redis: RedisConfig::from_raw(&raw, credentials)?,
+            mongo: MongoConfig::from_raw(&raw, credentials)?,
+            intake: IntakeConfig::from_raw(&raw, credentials, role)?,
+            worker: WorkerConfig::from_raw(&raw)?,
+            admin: AdminConfig::from_raw(&raw, credentials)?,
+            log: LogConfig::from_raw(&raw)?,
+        })
+    }
+}
 
+impl HttpConfig {
+    fn from_raw(raw: &Raw) -> Result<Self, ConfigError> {
         let bind = parse_bind(&raw.bind)?;
-        let tls = match (raw.use_ssl, raw.tls_cert, raw.tls_key) {
+        let tls = match (raw.use_ssl, &raw.tls_cert, &raw.tls_key) {
             (false, _, _) => None,
-            (true, Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (true, Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
             (true, None, _) => {
                 return Err(ConfigError::new("tls_cert", "required when USE_SSL=true"));
             }
@@ -273,28 +324,57 @@ impl Config {
                 return Err(ConfigError::new("tls_key", "required when USE_SSL=true"));
             }
         };
+        if raw.body_timeout_ms == 0 {
+            return Err(ConfigError::new("body_timeout_ms", "must be at least 1"));
+        }
+        if raw.header_limit < 1024 {
+            return Err(ConfigError::new(
+                "header_limit",
+                "must be at least 1024 bytes",
+            ));
+        }
+        let trusted_proxies = parse_networks("trusted_proxies", &raw.trusted_proxies)?;
+        let allowed_senders = parse_networks("allowed_senders", &raw.allowed_senders)?;
+        Ok(HttpConfig {
+            bind,
+            tls,
+            body_timeout: Duration::from_millis(raw.body_timeout_ms),
+            header_limit: raw.header_limit,
+            trusted_proxies,
+            allowed_senders: (!allowed_senders.is_empty()).then_some(allowed_senders),
+        })
+    }
+}
 
-        let redis_url = match secret(
+impl RedisConfig {
+    fn from_raw(raw: &Raw, credentials: Option<&Path>) -> Result<Self, ConfigError> {
+        let url = secret(
             "redis_url",
-            raw.redis_url,
+            raw.redis_url.clone(),
             raw.redis_url_file.as_deref(),
             credentials,
-        )? {
-            Some(url) => url,
-            None => Secret::new(format!("redis://{}:{}/", raw.redis_host, raw.redis_port)),
-        };
+        )?;
         if raw.redis_host.is_empty() {
             return Err(ConfigError::new("redis_host", "must not be empty"));
         }
-        let mongo_uri = secret(
+        let url = url.unwrap_or_else(|| {
+            Secret::new(format!("redis://{}:{}/", raw.redis_host, raw.redis_port))
+        });
+        Ok(RedisConfig { url })
+    }
+}
+
+impl MongoConfig {
+    fn from_raw(raw: &Raw, credentials: Option<&Path>) -> Result<Self, ConfigError> {
+        let uri = secret(
             "mongo_uri",
-            raw.mongo_uri,
+            raw.mongo_uri.clone(),
             raw.mongo_uri_file.as_deref(),
             credentials,
         )?
         .unwrap_or_else(|| Secret::new("mongodb://127.0.0.1:27017".to_owned()));
-        let uri = mongo_uri.expose();
-        if !(uri.starts_with("mongodb://") || uri.starts_with("mongodb+srv://")) {
+        let text = uri.expose();
+        if !(text.starts_with("mongodb://") || text.starts_with("mongodb+srv://")) {
             return Err(ConfigError::new(
                 "mongo_uri",
                 "must start with mongodb:// or mongodb+srv://",
@@ -306,10 +386,18 @@ impl Config {
                 format!("{:?} is not a valid database name", raw.mongo_db),
             ));
         }
+        Ok(MongoConfig {
+            uri,
+            db: raw.mongo_db.clone(),
+        })
+    }
+}
 
+impl IntakeConfig {
+    fn from_raw(raw: &Raw, credentials: Option<&Path>, role: Role) -> Result<Self, ConfigError> {
         let webhook_token = secret(
             "webhook_token",
-            raw.webhook_token,
+            raw.webhook_token.clone(),
             raw.webhook_token_file.as_deref(),
             credentials,
         )?;
@@ -337,7 +425,6 @@ impl Config {
                  (or PYRON_ALLOW_UNAUTHENTICATED=true to accept alerts without a secret)",
             ));
         }
-
         if raw.passphrase_field.is_empty() {
             return Err(ConfigError::new("passphrase_field", "must not be empty"));
         }
@@ -356,24 +443,22 @@ impl Config {
                 format!("must be between 1 and {MAX_BODY_LIMIT} bytes"),
             ));
         }
-        if raw.body_timeout_ms == 0 {
-            return Err(ConfigError::new("body_timeout_ms", "must be at least 1"));
-        }
-        if raw.header_limit < 1024 {
-            return Err(ConfigError::new(
-                "header_limit",
-                "must be at least 1024 bytes",
-            ));
-        }
-        let trusted_proxies = parse_networks("trusted_proxies", &raw.trusted_proxies)?;
-        let allowed_senders = parse_networks("allowed_senders", &raw.allowed_senders)?;
-        let allowed_senders = (!allowed_senders.is_empty()).then_some(allowed_senders);
-        if let Err(err) = tracing_subscriber::EnvFilter::try_new(&raw.log) {
-            return Err(ConfigError::new("log", err.to_string()));
-        }
         if raw.store_timeout_ms == 0 {
             return Err(ConfigError::new("store_timeout_ms", "must be at least 1"));
         }
+        Ok(IntakeConfig {
+            webhook_token,
+            passphrase_field: raw.passphrase_field.clone(),
+            idempotency_field: raw.idempotency_field.clone(),
+            dedup_ttl: Duration::from_secs(raw.dedup_ttl_secs),
+            body_limit: raw.body_limit,
+            store_timeout: Duration::from_millis(raw.store_timeout_ms),
+        })
+    }
+}
+
+impl WorkerConfig {
+    fn from_raw(raw: &Raw) -> Result<Self, ConfigError> {
         if raw.worker_batch_size == 0 || raw.worker_batch_size > 10_000 {
             return Err(ConfigError::new(
                 "worker_batch_size",
@@ -407,13 +492,37 @@ impl Config {
                 "must be at least 1000: a live worker's batch must not be taken from it",
             ));
         }
-        let admin_token = secret(
+        let consumer = match &raw.worker_consumer {
+            Some(name) if name.is_empty() => {
+                return Err(ConfigError::new(
+                    "worker_consumer",
+                    "must not be empty when set",
+                ));
+            }
+            Some(name) => name.clone(),
+            None => default_consumer_name(),
+        };
+        Ok(WorkerConfig {
+            batch_size: raw.worker_batch_size,
+            block: Duration::from_millis(raw.worker_block_ms),
+            write_timeout: Duration::from_millis(raw.worker_write_timeout_ms),
+            consumer,
+            max_attempts: raw.worker_max_attempts,
+            retry_base: Duration::from_millis(raw.worker_retry_base_ms),
+            claim_idle: Duration::from_millis(raw.worker_claim_idle_ms),
+        })
+    }
+}
+
+impl AdminConfig {
+    fn from_raw(raw: &Raw, credentials: Option<&Path>) -> Result<Self, ConfigError> {
+        let token = secret(
             "admin_token",
-            raw.admin_token,
+            raw.admin_token.clone(),
             raw.admin_token_file.as_deref(),
             credentials,
         )?;
-        if admin_token
+        if token
             .as_ref()
             .is_some_and(|t| t.expose().len() < MIN_ADMIN_TOKEN_LEN)
         {
@@ -422,45 +531,18 @@ impl Config {
                 format!("must be at least {MIN_ADMIN_TOKEN_LEN} characters"),
             ));
         }
-        let consumer = match raw.worker_consumer {
-            Some(name) if name.is_empty() => {
-                return Err(ConfigError::new(
-                    "worker_consumer",
-                    "must not be empty when set",
-                ));
-            }
-            Some(name) => name,
-            None => default_consumer_name(),
-        };
+        Ok(AdminConfig { token })
+    }
+}
 
-        Ok(Config {
-            bind,
-            tls,
-            redis_url,
-            mongo_uri,
-            mongo_db: raw.mongo_db,
-            webhook_token,
-            passphrase_field: raw.passphrase_field,
-            idempotency_field: raw.idempotency_field,
-            dedup_ttl: Duration::from_secs(raw.dedup_ttl_secs),
-            body_limit: raw.body_limit,
-            body_timeout: Duration::from_millis(raw.body_timeout_ms),
-            header_limit: raw.header_limit,
-            trusted_proxies,
-            allowed_senders,
-            log: raw.log,
-            log_format: raw.log_format,
-            store_timeout: Duration::from_millis(raw.store_timeout_ms),
-            admin_token,
-            worker: WorkerConfig {
-                batch_size: raw.worker_batch_size,
-                block: Duration::from_millis(raw.worker_block_ms),
-                write_timeout: Duration::from_millis(raw.worker_write_timeout_ms),
-                consumer,
-                max_attempts: raw.worker_max_attempts,
-                retry_base: Duration::from_millis(raw.worker_retry_base_ms),
-                claim_idle: Duration::from_millis(raw.worker_claim_idle_ms),
-            },
+impl LogConfig {
+    fn from_raw(raw: &Raw) -> Result<Self, ConfigError> {
+        if let Err(err) = tracing_subscriber::EnvFilter::try_new(&raw.log) {
+            return Err(ConfigError::new("log", err.to_string()));
+        }
+        Ok(LogConfig {
+            filter: raw.log.clone(),
+            format: raw.log_format,
         })
     }
 }
@@ -468,33 +550,7 @@ impl Config {
 /// Defaults, then the file (if any), then the environment.
 fn figment(file: Option<&Path>) -> Result<Figment, ConfigError> {
     let defaults = Serialized::defaults(Raw::default());
-    let known: Dict = match figment::Provider::data(&defaults) {
-        Ok(mut profiles) => profiles
-            .remove(&figment::Profile::Default)
-            .unwrap_or_default(),
-        Err(err) => return Err(from_figment_error(err)),
-    };
-    // `Option` fields serialize to nothing, so list them as well.
-    let known_keys: Vec<String> = known
-        .keys()
-        .cloned()
-        .chain(
-            [
-                "tls_cert",
-                "tls_key",
-                "redis_url",
-                "redis_url_file",
-                "mongo_uri",
-                "mongo_uri_file",
-                "webhook_token",
-                "webhook_token_file",
-                "idempotency_field",
-                "worker_consumer",
-            ]
-            .map(String::from),
-        )
-        .collect();
-
+    let known_keys = raw_keys();
     let mut figment = Figment::from(defaults);
     if let Some(path) = file {
         if !path.exists() {
@@ -505,12 +561,53 @@ fn figment(file: Option<&Path>) -> Result<Figment, ConfigError> {
         }
         figment = figment.merge(Toml::file_exact(path));
     }
-    let keys = known_keys.clone();
-    figment = figment.merge(Env::raw().only(&SEED_VARIABLES)).merge(
-        Env::prefixed("PYRON_")
-            .filter(move |key| keys.iter().any(|k| key.as_str().eq_ignore_ascii_case(k))),
-    );
+    figment =
+        figment
+            .merge(Env::raw().only(&SEED_VARIABLES))
+            .merge(Env::prefixed("PYRON_").filter(move |key| {
+                known_keys
+                    .iter()
+                    .any(|k| key.as_str().eq_ignore_ascii_case(k))
+            }));
     Ok(figment)
+}
+
+/// Every key `Raw` takes, as serde names them: the environment may set these and no other
+/// `PYRON_*` variable (others, such as `PYRON_CONFIG`, are not settings). Read from the
+/// struct itself, so a new field needs no list kept beside it.
+fn raw_keys() -> &'static [&'static str] {
+    use serde::de::{self, Deserializer, Visitor};
+
+    /// A deserializer that only notes the field names serde asks it for.
+    struct Names<'a>(&'a mut &'static [&'static str]);
+
+    impl<'de> Deserializer<'de> for Names<'_> {
+        type Error = de::value::Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("only field names are read"))
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(de::Error::custom("only field names are read"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+            identifier ignored_any
+        }
+    }
+
+    let mut fields: &'static [&'static str] = &[];
+    let _ = Raw::deserialize(Names(&mut fields));
+    fields
 }
 
 fn from_figment_error(err: figment::Error) -> ConfigError {
@@ -654,15 +751,15 @@ mod tests {
             jail.set_env("PYRON_WEBHOOK_TOKEN", "0123456789abcdef");
             let config = load(jail, Role::Api).unwrap();
             assert_eq!(
-                config.bind,
+                config.http.bind,
                 BindAddr::Tcp("127.0.0.1:8000".parse().unwrap())
             );
-            assert_eq!(config.redis_url.expose(), "redis://127.0.0.1:6379/");
-            assert_eq!(config.mongo_uri.expose(), "mongodb://127.0.0.1:27017");
-            assert_eq!(config.mongo_db, "pyron");
-            assert_eq!(config.body_limit, 65536);
-            assert_eq!(config.passphrase_field, "passphrase");
-            assert!(config.tls.is_none());
+            assert_eq!(config.redis.url.expose(), "redis://127.0.0.1:6379/");
+            assert_eq!(config.mongo.uri.expose(), "mongodb://127.0.0.1:27017");
+            assert_eq!(config.mongo.db, "pyron");
+            assert_eq!(config.intake.body_limit, 65536);
+            assert_eq!(config.intake.passphrase_field, "passphrase");
+            assert!(config.http.tls.is_none());
             Ok(())
         });
     }
@@ -676,9 +773,9 @@ mod tests {
             jail.set_env("MONGO_URI", "mongodb://db:27018");
             jail.set_env("MONGO_DB", "alerts");
             let config = load(jail, Role::Api).unwrap();
-            assert_eq!(config.redis_url.expose(), "redis://10.0.0.5:6380/");
-            assert_eq!(config.mongo_uri.expose(), "mongodb://db:27018");
-            assert_eq!(config.mongo_db, "alerts");
+            assert_eq!(config.redis.url.expose(), "redis://10.0.0.5:6380/");
+            assert_eq!(config.mongo.uri.expose(), "mongodb://db:27018");
+            assert_eq!(config.mongo.db, "alerts");
             Ok(())
         });
     }
@@ -691,7 +788,7 @@ mod tests {
             jail.set_env("PYRON_REDIS_URL", "redis+unix:///run/redis/redis.sock");
             let config = load(jail, Role::Api).unwrap();
             assert_eq!(
-                config.redis_url.expose(),
+                config.redis.url.expose(),
                 "redis+unix:///run/redis/redis.sock"
             );
             Ok(())
@@ -708,11 +805,14 @@ mod tests {
             jail.set_env("PYRON_BODY_LIMIT", "2000");
             let config = load(jail, Role::Api).unwrap();
             assert_eq!(
-                config.bind,
+                config.http.bind,
                 BindAddr::Tcp("127.0.0.1:9000".parse().unwrap())
             );
-            assert_eq!(config.body_limit, 2000);
-            assert_eq!(config.webhook_token.unwrap().expose(), "from-file-123");
+            assert_eq!(config.intake.body_limit, 2000);
+            assert_eq!(
+                config.intake.webhook_token.unwrap().expose(),
+                "from-file-123"
+            );
             Ok(())
         });
     }
@@ -753,7 +853,13 @@ mod tests {
             assert_eq!(err.key, "PYRON_WEBHOOK_TOKEN");
             assert!(load(jail, Role::Worker).is_ok());
             jail.set_env("PYRON_ALLOW_UNAUTHENTICATED", "true");
-            assert!(load(jail, Role::Api).unwrap().webhook_token.is_none());
+            assert!(
+                load(jail, Role::Api)
+                    .unwrap()
+                    .intake
+                    .webhook_token
+                    .is_none()
+            );
             Ok(())
         });
     }
@@ -767,7 +873,10 @@ mod tests {
                 jail.directory().join("token").display(),
             );
             let config = load(jail, Role::Api).unwrap();
-            assert_eq!(config.webhook_token.unwrap().expose(), "from-a-file-0001");
+            assert_eq!(
+                config.intake.webhook_token.unwrap().expose(),
+                "from-a-file-0001"
+            );
 
             jail.set_env("PYRON_WEBHOOK_TOKEN", "both-set-000001");
             let err = load(jail, Role::Api).unwrap_err();
@@ -786,7 +895,10 @@ mod tests {
             let creds = jail.directory().join("creds");
             let config =
                 Config::from_figment(figment(None).unwrap(), Some(&creds), Role::Api).unwrap();
-            assert_eq!(config.webhook_token.unwrap().expose(), "from-credential-1");
+            assert_eq!(
+                config.intake.webhook_token.unwrap().expose(),
+                "from-credential-1"
+            );
             Ok(())
         });
     }
@@ -805,7 +917,7 @@ mod tests {
             assert_eq!(config.worker.max_attempts, 5);
             assert_eq!(config.worker.retry_base, Duration::from_millis(500));
             assert_eq!(config.worker.claim_idle, Duration::from_secs(60));
-            assert!(config.admin_token.is_none());
+            assert!(config.admin.token.is_none());
             for (key, value) in [
                 ("PYRON_WORKER_MAX_ATTEMPTS", "0"),
                 ("PYRON_WORKER_RETRY_BASE_MS", "0"),
@@ -818,7 +930,7 @@ mod tests {
             }
             jail.set_env("PYRON_ADMIN_TOKEN", "0123456789abcdef");
             let config = load(jail, Role::Worker).unwrap();
-            assert!(config.admin_token.unwrap().matches(b"0123456789abcdef"));
+            assert!(config.admin.token.unwrap().matches(b"0123456789abcdef"));
             Ok(())
         });
     }
@@ -878,8 +990,23 @@ mod tests {
             jail.set_env("PYRON_TLS_CERT", "/x/cert.pem");
             assert_eq!(load(jail, Role::Api).unwrap_err().key, "PYRON_TLS_KEY");
             jail.set_env("PYRON_TLS_KEY", "/x/key.pem");
-            assert!(load(jail, Role::Api).unwrap().tls.is_some());
+            assert!(load(jail, Role::Api).unwrap().http.tls.is_some());
             Ok(())
         });
+    }
+
+    #[test]
+    fn every_setting_is_a_key_the_environment_may_set() {
+        let keys = raw_keys();
+        assert_eq!(keys.len(), 34, "{keys:?}");
+        for key in [
+            "bind",
+            "tls_cert",
+            "worker_consumer",
+            "admin_token_file",
+            "log_format",
+        ] {
+            assert!(keys.contains(&key), "{key} missing from {keys:?}");
+        }
     }
 }

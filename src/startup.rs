@@ -90,7 +90,7 @@ pub const STATUS_EVERY: Duration = Duration::from_secs(2);
 impl Api {
     /// Binds, and prepares the clients of both stores without waiting for either.
     pub async fn build(config: &Config) -> Result<Api, StartupError> {
-        let acceptor = match &config.tls {
+        let acceptor = match &config.http.tls {
             Some(files) => Some(tls_acceptor(&files.cert, &files.key)?),
             None => None,
         };
@@ -104,23 +104,23 @@ impl Api {
 
         // A request's storing budget is split: Redis first, MongoDB with what is left if
         // Redis fails, so that both down still answers within the budget.
-        let half = config.store_timeout / 2;
-        let queue = Queue::lazy(config.redis_url.expose(), half)?;
-        let store = Store::connect(config.mongo_uri.expose(), &config.mongo_db, half).await?;
+        let half = config.intake.store_timeout / 2;
+        let queue = Queue::lazy(config.redis.url.expose(), half)?;
+        let store = Store::connect(config.mongo.uri.expose(), &config.mongo.db, half).await?;
         // For writes no answer waits on: the reconciler's, and withdrawals.
         let background = Store::connect(
-            config.mongo_uri.expose(),
-            &config.mongo_db,
+            config.mongo.uri.expose(),
+            &config.mongo.db,
             config.worker.write_timeout,
         )
         .await?;
         let (reached, _) = tokio::sync::watch::channel(Reached::default());
         let reconcile = Arc::new(Notify::new());
         let reconciler = Reconciler {
-            grace: RECONCILE_GRACE.max(config.store_timeout * 2),
+            grace: RECONCILE_GRACE.max(config.intake.store_timeout * 2),
             queue: queue.clone(),
             store: background.clone(),
-            dedup_ttl: config.dedup_ttl,
+            dedup_ttl: config.intake.dedup_ttl,
             wake: reconcile.clone(),
             reached: reached.subscribe(),
         };
@@ -131,32 +131,32 @@ impl Api {
 
         let state = Arc::new(AppState {
             intake: Intake {
-                token: config.webhook_token.clone(),
-                passphrase_field: config.passphrase_field.clone(),
-                idempotency_field: config.idempotency_field.clone(),
-                body_limit: config.body_limit,
+                token: config.intake.webhook_token.clone(),
+                passphrase_field: config.intake.passphrase_field.clone(),
+                idempotency_field: config.intake.idempotency_field.clone(),
+                body_limit: config.intake.body_limit,
             },
             delivery: Acceptor {
                 queue,
                 store,
                 background_store: background,
-                budget: config.store_timeout,
-                dedup_ttl: config.dedup_ttl,
+                budget: config.intake.store_timeout,
+                dedup_ttl: config.intake.dedup_ttl,
                 breaker: Breaker::new(QUEUE_BREAKER_WINDOW),
                 reconcile,
                 tasks: tasks.clone(),
                 audit,
             },
             reached,
-            admin_token: config.admin_token.clone(),
+            admin_token: config.admin.token.clone(),
             counters: Counters::default(),
             tally: Default::default(),
             latency: Default::default(),
-            body_timeout: config.body_timeout,
-            header_limit: config.header_limit,
+            body_timeout: config.http.body_timeout,
+            header_limit: config.http.header_limit,
             senders: SenderRules {
-                trusted_proxies: config.trusted_proxies.clone(),
-                allowed: config.allowed_senders.clone(),
+                trusted_proxies: config.http.trusted_proxies.clone(),
+                allowed: config.http.allowed_senders.clone(),
             },
         });
         Ok(Api {
@@ -362,7 +362,7 @@ async fn listen(config: &Config) -> Result<(Listener, String), StartupError> {
                 format!("unix:{path} (from systemd)"),
             ))
         }
-        None => Ok((bind(&config.bind).await?, config.bind.to_string())),
+        None => Ok((bind(&config.http.bind).await?, config.http.bind.to_string())),
     }
 }
 

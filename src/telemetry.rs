@@ -20,7 +20,8 @@ pub enum Sink {
 
 /// Sets up logging for the binary `identifier` (journald's `SYSLOG_IDENTIFIER`).
 pub fn init(config: &Config, identifier: &str) -> Sink {
-    let filter = || EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        || EnvFilter::try_new(&config.log.filter).unwrap_or_else(|_| EnvFilter::new("info"));
     if stderr_is_journal() {
         match tracing_journald::layer() {
             Ok(layer) => {
@@ -46,7 +47,7 @@ pub fn init(config: &Config, identifier: &str) -> Sink {
         }
     }
     let builder = fmt().with_env_filter(filter()).with_writer(std::io::stdout);
-    match config.log_format {
+    match config.log.format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }

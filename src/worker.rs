@@ -55,9 +55,9 @@ impl Worker {
     pub async fn connect(config: &Config) -> Self {
         let consumer = wait_for("Redis", async || {
             let consumer = Consumer::connect(
-                config.redis_url.expose(),
+                config.redis.url.expose(),
                 &config.worker.consumer,
-                config.store_timeout,
+                config.intake.store_timeout,
                 config.worker.block,
             )
             .await?;
@@ -67,8 +67,8 @@ impl Worker {
         .await;
         let store = wait_for("MongoDB", async || {
             let store = Store::connect(
-                config.mongo_uri.expose(),
-                &config.mongo_db,
+                config.mongo.uri.expose(),
+                &config.mongo.db,
                 config.worker.write_timeout,
             )
             .await?;
@@ -85,7 +85,7 @@ impl Worker {
                 max_attempts: config.worker.max_attempts,
                 retry_base: config.worker.retry_base,
                 claim_idle: config.worker.claim_idle,
-                passphrase_field: config.passphrase_field.clone(),
+                passphrase_field: config.intake.passphrase_field.clone(),
                 totals: Totals::default(),
             },
             heartbeat,

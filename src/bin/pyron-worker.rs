@@ -115,8 +115,8 @@ async fn run(config: Config) -> ExitCode {
 }
 
 async fn queue(config: &Config) -> Result<Queue, ExitCode> {
-    let timeout = config.store_timeout.max(Duration::from_secs(2));
-    Queue::connect(config.redis_url.expose(), timeout)
+    let timeout = config.intake.store_timeout.max(Duration::from_secs(2));
+    Queue::connect(config.redis.url.expose(), timeout)
         .await
         .map_err(|err| {
             eprintln!("pyron-worker: cannot reach Redis: {err}");
