@@ -40,14 +40,15 @@ use crate::{
 pub const STREAM: &str = "webhook-jobs";
 pub const GROUP: &str = "pyron-workers";
 pub const DEAD_LETTERS: &str = "webhook-jobs:dead";
-const DEDUP_PREFIX: &str = "pyron:dedup:";
+/// Prefix of the deduplication keys, `pyron:dedup:<sha256 of the key>`.
+pub const DEDUP_PREFIX: &str = "pyron:dedup:";
 
 /// Prefix of the keys the reconciler sets for alerts without a dedup key, so that two
 /// reconcilers (or one retrying after a lost reply) queue an alert once.
 const REQUEUED_PREFIX: &str = "pyron:requeued:";
 
 /// The sets of event ids whose audit records pyron-api wrote, by minute of arrival.
-const AUDITED_PREFIX: &str = "pyron:audited:";
+pub const AUDITED_PREFIX: &str = "pyron:audited:";
 
 /// How long a marker set lives after its last addition: a worker that comes back after
 /// longer than this writes the audit records again, needlessly but harmlessly.

@@ -1,9 +1,10 @@
-//! Shared helpers for the integration tests: each test gets its own `redis-server`, its own
+//! What every integration test shares: each test gets its own `redis-server`, its own
 //! MongoDB wire server (`mongod` when on `PATH`, else the project's FerretDB build), and the
 //! real `pyron-api` and `pyron-worker` binaries, all on free loopback ports in a temporary
-//! directory that disappears with the test.
-
-#![allow(dead_code)]
+//! directory that disappears with the test; NGINX with TLS in front when it asks.
+//!
+//! Tests run side by side, except the fault-injection tests, which drive load at their
+//! servers and time their faults: those run `alone()`, every other test `beside_others()`.
 
 use std::{
     net::TcpListener,
@@ -17,6 +18,30 @@ use futures_util::TryStreamExt;
 use tempfile::TempDir;
 
 pub const TOKEN: &str = "change-me";
+
+/// Side by side (shared) or alone (exclusive): see `alone` and `beside_others`.
+static LOAD: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// For a test that drives load at its servers and times its faults: no other test runs
+/// while it does, so that none starves its processes, or is starved by them.
+pub async fn alone() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    LOAD.write().await
+}
+
+/// For every other test that starts servers: it runs beside others, never beside a test
+/// that runs `alone`.
+pub async fn beside_others() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    LOAD.read().await
+}
+
+/// Waits until `check` holds, failing the test after `PATIENCE`.
+pub async fn wait_until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
 
 /// How long a test waits for something that should happen at once.
 pub const PATIENCE: Duration = Duration::from_secs(20);
@@ -171,7 +196,6 @@ pub struct Stores {
     pub mongo_port: u16,
     pub redis: Process,
     pub mongo: Process,
-    pub mongo_is_mongod: bool,
     pub dir: TempDir,
 }
 
@@ -184,13 +208,12 @@ impl Stores {
         let redis_port = free_port();
         let redis = start_redis(dir.path(), redis_port);
         let mongo_port = free_port();
-        let (mongo, mongo_is_mongod) = start_mongo(dir.path(), mongo_port);
+        let mongo = start_mongo(dir.path(), mongo_port);
         Stores {
             redis_port,
             mongo_port,
             redis,
             mongo,
-            mongo_is_mongod,
             dir,
         }
     }
@@ -203,11 +226,6 @@ impl Stores {
         format!("mongodb://127.0.0.1:{}", self.mongo_port)
     }
 
-    pub fn restart_redis(&mut self) {
-        self.redis.kill();
-        self.redis = start_redis(self.dir.path(), self.redis_port);
-    }
-
     /// Starts redis-server again on its port and data (after `redis.kill()`).
     pub fn start_redis_again(&mut self) {
         self.redis = start_redis(self.dir.path(), self.redis_port);
@@ -215,7 +233,7 @@ impl Stores {
 
     /// Starts the MongoDB wire server again on its port and data (after `mongo.kill()`).
     pub fn start_mongo_again(&mut self) {
-        self.mongo = start_mongo(self.dir.path(), self.mongo_port).0;
+        self.mongo = start_mongo(self.dir.path(), self.mongo_port);
     }
 
     pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
@@ -264,7 +282,7 @@ fn start_redis(dir: &Path, port: u16) -> Process {
     }
 }
 
-fn start_mongo(dir: &Path, port: u16) -> (Process, bool) {
+fn start_mongo(dir: &Path, port: u16) -> Process {
     let (binary, is_mongod) = mongo_server();
     let data = dir.join("mongo");
     std::fs::create_dir_all(&data).unwrap();
@@ -288,14 +306,11 @@ fn start_mongo(dir: &Path, port: u16) -> (Process, bool) {
     }
     let mut child = command.stdout(out).stderr(err).spawn().unwrap();
     wait_for_port(port, "MongoDB wire server", &mut child, &log);
-    (
-        Process {
-            name: "mongo".into(),
-            child,
-            log,
-        },
-        is_mongod,
-    )
+    Process {
+        name: "mongo".into(),
+        child,
+        log,
+    }
 }
 
 /// The two Pyron binaries running against a test's `Stores`.
@@ -477,16 +492,36 @@ impl App {
         }
     }
 
+    /// Asserts that neither store holds anything of an alert: no job, no dedup key, no
+    /// audit or jobs record.
+    pub async fn assert_nothing_written(&self, what: &str) {
+        assert_eq!(
+            self.redis_state().await,
+            (0, 0),
+            "{what}: redis holds a job or dedup key"
+        );
+        assert_eq!(
+            self.count("audit").await,
+            0,
+            "{what}: an audit record was written"
+        );
+        assert_eq!(
+            self.count("jobs").await,
+            0,
+            "{what}: a jobs record was written"
+        );
+    }
+
     /// Everything Pyron keeps in Redis: stream length and dedup keys.
     pub async fn redis_state(&self) -> (u64, u64) {
         let mut conn = self.stores.redis().await;
         let len: u64 = redis::cmd("XLEN")
-            .arg("webhook-jobs")
+            .arg(pyron::queue::STREAM)
             .query_async(&mut conn)
             .await
             .unwrap();
         let keys: Vec<String> = redis::cmd("KEYS")
-            .arg("pyron:dedup:*")
+            .arg(format!("{}*", pyron::queue::DEDUP_PREFIX))
             .query_async(&mut conn)
             .await
             .unwrap();
@@ -739,3 +774,24 @@ pub async fn raw_request(
 
 pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
+/// A response's status and JSON body (failing the test if the body is not JSON).
+pub async fn json(response: reqwest::Response) -> (u16, serde_json::Value) {
+    let status = response.status().as_u16();
+    let body = response.text().await.unwrap();
+    let value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
+    (status, value)
+}
+
+/// A number of a `jobs` record's signal.
+pub fn f64_at(doc: &Document, key: &str) -> f64 {
+    doc.get_document("signal").unwrap().get_f64(key).unwrap()
+}
+
+/// A string of a `jobs` record's signal.
+pub fn str_at<'a>(doc: &'a Document, key: &str) -> &'a str {
+    doc.get_document("signal")
+        .unwrap()
+        .get_str(key)
+        .unwrap_or_else(|_| panic!("signal.{key} in {doc}"))
+}

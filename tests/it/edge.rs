@@ -3,12 +3,10 @@
 //! error code (or, where NGINX drops a slow sender, a closed connection), write nothing to
 //! Redis or MongoDB, and leave the service answering.
 
-mod common;
-
 use std::{net::IpAddr, time::Duration};
 
+use crate::helpers::{App, Reply, TOKEN, raw_request};
 use bson::doc;
-use common::{App, Reply, TOKEN, raw_request};
 
 /// Requests come from 127.0.0.1 (allowed) unless a case says otherwise; 127.0.0.2 is a
 /// loopback address outside the allowlist and not a trusted proxy.
@@ -393,25 +391,6 @@ fn cases() -> Vec<Case> {
     table
 }
 
-/// Asserts that neither store holds anything.
-async fn assert_nothing_written(app: &App, what: &str) {
-    assert_eq!(
-        app.redis_state().await,
-        (0, 0),
-        "{what}: redis holds a job or dedup key"
-    );
-    assert_eq!(
-        app.count("audit").await,
-        0,
-        "{what}: an audit record was written"
-    );
-    assert_eq!(
-        app.count("jobs").await,
-        0,
-        "{what}: a jobs record was written"
-    );
-}
-
 async fn assert_still_answers(port: u16, cert: &std::path::Path, what: &str) {
     let reply = raw_request(
         ALLOWED.parse().unwrap(),
@@ -444,6 +423,7 @@ fn code_of(reply: &Reply) -> (Option<u16>, String) {
 
 #[tokio::test]
 async fn hostile_requests_are_refused_through_nginx_and_directly_and_write_nothing() {
+    let _load = crate::helpers::beside_others().await;
     let limit = LIMIT.to_string();
     let settings = [
         ("PYRON_BODY_LIMIT", limit.as_str()),
@@ -483,7 +463,7 @@ async fn hostile_requests_are_refused_through_nginx_and_directly_and_write_nothi
                 raw_request(case.from.parse::<IpAddr>().unwrap(), port, tls, &case.steps).await;
             let got = code_of(&reply);
             assert_eq!(got, (status, code.to_owned()), "{what}: {reply:?}");
-            assert_nothing_written(&app, &what).await;
+            app.assert_nothing_written(&what).await;
             assert_still_answers(port, &cert, &what).await;
             report.push(format!(
                 "{what}: {}",
@@ -515,6 +495,7 @@ async fn hostile_requests_are_refused_through_nginx_and_directly_and_write_nothi
 
 #[tokio::test]
 async fn alerts_arrive_over_https_through_nginx_http_redirects_and_floods_are_rate_limited() {
+    let _load = crate::helpers::beside_others().await;
     let app = App::start().await;
     let nginx = app.behind_nginx(&[("RATE", "5"), ("BURST", "5")]);
     let root = reqwest::Certificate::from_pem(&std::fs::read(&nginx.cert).unwrap()).unwrap();

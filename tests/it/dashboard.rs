@@ -3,17 +3,15 @@
 //! the recent-alerts table change without a reload, open an alert, replay a dead letter
 //! from the page. And `/metrics`, parsed as Prometheus text, against the alerts sent.
 
-mod common;
-
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
+use crate::helpers::{App, PATIENCE, Process, TOKEN};
 use base64::Engine;
 use bson::doc;
-use common::{App, PATIENCE, Process, TOKEN};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async, tungstenite::Message};
@@ -226,6 +224,7 @@ fn output_dir() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_goes_live_in_a_real_browser_and_replays_a_dead_letter() {
+    let _load = crate::helpers::beside_others().await;
     let app = App::start_with(&[("PYRON_ADMIN_TOKEN", ADMIN)]).await;
     let nginx = app.behind_nginx(&[]);
     let base = format!("https://localhost:{}", nginx.https_port);
@@ -422,6 +421,7 @@ const OVERFLOW: &str = "JSON.stringify({
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_fits_a_phone_and_a_wide_screen_and_says_what_each_alert_is() {
+    let _load = crate::helpers::beside_others().await;
     let app = App::start_with(&[("PYRON_ADMIN_TOKEN", ADMIN)]).await;
     let nginx = app.behind_nginx(&[]);
     let base = format!("https://localhost:{}", nginx.https_port);
@@ -552,6 +552,7 @@ async fn the_dashboard_fits_a_phone_and_a_wide_screen_and_says_what_each_alert_i
 
 #[tokio::test]
 async fn the_page_shows_current_numbers_without_javascript_and_is_not_public() {
+    let _load = crate::helpers::beside_others().await;
     let app = App::start_with(&[("PYRON_ADMIN_TOKEN", ADMIN)]).await;
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -674,6 +675,7 @@ fn sample(metrics: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &
 
 #[tokio::test]
 async fn metrics_parse_as_prometheus_text_and_count_what_was_sent() {
+    let _load = crate::helpers::beside_others().await;
     let app = App::start_with(&[("PYRON_ADMIN_TOKEN", ADMIN)]).await;
     let path = format!("/webhook/{TOKEN}");
     let mut ids = Vec::new();

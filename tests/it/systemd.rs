@@ -3,8 +3,6 @@
 //! systemd's own `systemd-socket-activate`; journald logging into a real
 //! `systemd-journald`; secrets from a credentials directory.
 
-mod common;
-
 use std::{
     os::unix::{fs::MetadataExt, net::UnixDatagram},
     path::{Path, PathBuf},
@@ -12,8 +10,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::helpers::{App, PATIENCE, Process, TOKEN};
 use bson::doc;
-use common::{App, PATIENCE, Process, TOKEN};
 use serde_json::Value;
 
 /// The datagrams a service sent to its `$NOTIFY_SOCKET`, with when they arrived.
@@ -109,6 +107,7 @@ fn assert_watchdog_period(gaps: &[Duration], half: Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pyron_api_is_ready_once_a_store_answers_pings_the_watchdog_and_says_stopping() {
+    let _load = crate::helpers::beside_others().await;
     let mut app = App::stores_only(&[]);
     app.stores.redis.kill();
     app.stores.mongo.kill();
@@ -172,6 +171,7 @@ async fn pyron_api_is_ready_once_a_store_answers_pings_the_watchdog_and_says_sto
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pyron_worker_is_ready_only_with_its_stores_and_reports_its_work() {
+    let _load = crate::helpers::beside_others().await;
     let mut app = App::stores_only(&[]);
     app.start_api().await;
     app.stores.mongo.kill();
@@ -226,6 +226,7 @@ async fn pyron_worker_is_ready_only_with_its_stores_and_reports_its_work() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_notify_socket_nothing_is_sent_and_nothing_breaks() {
+    let _load = crate::helpers::beside_others().await;
     // The same binaries with systemd's variables half-set (no NOTIFY_SOCKET; a watchdog
     // meant for another process) run as usual.
     let app = App::start_with(&[("WATCHDOG_USEC", "100000"), ("WATCHDOG_PID", "1")]).await;
@@ -240,6 +241,7 @@ async fn without_notify_socket_nothing_is_sent_and_nothing_breaks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pyron_api_serves_the_unix_socket_systemd_passes() {
+    let _load = crate::helpers::beside_others().await;
     let app = App::stores_only(&[]);
     let socket = app.stores.dir.path().join("activated.sock");
     let log = app.stores.dir.path().join("activate.log");
@@ -360,6 +362,7 @@ fn wait_for_entry(pid: u32, wanted: impl Fn(&Value) -> bool) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_systemd_the_logs_go_to_journald_with_an_alerts_fields() {
+    let _load = crate::helpers::beside_others().await;
     let mut app = App::stores_only(&[]);
     let _journald = journald(app.stores.dir.path());
 
@@ -466,6 +469,7 @@ async fn under_systemd_the_logs_go_to_journald_with_an_alerts_fields() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_come_from_systemd_credentials() {
+    let _load = crate::helpers::beside_others().await;
     let mut app = App::stores_only(&[]);
     let credentials = app.stores.dir.path().join("credentials");
     std::fs::create_dir(&credentials).unwrap();

@@ -2,12 +2,10 @@
 //! NGINX to the real binaries. JSON that arrives as `text/plain`, prices written with
 //! separators, and alerts sent while pyron-api restarts with one of its stores down.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
+use crate::helpers::{App, Nginx, PATIENCE, TOKEN};
 use bson::{Document, doc};
-use common::{App, Nginx, PATIENCE, TOKEN};
 use serde_json::{Value, json};
 
 /// NGINX with TLS in front of an `App`, and an HTTPS client that trusts its certificate.
@@ -87,6 +85,7 @@ const ETH: &str = r#"{"passphrase":"change-me","ticker":"ETHUSDT","action":"buy"
 
 #[tokio::test]
 async fn json_sent_as_text_plain_is_accepted_by_its_passphrase_and_kept_as_text_and_json() {
+    let _load = crate::helpers::beside_others().await;
     let edge = Edge::start(App::start().await);
     let app = &edge.app;
 
@@ -168,6 +167,7 @@ async fn json_sent_as_text_plain_is_accepted_by_its_passphrase_and_kept_as_text_
 
 #[tokio::test]
 async fn prices_with_separators_are_read_one_way_or_the_job_says_why() {
+    let _load = crate::helpers::beside_others().await;
     let edge = Edge::start(App::start_with(&[("PYRON_ADMIN_TOKEN", ADMIN)]).await);
     let send = async |price: &str| -> String {
         let body =
@@ -306,16 +306,19 @@ async fn restart_with_a_store_down(down: &str) {
 
 #[tokio::test]
 async fn pyron_api_started_while_mongodb_is_down_takes_alerts_through_nginx() {
+    let _load = crate::helpers::beside_others().await;
     restart_with_a_store_down("mongo").await;
 }
 
 #[tokio::test]
 async fn pyron_api_started_while_redis_is_down_takes_alerts_through_nginx() {
+    let _load = crate::helpers::beside_others().await;
     restart_with_a_store_down("redis").await;
 }
 
 #[tokio::test]
 async fn pyron_api_started_with_both_stores_down_answers_at_once() {
+    let _load = crate::helpers::beside_others().await;
     let mut app = App::stores_only(&[]);
     app.stores.redis.kill();
     app.stores.mongo.kill();
