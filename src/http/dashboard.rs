@@ -3,7 +3,7 @@
 //! Events, `/api/stats` and `/api/events` give the same as JSON. All of it behind the
 //! admin secret (`auth`): a login form sets the session cookie.
 
-use std::{convert::Infallible, fmt::Write, sync::Arc, time::Duration};
+use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use axum::{
     Form, Json,
@@ -17,7 +17,7 @@ use axum::{
 use futures_util::stream;
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, AppState, auth};
+use super::{ApiError, AppState, auth, pages};
 use crate::{queue::DeadLetter, stats::Activity, store::EventRow};
 
 const STYLE: &str = include_str!("assets/style.css");
@@ -36,9 +36,9 @@ pub struct Snapshot {
 #[derive(Debug, Serialize)]
 pub struct StatsView {
     #[serde(flatten)]
-    activity: Activity,
-    ack_p50_ms: Option<f64>,
-    ack_p99_ms: Option<f64>,
+    pub activity: Activity,
+    pub ack_p50_ms: Option<f64>,
+    pub ack_p99_ms: Option<f64>,
 }
 
 async fn stats_view(app: &AppState) -> Result<StatsView, ApiError> {
@@ -90,7 +90,7 @@ pub async fn stats(
 pub struct EventsQuery {
     limit: Option<i64>,
     status: Option<String>,
-    ticker: Option<String>,
+    pub ticker: Option<String>,
 }
 
 /// The recent alerts, newest first; `status` and `ticker` filter them.
@@ -224,12 +224,16 @@ pub struct LoginForm {
 }
 
 pub async fn login_page(State(app): State<Arc<AppState>>) -> Html<String> {
-    Html(login_html(app.admin_token.is_some(), None))
+    Html(pages::login(app.admin_token.is_some(), None).into_string())
 }
 
 pub async fn login(State(app): State<Arc<AppState>>, Form(form): Form<LoginForm>) -> Response {
     let Some(token) = &app.admin_token else {
-        return (StatusCode::UNAUTHORIZED, Html(login_html(false, None))).into_response();
+        return (
+            StatusCode::UNAUTHORIZED,
+            Html(pages::login(false, None).into_string()),
+        )
+            .into_response();
     };
     if token.matches(form.token.trim().as_bytes()) {
         tracing::info!("dashboard login");
@@ -245,7 +249,7 @@ pub async fn login(State(app): State<Arc<AppState>>, Form(form): Form<LoginForm>
         tracing::warn!(code = "invalid_admin_token", "dashboard login refused");
         (
             StatusCode::UNAUTHORIZED,
-            Html(login_html(true, Some("That is not the admin token."))),
+            Html(pages::login(true, Some("That is not the admin token.")).into_string()),
         )
             .into_response()
     }
@@ -282,219 +286,5 @@ pub async fn index(
         .dead_letters(20)
         .await
         .unwrap_or_default();
-    Html(page(&stats, &events, &dead, &query)).into_response()
-}
-
-fn esc(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// The end of an event id, enough to tell alerts of the same minute apart.
-fn short_id(id: &str) -> &str {
-    &id[id.len().saturating_sub(12)..]
-}
-
-fn opt<T: ToString>(value: Option<T>) -> String {
-    value
-        .map(|v| esc(&v.to_string()))
-        .unwrap_or_else(|| "–".into())
-}
-
-fn head(title: &str) -> String {
-    format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{}</title><link rel=\"stylesheet\" href=\"/assets/style.css\"></head><body>",
-        esc(title)
-    )
-}
-
-fn login_html(enabled: bool, error: Option<&str>) -> String {
-    let mut html = head("Pyron: log in");
-    html.push_str("<section class=\"login\"><h2>Pyron dashboard</h2>");
-    if !enabled {
-        html.push_str("<p class=\"error\">The dashboard is off: set PYRON_ADMIN_TOKEN on pyron-api to use it.</p>");
-    } else {
-        if let Some(error) = error {
-            let _ = write!(html, "<p class=\"error\">{}</p>", esc(error));
-        }
-        html.push_str(
-            "<form method=\"post\" action=\"/login\"><p><label>Admin token<br>\
-             <input type=\"password\" name=\"token\" id=\"token\" autocomplete=\"current-password\" required autofocus></label></p>\
-             <p><button type=\"submit\" id=\"login\">Log in</button></p></form>",
-        );
-    }
-    html.push_str("</section></body></html>");
-    html
-}
-
-fn page(
-    stats: &StatsView,
-    events: &[EventRow],
-    dead: &[DeadLetter],
-    query: &EventsQuery,
-) -> String {
-    let a = &stats.activity;
-    let mut h = head("Pyron");
-    h.push_str(
-        "<header><h1>Pyron</h1><span id=\"live\" class=\"live\">loaded now</span>\
-         <form method=\"post\" action=\"/logout\"><button>Log out</button></form></header><main>",
-    );
-    // Counts.
-    h.push_str("<section><h2>Alerts</h2><table id=\"counts\"><tr><th></th><th>last hour</th><th>last day</th></tr>");
-    for (label, field) in [
-        ("received", "received"),
-        ("queued", "queued"),
-        ("processed", "processed"),
-        ("retrying", "retrying"),
-        ("dead", "dead"),
-        ("duplicates", "duplicates"),
-        ("rejected", "rejected"),
-    ] {
-        let pick = |c: &crate::stats::Counts| match field {
-            "received" => c.received,
-            "queued" => c.queued,
-            "processed" => c.processed,
-            "retrying" => c.retrying,
-            "dead" => c.dead,
-            "duplicates" => c.duplicates,
-            _ => c.rejected,
-        };
-        let _ = write!(
-            h,
-            "<tr><th scope=\"row\">{label}</th><td class=\"n\" data-count=\"hour.{field}\">{}</td>\
-             <td class=\"n\" data-count=\"day.{field}\">{}</td></tr>",
-            pick(&a.hour),
-            pick(&a.day)
-        );
-    }
-    h.push_str("</table></section>");
-    // Latency and queue.
-    let _ = write!(
-        h,
-        "<section><h2>Latency and queue</h2><table>\
-         <tr><th scope=\"row\">acknowledgement p50 / p99 (ms)</th><td class=\"n\"><span data-stat=\"ack_p50_ms\">{}</span> / <span data-stat=\"ack_p99_ms\">{}</span></td></tr>\
-         <tr><th scope=\"row\">end-to-end lag p50 / p99 (ms)</th><td class=\"n\"><span data-stat=\"lag_p50_ms\">{}</span> / <span data-stat=\"lag_p99_ms\">{}</span></td></tr>\
-         <tr><th scope=\"row\">queue depth</th><td class=\"n\" data-stat=\"queue_depth\">{}</td></tr>\
-         <tr><th scope=\"row\">pending</th><td class=\"n\" data-stat=\"pending\">{}</td></tr>\
-         <tr><th scope=\"row\">dead letters</th><td class=\"n\" data-stat=\"dead_letters\">{}</td></tr></table></section>",
-        opt(stats.ack_p50_ms.map(|v| (v * 10.0).round() / 10.0)),
-        opt(stats.ack_p99_ms.map(|v| (v * 10.0).round() / 10.0)),
-        opt(a.lag_p50_ms),
-        opt(a.lag_p99_ms),
-        a.queue_depth,
-        a.pending,
-        a.dead_letters
-    );
-    // Chart.
-    let max = a.per_minute.iter().copied().max().unwrap_or(0).max(1);
-    h.push_str("<section><h2>Alerts per minute, last hour</h2><svg class=\"chart\" viewBox=\"0 0 600 80\" preserveAspectRatio=\"none\">");
-    for (i, n) in a.per_minute.iter().enumerate() {
-        let height = *n as f64 / max as f64 * 78.0;
-        let _ = write!(
-            h,
-            "<rect x=\"{}\" y=\"{:.1}\" width=\"8\" height=\"{height:.1}\"><title>{n} alerts, {} min ago</title></rect>",
-            i * 10,
-            80.0 - height,
-            a.per_minute.len() - i - 1
-        );
-    }
-    h.push_str("</svg></section>");
-    // Workers.
-    h.push_str("<section><h2>Workers</h2><table id=\"workers\"><thead><tr><th>consumer</th><th>pending</th><th>last heartbeat</th></tr></thead><tbody>");
-    for w in &a.workers {
-        let _ = write!(
-            h,
-            "<tr><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
-            esc(&w.name),
-            w.pending,
-            w.heartbeat_ms_ago
-                .map(|ms| format!("{:.1} s ago", ms as f64 / 1000.0))
-                .unwrap_or_else(|| "never".into())
-        );
-    }
-    h.push_str("</tbody></table></section>");
-    // Recent alerts.
-    let _ = write!(
-        h,
-        "<section class=\"wide\"><h2>Recent alerts</h2>\
-         <form method=\"get\" action=\"/\"><input id=\"filter\" name=\"ticker\" placeholder=\"filter: ticker, action, status\" value=\"{}\"> \
-         <noscript><button>Filter</button></noscript></form>\
-         <div class=\"scroll\"><table id=\"events\"><thead><tr><th>time</th><th>ticker</th><th>action</th><th>price</th><th>status</th><th>lag</th></tr></thead><tbody>",
-        esc(query.ticker.as_deref().unwrap_or(""))
-    );
-    for e in events {
-        let _ = write!(
-            h,
-            "<tr class=\"event\" data-id=\"{id}\"><td><a href=\"/api/events/{id}\">{}</a></td>",
-            opt(e.received_at.map(|t| t.format("%H:%M:%S").to_string())),
-            id = esc(&e.id),
-        );
-        match (&e.text, &e.ticker) {
-            (Some(text), None) => {
-                let _ = write!(h, "<td colspan=\"3\" class=\"message\">{}</td>", esc(text));
-            }
-            _ => {
-                let _ = write!(
-                    h,
-                    "<td>{}</td><td>{}</td><td class=\"n\">{}</td>",
-                    opt(e.ticker.as_deref()),
-                    opt(e.action.as_deref()),
-                    opt(e.price),
-                );
-            }
-        }
-        let _ = write!(
-            h,
-            "<td class=\"status-{status}\">{status}",
-            status = esc(&e.status)
-        );
-        if let Some(first) = &e.duplicate_of {
-            let _ = write!(
-                h,
-                " of <a class=\"first\" data-open=\"{id}\" href=\"/api/events/{id}\">{}</a>",
-                esc(short_id(first)),
-                id = esc(first),
-            );
-        }
-        if let Some(error) = &e.error {
-            let _ = write!(h, "<div class=\"why\">{}</div>", esc(error));
-        }
-        let _ = write!(
-            h,
-            "</td><td class=\"n\">{}</td></tr>",
-            opt(e.lag_ms.map(|l| format!("{l} ms")))
-        );
-    }
-    h.push_str(
-        "</tbody></table></div><div id=\"detail\" hidden><h2>Alert <span id=\"detail-id\"></span></h2>\
-         <p class=\"muted\">audit</p><pre id=\"detail-audit\"></pre><p class=\"muted\">jobs</p><pre id=\"detail-job\"></pre></div></section>",
-    );
-    // Dead letters.
-    h.push_str("<section class=\"wide\"><h2>Dead letters</h2><p id=\"replay-result\" class=\"muted\"></p><div class=\"scroll\"><table id=\"dead\"><thead><tr><th>alert</th><th>reason</th><th></th></tr></thead><tbody>");
-    for d in dead {
-        let id = d.id.as_deref().unwrap_or("");
-        let _ = write!(
-            h,
-            "<tr><td>{}</td><td>{}</td><td><button data-replay=\"{}\">Replay</button></td></tr>",
-            esc(id),
-            esc(&d.reason),
-            esc(id)
-        );
-    }
-    h.push_str("</tbody></table></div></section></main>");
-    h.push_str("<noscript><p class=\"muted\" style=\"padding:0 20px\">JavaScript is off: reload for current numbers.</p></noscript>");
-    h.push_str("<script src=\"/assets/app.js\" defer></script></body></html>");
-    h
+    Html(pages::dashboard(&stats, &events, &dead, &query).into_string()).into_response()
 }

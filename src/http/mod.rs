@@ -7,6 +7,7 @@ mod dashboard;
 mod error;
 mod health;
 mod metrics;
+mod pages;
 mod sender;
 mod tls;
 mod webhook;
