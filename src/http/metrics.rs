@@ -1,10 +1,11 @@
-//! `GET /metrics` in Prometheus's text format, behind the admin secret (the counts show
-//! trading activity): this pyron-api's answers and acknowledgement latency, the jobs and
-//! end-to-end lag every worker counted in Redis, and the queue.
+//! `GET /metrics` in Prometheus's text format (written by `prometheus-client`), behind the
+//! admin secret (the counts show trading activity): this pyron-api's answers and
+//! acknowledgement latency, the jobs and end-to-end lag every worker counted in Redis, and
+//! the queue. The values are counted elsewhere, so each scrape hands them to the encoder
+//! as one collector.
 
 use std::{
     collections::VecDeque,
-    fmt::Write,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -16,6 +17,13 @@ use axum::{
     extract::State,
     http::{HeaderMap, Method, header},
     response::{IntoResponse, Response},
+};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, NoLabelSet, prometheus_text},
+    metrics::MetricType,
+    registry::Registry,
 };
 
 use super::{ApiError, AppState, auth};
@@ -93,50 +101,19 @@ pub async fn metrics(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Re
 }
 
 async fn render(app: &AppState) -> Result<String, ApiError> {
-    let mut out = String::new();
     let c = app.counters.snapshot();
-    let w = &mut out;
-    help(
-        w,
-        "pyron_alerts_total",
-        "counter",
-        "Alerts this pyron-api answered, by outcome.",
-    );
-    for (outcome, n) in [
-        ("queued", c.accepted - c.duplicates - c.kept),
-        ("kept_in_mongodb", c.kept),
-        ("duplicate", c.duplicates),
-        ("rejected", c.refused),
-        ("unavailable", c.unavailable),
-    ] {
-        let _ = writeln!(w, "pyron_alerts_total{{outcome=\"{outcome}\"}} {n}");
-    }
-
-    help(
-        w,
-        "pyron_ack_duration_seconds",
-        "histogram",
-        "Time from request to answer on POST /webhook.",
-    );
     let l = &app.latency;
-    for (bound, bucket) in ACK_BUCKETS.iter().zip(&l.buckets) {
-        let _ = writeln!(
-            w,
-            "pyron_ack_duration_seconds_bucket{{le=\"{bound}\"}} {}",
-            bucket.load(Ordering::Relaxed)
-        );
-    }
-    let count = l.count.load(Ordering::Relaxed);
-    let _ = writeln!(
-        w,
-        "pyron_ack_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+    let ack_cumulative: Vec<u64> = l
+        .buckets
+        .iter()
+        .map(|b| b.load(Ordering::Relaxed))
+        .collect();
+    let ack = Histogram::from_cumulative(
+        &ACK_BUCKETS,
+        &ack_cumulative,
+        l.count.load(Ordering::Relaxed),
+        l.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
     );
-    let _ = writeln!(
-        w,
-        "pyron_ack_duration_seconds_sum {}",
-        l.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
-    );
-    let _ = writeln!(w, "pyron_ack_duration_seconds_count {count}");
 
     let stats = app.delivery.queue.stats();
     let unavailable = |err: redis::RedisError| {
@@ -145,70 +122,210 @@ async fn render(app: &AppState) -> Result<String, ApiError> {
     };
     let totals = stats.totals().await.map_err(unavailable)?.fields;
     let get = |k: &str| totals.get(k).copied().unwrap_or(0);
-    help(
-        w,
-        "pyron_jobs_total",
-        "counter",
-        "Job outcomes recorded by the workers, by status (all workers, since Redis's data began).",
+    let lag_cumulative: Vec<u64> = LAG_BUCKETS
+        .iter()
+        .map(|bound| get(&format!("lag_le_{bound}")))
+        .collect();
+    let lag = Histogram::from_cumulative(
+        &LAG_BUCKETS,
+        &lag_cumulative,
+        get("lag_count"),
+        get("lag_sum_ms") as f64 / 1000.0,
     );
-    for status in ["processed", "retrying", "dead"] {
-        let _ = writeln!(w, "pyron_jobs_total{{status=\"{status}\"}} {}", get(status));
-    }
-    help(
-        w,
-        "pyron_lag_seconds",
-        "histogram",
-        "Time from an alert's arrival to its processed jobs record.",
-    );
-    for bound in LAG_BUCKETS {
-        let _ = writeln!(
-            w,
-            "pyron_lag_seconds_bucket{{le=\"{bound}\"}} {}",
-            get(&format!("lag_le_{bound}"))
-        );
-    }
-    let _ = writeln!(
-        w,
-        "pyron_lag_seconds_bucket{{le=\"+Inf\"}} {}",
-        get("lag_count")
-    );
-    let _ = writeln!(
-        w,
-        "pyron_lag_seconds_sum {}",
-        get("lag_sum_ms") as f64 / 1000.0
-    );
-    let _ = writeln!(w, "pyron_lag_seconds_count {}", get("lag_count"));
-
     let activity = stats.activity().await.map_err(unavailable)?;
-    for (name, what, value) in [
-        (
-            "pyron_queue_depth",
-            "Entries in the work stream (waiting and pending).",
-            activity.queue_depth,
-        ),
-        (
-            "pyron_queue_pending",
-            "Entries delivered to a worker and not yet acknowledged.",
-            activity.pending,
-        ),
-        (
-            "pyron_dead_letters",
-            "Entries in the dead-letter stream.",
-            activity.dead_letters,
-        ),
-        (
-            "pyron_workers",
-            "Consumers in the group.",
-            activity.workers.len() as u64,
-        ),
-    ] {
-        help(w, name, "gauge", what);
-        let _ = writeln!(w, "{name} {value}");
-    }
+
+    let scrape = Scrape {
+        alerts: [
+            ("queued", c.accepted - c.duplicates - c.kept),
+            ("kept_in_mongodb", c.kept),
+            ("duplicate", c.duplicates),
+            ("rejected", c.refused),
+            ("unavailable", c.unavailable),
+        ],
+        ack,
+        jobs: ["processed", "retrying", "dead"].map(|status| (status, get(status))),
+        lag,
+        gauges: [
+            (
+                "pyron_queue_depth",
+                "Entries in the work stream (waiting and pending).",
+                activity.queue_depth,
+            ),
+            (
+                "pyron_queue_pending",
+                "Entries delivered to a worker and not yet acknowledged.",
+                activity.pending,
+            ),
+            (
+                "pyron_dead_letters",
+                "Entries in the dead-letter stream.",
+                activity.dead_letters,
+            ),
+            (
+                "pyron_workers",
+                "Consumers in the group.",
+                activity.workers.len() as u64,
+            ),
+        ],
+    };
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(scrape));
+    let mut out = String::new();
+    prometheus_text::encode(&mut out, &registry).map_err(|_| {
+        ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "metrics_unavailable",
+            "the metrics could not be written",
+        )
+    })?;
     Ok(out)
 }
 
-fn help(w: &mut String, name: &str, kind: &str, what: &str) {
-    let _ = writeln!(w, "# HELP {name} {what}");
-    let _ = writeln!(w, "# TYPE {name} {kind}");
+/// A histogram whose observations were counted elsewhere (this process's atomics, or the
+/// workers' counts in Redis), as bucket counts.
+#[derive(Debug)]
+struct Histogram {
+    /// (upper bound, observations in that bucket alone).
+    buckets: Vec<(f64, u64)>,
+    count: u64,
+    sum: f64,
+}
+
+impl Histogram {
+    /// From cumulative bucket counts (each counts every observation at or below its
+    /// bound), as both sources keep them.
+    fn from_cumulative(bounds: &[f64], cumulative: &[u64], count: u64, sum: f64) -> Histogram {
+        let mut below = 0;
+        let buckets = bounds
+            .iter()
+            .zip(cumulative)
+            .map(|(bound, n)| {
+                let alone = n.saturating_sub(below);
+                below = below.max(*n);
+                (*bound, alone)
+            })
+            .collect();
+        Histogram {
+            buckets,
+            count,
+            sum,
+        }
+    }
+}
+
+/// One scrape's values, written by `prometheus-client` in Prometheus's text format.
+#[derive(Debug)]
+struct Scrape {
+    alerts: [(&'static str, u64); 5],
+    ack: Histogram,
+    jobs: [(&'static str, u64); 3],
+    lag: Histogram,
+    gauges: [(&'static str, &'static str, u64); 4],
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        // Counters are named without `_total`, which the encoder appends.
+        let mut alerts = encoder.encode_descriptor(
+            "pyron_alerts",
+            "Alerts this pyron-api answered, by outcome.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (outcome, n) in self.alerts {
+            alerts
+                .encode_family(&[("outcome", outcome)])?
+                .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+        }
+        encoder
+            .encode_descriptor(
+                "pyron_ack_duration_seconds",
+                "Time from request to answer on POST /webhook.",
+                None,
+                MetricType::Histogram,
+            )?
+            .encode_histogram::<NoLabelSet>(
+                self.ack.sum,
+                self.ack.count,
+                &self.ack.buckets,
+                None,
+            )?;
+        let mut jobs = encoder.encode_descriptor(
+            "pyron_jobs",
+            "Job outcomes recorded by the workers, by status (all workers, since Redis's data began).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (status, n) in self.jobs {
+            jobs.encode_family(&[("status", status)])?
+                .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+        }
+        encoder
+            .encode_descriptor(
+                "pyron_lag_seconds",
+                "Time from an alert's arrival to its processed jobs record.",
+                None,
+                MetricType::Histogram,
+            )?
+            .encode_histogram::<NoLabelSet>(
+                self.lag.sum,
+                self.lag.count,
+                &self.lag.buckets,
+                None,
+            )?;
+        for (name, help, value) in self.gauges {
+            encoder
+                .encode_descriptor(name, help, None, MetricType::Gauge)?
+                .encode_gauge(&(value as i64))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scrape_is_prometheus_text_with_the_metric_names_of_the_readme() {
+        let scrape = Scrape {
+            alerts: [
+                ("queued", 3),
+                ("kept_in_mongodb", 1),
+                ("duplicate", 0),
+                ("rejected", 2),
+                ("unavailable", 0),
+            ],
+            ack: Histogram::from_cumulative(&[0.001, 0.01], &[1, 3], 4, 0.05),
+            jobs: [("processed", 3), ("retrying", 0), ("dead", 1)],
+            lag: Histogram::from_cumulative(&LAG_BUCKETS, &[0; 10], 0, 0.0),
+            gauges: [
+                ("pyron_queue_depth", "depth", 7),
+                ("pyron_queue_pending", "p", 0),
+                ("pyron_dead_letters", "d", 1),
+                ("pyron_workers", "w", 2),
+            ],
+        };
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(scrape));
+        let mut text = String::new();
+        prometheus_text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "# TYPE pyron_alerts_total counter",
+            "pyron_alerts_total{outcome=\"queued\"} 3",
+            "pyron_alerts_total{outcome=\"kept_in_mongodb\"} 1",
+            "# TYPE pyron_ack_duration_seconds histogram",
+            "pyron_ack_duration_seconds_bucket{le=\"0.001\"} 1",
+            "pyron_ack_duration_seconds_bucket{le=\"0.01\"} 3",
+            "pyron_ack_duration_seconds_bucket{le=\"+Inf\"} 4",
+            "pyron_ack_duration_seconds_count 4",
+            "pyron_jobs_total{status=\"dead\"} 1",
+            "pyron_lag_seconds_bucket{le=\"10\"} 0",
+            "# TYPE pyron_queue_depth gauge",
+            "pyron_queue_depth 7",
+            "pyron_workers 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+        }
+    }
 }
