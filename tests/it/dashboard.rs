@@ -5,140 +5,90 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use crate::helpers::{App, PATIENCE, Process, TOKEN};
-use base64::Engine;
+use crate::helpers::{App, PATIENCE, TOKEN};
 use bson::doc;
-use futures_util::{SinkExt, StreamExt};
+use chromiumoxide::{
+    BrowserConfig,
+    cdp::{
+        browser_protocol::emulation::SetDeviceMetricsOverrideParams,
+        js_protocol::runtime::EvaluateParams,
+    },
+    page::ScreenshotParams,
+};
+use futures_util::StreamExt;
 use serde_json::{Value, json};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async, tungstenite::Message};
 
 const ADMIN: &str = "dashboard-admin-0123456789";
 
-/// A headless Chromium and one page in it, spoken to over the DevTools protocol.
+/// A headless Chromium and one page in it, driven over the DevTools protocol
+/// (chromiumoxide).
 struct Browser {
-    _process: Process,
-    socket: WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>,
-    session: String,
-    next_id: u64,
+    browser: chromiumoxide::Browser,
+    page: chromiumoxide::Page,
+    events: tokio::task::JoinHandle<()>,
 }
 
 impl Browser {
     async fn launch(dir: &Path) -> Browser {
         let profile = dir.join("chromium-profile");
         std::fs::create_dir_all(&profile).unwrap();
-        let log = dir.join("chromium.log");
-        let child = Command::new("chromium")
+        let config = BrowserConfig::builder()
+            .chrome_executable(which_chromium())
+            .no_sandbox()
+            .user_data_dir(&profile)
+            .window_size(1280, 1400)
+            .viewport(None)
+            .launch_timeout(PATIENCE)
+            .request_timeout(PATIENCE)
             .args([
-                "--headless",
-                "--no-sandbox",
                 "--disable-gpu",
                 "--disable-background-networking",
                 "--disable-component-update",
                 "--disable-sync",
                 "--no-first-run",
                 "--ignore-certificate-errors",
-                "--window-size=1280,1400",
-                "--remote-debugging-port=0",
             ])
-            .arg(format!("--user-data-dir={}", profile.display()))
-            .arg("about:blank")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("chromium (Debian package chromium; scripts/install-deps.sh installs it)");
-        let process = Process {
-            name: "chromium".into(),
-            child,
-            log,
-        };
-        // Chromium writes its DevTools port and path here once it listens.
-        let active = profile.join("DevToolsActivePort");
-        let deadline = Instant::now() + PATIENCE;
-        let url = loop {
-            if let Ok(text) = std::fs::read_to_string(&active) {
-                let mut lines = text.lines();
-                if let (Some(port), Some(path)) = (lines.next(), lines.next()) {
-                    break format!("ws://127.0.0.1:{port}{path}");
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "chromium did not start: {}",
-                process.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        let (socket, _) = connect_async(url).await.unwrap();
-        let mut browser = Browser {
-            _process: process,
-            socket,
-            session: String::new(),
-            next_id: 0,
-        };
-        let target = browser
-            .call("Target.createTarget", json!({ "url": "about:blank" }))
-            .await;
-        let attached = browser
-            .call(
-                "Target.attachToTarget",
-                json!({ "targetId": target["targetId"], "flatten": true }),
-            )
-            .await;
-        browser.session = attached["sessionId"].as_str().unwrap().to_owned();
-        browser.call("Page.enable", json!({})).await;
-        browser
-    }
-
-    /// Sends a command (to the page once attached) and waits for its answer.
-    async fn call(&mut self, method: &str, params: Value) -> Value {
-        self.next_id += 1;
-        let id = self.next_id;
-        let mut message = json!({ "id": id, "method": method, "params": params });
-        if !self.session.is_empty() {
-            message["sessionId"] = json!(self.session);
-        }
-        self.socket
-            .send(Message::Text(message.to_string().into()))
-            .await
+            .build()
             .unwrap();
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let frame = tokio::time::timeout(left, self.socket.next())
-                .await
-                .unwrap_or_else(|_| panic!("no answer to {method}"))
-                .unwrap()
-                .unwrap();
-            let Message::Text(text) = frame else { continue };
-            let reply: Value = serde_json::from_str(&text).unwrap();
-            if reply["id"] == id {
-                assert!(reply.get("error").is_none(), "{method}: {reply}");
-                return reply["result"].clone();
-            }
+        let (browser, mut handler) = chromiumoxide::Browser::launch(config)
+            .await
+            .expect("chromium (Debian package chromium; scripts/install-deps.sh installs it)");
+        let events = tokio::spawn(async move { while handler.next().await.is_some() {} });
+        let page = browser.new_page("about:blank").await.unwrap();
+        Browser {
+            browser,
+            page,
+            events,
         }
     }
 
-    /// Evaluates JavaScript in the page and returns its value.
+    /// Evaluates JavaScript in the page (awaiting a promise) and returns its value.
     async fn eval(&mut self, expression: &str) -> Value {
+        self.try_eval(expression)
+            .await
+            .unwrap_or_else(|err| panic!("{expression}: {err}"))
+    }
+
+    async fn try_eval(&self, expression: &str) -> Result<Value, String> {
+        let params = EvaluateParams::builder()
+            .expression(expression)
+            .await_promise(true)
+            .return_by_value(true)
+            .build()
+            .map_err(|e| e.to_string())?;
         let result = self
-            .call(
-                "Runtime.evaluate",
-                json!({ "expression": expression, "returnByValue": true, "awaitPromise": true }),
-            )
-            .await;
-        assert!(
-            result.get("exceptionDetails").is_none(),
-            "{expression}: {result}"
-        );
-        result["result"]["value"].clone()
+            .page
+            .evaluate(params)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(result.value().cloned().unwrap_or(Value::Null))
     }
 
     async fn goto(&mut self, url: &str) {
-        self.call("Page.navigate", json!({ "url": url })).await;
+        self.page.goto(url).await.unwrap();
         self.wait_until("the page to load", "document.readyState === 'complete'")
             .await;
     }
@@ -146,15 +96,16 @@ impl Browser {
     /// Waits until `condition` (JavaScript) is true in the page.
     async fn wait_until(&mut self, what: &str, condition: &str) {
         let deadline = Instant::now() + PATIENCE;
-        // Mid-navigation the document can be empty (no body yet): that is "not yet".
+        // Mid-navigation the document can be empty (no body yet), or have no context to
+        // evaluate in: that is "not yet".
         let guarded = format!(
             "(() => {{ try {{ return ({condition}) === true; }} catch (e) {{ return false; }} }})()"
         );
-        while self.eval(&guarded).await != json!(true) {
+        while self.try_eval(&guarded).await != Ok(json!(true)) {
             assert!(
                 Instant::now() < deadline,
-                "timed out waiting for {what}; page: {}",
-                self.eval("document.body ? document.body.innerText : ''")
+                "timed out waiting for {what}; page: {:?}",
+                self.try_eval("document.body ? document.body.innerText : ''")
                     .await
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -162,20 +113,10 @@ impl Browser {
     }
 
     async fn screenshot(&mut self, path: &Path) {
-        let shot = self
-            .call(
-                "Page.captureScreenshot",
-                json!({ "format": "png", "captureBeyondViewport": true }),
-            )
-            .await;
-        let png = base64::engine::general_purpose::STANDARD
-            .decode(shot["data"].as_str().unwrap())
-            .unwrap();
-        std::fs::write(path, png).unwrap();
+        let params = ScreenshotParams::builder().full_page(true).build();
+        self.page.save_screenshot(params, path).await.unwrap();
     }
-}
 
-impl Browser {
     /// Logs in through the form.
     async fn log_in(&mut self, base: &str) {
         self.goto(&format!("{base}/login")).await;
@@ -192,12 +133,25 @@ impl Browser {
 
     /// Makes the page `width` CSS pixels wide, as a phone (`mobile`) or a desktop window.
     async fn resize(&mut self, width: u32, mobile: bool) {
-        self.call(
-            "Emulation.setDeviceMetricsOverride",
-            json!({ "width": width, "height": 900, "deviceScaleFactor": 1, "mobile": mobile }),
-        )
-        .await;
+        let metrics = SetDeviceMetricsOverrideParams::new(i64::from(width), 900, 1.0, mobile);
+        self.page.execute(metrics).await.unwrap();
     }
+
+    async fn close(mut self) {
+        let _ = self.browser.close().await;
+        let _ = self.browser.wait().await;
+        self.events.abort();
+    }
+}
+
+/// Debian's `chromium`, where `PATH` has it.
+fn which_chromium() -> PathBuf {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join("chromium"))
+        .find(|path| path.is_file())
+        .expect("chromium (Debian package chromium; scripts/install-deps.sh installs it)")
 }
 
 fn count(kind: &str) -> String {
@@ -406,6 +360,7 @@ async fn the_dashboard_goes_live_in_a_real_browser_and_replays_a_dead_letter() {
     }
     assert_eq!(browser.eval("window.__noReload").await, "still here");
     assert!(nginx.process.log().is_empty() || !nginx.process.log().contains("emerg"));
+    browser.close().await;
 }
 
 /// Every card whose content spills past its right edge or makes its table scroll
@@ -548,6 +503,7 @@ async fn the_dashboard_fits_a_phone_and_a_wide_screen_and_says_what_each_alert_i
             shot.display()
         );
     }
+    browser.close().await;
 }
 
 #[tokio::test]
