@@ -28,20 +28,25 @@ let
 
   socketPath = "/run/pyron/api.sock";
   redis = config.services.redis.servers.pyron;
-  redisGroup = redis.group;
+  localRedis = cfg.redis.createLocally;
+  localDatabase = cfg.database != "external";
   mongoPort = 27017;
   storeUnits =
-    [ "redis-pyron.service" ]
+    optional localRedis "redis-pyron.service"
     ++ optional (cfg.database == "mongodb") "mongodb.service"
     ++ optional (cfg.database == "ferretdb") "ferretdb.service";
 
   finalSettings = import ./settings.nix {
-    redisSocket = redis.unixSocket;
-    inherit mongoPort;
+    redisSocket = if localRedis then redis.unixSocket else null;
+    mongoPort = if localDatabase then mongoPort else null;
     inherit (cfg) allowedSenders settings;
   };
   configFile = settingsFormat.generate "pyron.toml" finalSettings;
-  bodyLimit = finalSettings.body_limit or 65536;
+  bodyLimit = cfg.settings.body_limit;
+  # Secrets handed to both services as systemd credentials.
+  credentials =
+    optional (cfg.redis.urlFile != null) "redis-url:${cfg.redis.urlFile}"
+    ++ optional (cfg.mongoUriFile != null) "mongo-uri:${cfg.mongoUriFile}";
 
   hardening =
     unit:
@@ -51,6 +56,9 @@ let
     };
 
   selfSigned = "/var/lib/pyron-tls";
+
+  # dev/nginx-server.conf, the one copy of the server directives (nix/nginx-server.nix).
+  serverConfig = import ./nginx-server.nix { inherit bodyLimit; };
 
   # FerretDB 1.x keeps its data in SQLite, with nothing else to run. FerretDB 2 dropped
   # that backend: it needs PostgreSQL with the DocumentDB extension, which this module
@@ -67,8 +75,10 @@ let
     TimeoutStartSec = "5min";
     Restart = "always";
     RestartSec = "2s";
+  }
+  // lib.optionalAttrs localRedis {
     # Redis listens on a unix socket only, for its group.
-    SupplementaryGroups = [ redisGroup ];
+    SupplementaryGroups = [ redis.group ];
   };
 in
 {
@@ -120,16 +130,72 @@ in
       type = types.enum [
         "mongodb"
         "ferretdb"
+        "external"
       ];
       default = "mongodb";
       description = ''
-        The MongoDB wire server on this machine. `mongodb` uses `pkgs.mongodb-ce`, which
+        The MongoDB wire server. `external`: none on this machine; Pyron uses the one at
+        the URI in `mongoUriFile`. `mongodb` uses `pkgs.mongodb-ce`, which
         is unfree: allow it with
         `nixpkgs.config.allowUnfreePredicate = pkg: builtins.elem (lib.getName pkg) [ "mongodb-ce" ];`.
         `ferretdb` uses FerretDB (free) with its SQLite backend, which only FerretDB 1.x
         has: with a nixpkgs whose FerretDB is 2.x (PostgreSQL and DocumentDB only) the
         configuration is refused with an explanation; use `mongodb` there.
       '';
+    };
+
+    mongoUriFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/var/lib/pyron-secrets/mongo-uri";
+      description = ''
+        With `database = "external"`: a file holding the MongoDB URI (it may carry a
+        password), handed to both services as the credential `mongo-uri`.
+      '';
+    };
+
+    redis = {
+      createLocally = mkOption {
+        type = types.bool;
+        default = true;
+        description = ''
+          Run Redis on this machine (unix socket only, `appendfsync always`). Off: Pyron
+          uses the Redis at the URL in `redis.urlFile`, which must keep what it
+          acknowledges the same way (see the README, Delivery).
+        '';
+      };
+      urlFile = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "/var/lib/pyron-secrets/redis-url";
+        description = ''
+          Without a local Redis: a file holding the Redis URL (it may carry a password),
+          handed to both services as the credential `redis-url`.
+        '';
+      };
+    };
+
+    nginx.enable = mkOption {
+      type = types.bool;
+      default = true;
+      description = ''
+        Put NGINX with TLS in front (HTTP redirects to HTTPS, per-address rate limit, the
+        secret kept out of its logs, ACME when `domain` is set). Off: bring your own proxy
+        to pyron-api's socket, /run/pyron/api.sock (group `socketGroup`).
+      '';
+    };
+
+    socketGroup = mkOption {
+      type = types.str;
+      default = config.services.nginx.group;
+      defaultText = lib.literalExpression "config.services.nginx.group";
+      description = "The group that may connect to pyron-api's socket (the proxy's).";
+    };
+
+    openFirewall = mkOption {
+      type = types.bool;
+      default = true;
+      description = "Open TCP 80 (ACME, the redirect to HTTPS) and 443 in the firewall.";
     };
 
     allowedSenders = mkOption {
@@ -173,7 +239,25 @@ in
     };
 
     settings = mkOption {
-      type = types.submodule { freeformType = settingsFormat.type; };
+      type = types.submodule {
+        freeformType = settingsFormat.type;
+        options = {
+          body_limit = mkOption {
+            type = types.ints.between 1 4194304;
+            default = 65536;
+            description = ''
+              Largest alert body in bytes; NGINX refuses larger ones before they reach
+              pyron-api, with the same limit.
+            '';
+          };
+          log = mkOption {
+            type = types.str;
+            default = "info";
+            example = "info,pyron=debug";
+            description = "Log filter (`PYRON_LOG`), as tracing's EnvFilter reads it.";
+          };
+        };
+      };
       default = { };
       example = {
         log = "info,pyron=debug";
@@ -197,6 +281,14 @@ in
         message = "services.pyron.acmeEmail is required when services.pyron.domain is set";
       }
       {
+        assertion = (cfg.database == "external") == (cfg.mongoUriFile != null);
+        message = "services.pyron.mongoUriFile is required with database = \"external\", and only then";
+      }
+      {
+        assertion = localRedis == (cfg.redis.urlFile == null);
+        message = "services.pyron.redis.urlFile is required when redis.createLocally is false, and only then";
+      }
+      {
         assertion = cfg.database != "ferretdb" || ferretdbHasSqlite;
         message = ''
           services.pyron.database = "ferretdb" needs FerretDB 1.x and its SQLite backend, but
@@ -214,7 +306,7 @@ in
       wantedBy = [ "sockets.target" ];
       listenStreams = [ socketPath ];
       socketConfig = {
-        SocketGroup = config.services.nginx.group;
+        SocketGroup = cfg.socketGroup;
         SocketMode = "0660";
       };
     };
@@ -237,7 +329,9 @@ in
           ExecStart = "${cfg.package}/bin/pyron-api";
           LoadCredential = [
             "webhook-token:${cfg.webhookTokenFile}"
-          ] ++ optional (cfg.adminTokenFile != null) "admin-token:${cfg.adminTokenFile}";
+          ]
+          ++ optional (cfg.adminTokenFile != null) "admin-token:${cfg.adminTokenFile}"
+          ++ credentials;
         };
     };
 
@@ -257,24 +351,25 @@ in
         // common
         // {
           ExecStart = "${cfg.package}/bin/pyron-worker";
+          LoadCredential = credentials;
         };
     };
 
-    services.redis.servers.pyron = {
+    services.redis.servers.pyron = mkIf localRedis {
       enable = true;
       # Unix socket only; every job on disk before Redis answers (see README, Delivery).
-      port = 0;
-      unixSocketPerm = 660;
-      appendOnly = true;
-      appendFsync = "always";
-      save = [ ];
-      settings.maxmemory-policy = "noeviction";
+      port = lib.mkDefault 0;
+      unixSocketPerm = lib.mkDefault 660;
+      appendOnly = lib.mkDefault true;
+      appendFsync = lib.mkDefault "always";
+      save = lib.mkDefault [ ];
+      settings.maxmemory-policy = lib.mkDefault "noeviction";
     };
 
     services.mongodb = mkIf (cfg.database == "mongodb") {
       enable = true;
-      package = pkgs.mongodb-ce;
-      bind_ip = "127.0.0.1";
+      package = lib.mkDefault pkgs.mongodb-ce;
+      bind_ip = lib.mkDefault "127.0.0.1";
     };
 
     services.ferretdb = mkIf (cfg.database == "ferretdb") {
@@ -287,7 +382,7 @@ in
     };
 
     # Without a domain, a self-signed certificate made once on the machine.
-    systemd.services.pyron-tls-selfsigned = mkIf (cfg.domain == null) {
+    systemd.services.pyron-tls-selfsigned = mkIf (cfg.nginx.enable && cfg.domain == null) {
       description = "Self-signed certificate for Pyron's NGINX";
       wantedBy = [ "multi-user.target" ];
       before = [ "nginx.service" ];
@@ -311,15 +406,15 @@ in
       '';
     };
 
-    security.acme = mkIf (cfg.domain != null) {
+    security.acme = mkIf (cfg.nginx.enable && cfg.domain != null) {
       acceptTerms = true;
       defaults.email = cfg.acmeEmail;
     };
 
-    services.nginx = {
+    services.nginx = mkIf cfg.nginx.enable {
       enable = true;
-      recommendedTlsSettings = true;
-      recommendedOptimisation = true;
+      recommendedTlsSettings = lib.mkDefault true;
+      recommendedOptimisation = lib.mkDefault true;
       # The secret of /webhook/<token>, and any query string on /webhook, never reach a
       # log: every server logs in this format.
       commonHttpConfig = ''
@@ -348,31 +443,8 @@ in
         enableACME = cfg.domain != null;
         sslCertificate = mkIf (cfg.domain == null) "${selfSigned}/cert.pem";
         sslCertificateKey = mkIf (cfg.domain == null) "${selfSigned}/key.pem";
-        extraConfig = ''
-          default_type application/json;
-          add_header Strict-Transport-Security "max-age=63072000" always;
-
-          # Slow or oversized senders are cut off here, before they reach pyron-api.
-          client_max_body_size ${toString bodyLimit};
-          client_body_buffer_size ${toString bodyLimit};
-          client_header_timeout 10s;
-          client_body_timeout 10s;
-          send_timeout 10s;
-          large_client_header_buffers 4 8k;
-
-          ${builtins.readFile ../dev/nginx-errors.conf}
-
-          proxy_http_version 1.1;
-          proxy_set_header Connection "";
-          proxy_set_header Host $host;
-          # This is the edge: whatever forwarding headers the sender wrote are replaced.
-          proxy_set_header X-Real-IP $remote_addr;
-          proxy_set_header X-Forwarded-For $remote_addr;
-          proxy_set_header X-Forwarded-Proto $scheme;
-          proxy_connect_timeout 2s;
-          proxy_send_timeout 5s;
-          proxy_read_timeout 5s;
-        '';
+        # The same server directives as the dev and test NGINX: dev/nginx-server.conf.
+        extraConfig = serverConfig;
         locations."/webhook" = {
           proxyPass = "http://pyron_api";
           recommendedProxySettings = false;
@@ -390,7 +462,7 @@ in
     };
 
     # 80 (ACME and the redirect to HTTPS) and 443; SSH's own module opens 22.
-    networking.firewall.allowedTCPPorts = [
+    networking.firewall.allowedTCPPorts = mkIf cfg.openFirewall [
       80
       443
     ];

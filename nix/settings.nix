@@ -5,9 +5,11 @@
 # Pure Nix: CI evaluates it, writes the result as TOML and has `pyron-api --check-config`
 # and `pyron-worker --check-config` accept it (scripts/check-nix.sh).
 {
-  # Redis's unix socket (services.redis.servers.pyron.unixSocket).
+  # Redis's unix socket (services.redis.servers.pyron.unixSocket); null when Redis is
+  # elsewhere (its URL then comes from the `redis-url` credential).
   redisSocket
-, # Where MongoDB (or FerretDB) listens, on loopback.
+, # Where MongoDB (or FerretDB) listens, on loopback; null when it is elsewhere (its URI
+  # then comes from the `mongo-uri` credential).
   mongoPort ? 27017
 , # Sender addresses or networks allowed to post alerts; empty allows anyone.
   allowedSenders ? [ ]
@@ -16,9 +18,9 @@
 ,
 }:
 
-{
-  redis_url = "redis+unix://${redisSocket}";
-  mongo_uri = "mongodb://127.0.0.1:${toString mongoPort}";
+(if redisSocket == null then { } else { redis_url = "redis+unix://${redisSocket}"; })
+// (if mongoPort == null then { } else { mongo_uri = "mongodb://127.0.0.1:${toString mongoPort}"; })
+// {
   mongo_db = "pyron";
   # NGINX reaches pyron-api over its unix socket, a peer that is always trusted; nothing
   # else may set forwarding headers.

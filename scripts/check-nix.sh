@@ -50,6 +50,7 @@ check defaults '{ redisSocket = "/run/redis-pyron/redis.sock"; }'
 check customised '{ redisSocket = "/run/redis-pyron/redis.sock"; mongoPort = 27018;
   allowedSenders = [ "52.89.214.238" "34.212.75.30" "10.0.0.0/8" ];
   settings = { log = "info,pyron=debug"; body_limit = 131072; worker_batch_size = 200; }; }'
+check external '{ redisSocket = null; mongoPort = null; }'
 # And a typo in `settings` is caught the same way.
 nix-instantiate --eval --strict --json -E \
   'import ./nix/settings.nix { redisSocket = "/r.sock"; settings = { body_limimt = 1; }; }' \

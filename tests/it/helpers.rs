@@ -627,7 +627,10 @@ impl Nginx {
             values.retain(|(key, _)| key != k);
             values.push(((*k).into(), (*v).into()));
         }
-        let mut config = std::fs::read_to_string(repo_root().join("dev/nginx.conf.in")).unwrap();
+        let server = std::fs::read_to_string(repo_root().join("dev/nginx-server.conf")).unwrap();
+        let mut config = std::fs::read_to_string(repo_root().join("dev/nginx.conf.in"))
+            .unwrap()
+            .replace("@SERVER@", &server);
         for (k, v) in &values {
             config = config.replace(&format!("@{k}@"), v);
         }
