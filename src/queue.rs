@@ -74,15 +74,33 @@ fn by_minute<'a>(alerts: impl IntoIterator<Item = &'a Alert>) -> Vec<(String, Ve
 /// holds another alert's id, a duplicate entry is added instead (so the worker writes its
 /// audit record even if MongoDB is down now); when it holds this alert's id, the alert was
 /// queued before and nothing is added.
+///
+/// `ARGV[3]` is the moment (milliseconds since the epoch, `0` for none) after which the
+/// sender no longer waits for this answer: pyron-api has kept the alert in MongoDB or
+/// answered 503 by then. A script Redis runs later (it hung with the command in its
+/// socket) adds nothing, so that a refused alert is never queued behind its 503. The
+/// deadline is compared with Redis's clock: the hosts' clocks must agree to well within
+/// the storing budget.
+///
+/// Without a dedup key (`KEYS[2]` absent) the job is added unconditionally.
 const ENQUEUE_ONCE: &str = r"
+if ARGV[3] ~= '0' then
+  local now = redis.call('TIME')
+  if tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > tonumber(ARGV[3]) then
+    return {3, ''}
+  end
+end
+if #KEYS == 1 then
+  return {1, redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4))}
+end
 local first = redis.call('SET', KEYS[2], ARGV[1], 'NX', 'EX', ARGV[2], 'GET')
 if not first then
-  return {1, redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))}
+  return {1, redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4))}
 end
 if first == ARGV[1] then
   return {2, first}
 end
-redis.call('XADD', KEYS[1], '*', 'duplicate_of', first, unpack(ARGV, 3))
+redis.call('XADD', KEYS[1], '*', 'duplicate_of', first, unpack(ARGV, 4))
 return {0, first}
 ";
 
@@ -296,14 +314,10 @@ impl Queue {
         alert: &Alert,
         dedup_ttl: Duration,
     ) -> Result<Enqueued, QueueError> {
-        let cmd = match &alert.dedup_key {
-            Some(key) => self.enqueue_once_cmd(alert, &dedup_key(key), dedup_ttl),
-            None => {
-                let mut cmd = redis::cmd("XADD");
-                cmd.arg(STREAM).arg("*").arg(JOB).arg(job(alert));
-                cmd
-            }
-        };
+        // Past this, the request has stopped waiting (below): the job must not land.
+        let deadline = chrono::Utc::now() + self.timeout;
+        let key = alert.dedup_key.as_deref().map(dedup_key);
+        let cmd = self.enqueue_once_cmd(alert, key.as_deref(), dedup_ttl, Some(deadline));
         let (tx, rx) = oneshot::channel();
         let sent = async {
             self.batches
@@ -319,12 +333,9 @@ impl Queue {
         };
         // A command Redis refused comes back as an error value, which does not parse.
         let unexpected = |e: redis::ParsingError| QueueError::Reply(e.to_string());
-        Ok(match alert.dedup_key {
-            Some(_) => enqueued(redis::from_redis_value(value).map_err(unexpected)?),
-            None => Enqueued::Queued {
-                entry: redis::from_redis_value(value).map_err(unexpected)?,
-            },
-        })
+        // Too late: Redis ran it after the request stopped waiting, which is a timeout.
+        enqueued(redis::from_redis_value(value).map_err(unexpected)?)
+            .ok_or(QueueError::Timeout(self.timeout))
     }
 
     /// Queues alerts that only MongoDB took (the reconciler's step), in one pipeline.
@@ -349,24 +360,39 @@ impl Queue {
         let mut pipe = redis::pipe();
         pipe.load_script(&self.enqueue_once).ignore();
         for (alert, (key, ttl)) in alerts.iter().zip(&keys) {
-            pipe.add_command(self.enqueue_once_cmd(alert, key, *ttl));
+            // No deadline: the alert is safe in MongoDB whenever this runs.
+            pipe.add_command(self.enqueue_once_cmd(alert, Some(key), *ttl, None));
         }
         let mut conn = self.conn.clone();
         let replies: Vec<(i64, String)> =
             bounded(self.timeout, pipe.query_async(&mut conn)).await?;
-        Ok(replies.into_iter().map(enqueued).collect())
+        replies
+            .into_iter()
+            .map(|reply| {
+                enqueued(reply)
+                    .ok_or_else(|| QueueError::Reply("too late without a deadline".into()))
+            })
+            .collect()
     }
 
-    /// `ENQUEUE_ONCE` for one alert under `key`, as an `EVALSHA` for a pipeline that
-    /// loads the script first.
-    fn enqueue_once_cmd(&self, alert: &Alert, key: &str, ttl: Duration) -> redis::Cmd {
+    /// `ENQUEUE_ONCE` for one alert, under its dedup `key` if it has one, to be run by
+    /// `deadline` if given, as an `EVALSHA` for a pipeline that loads the script first.
+    fn enqueue_once_cmd(
+        &self,
+        alert: &Alert,
+        key: Option<&str>,
+        ttl: Duration,
+        deadline: Option<chrono::DateTime<Utc>>,
+    ) -> redis::Cmd {
         let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(self.enqueue_once.get_hash())
-            .arg(2)
-            .arg(STREAM)
-            .arg(key)
-            .arg(alert.id.to_string())
+        cmd.arg(self.enqueue_once.get_hash());
+        match key {
+            Some(key) => cmd.arg(2).arg(STREAM).arg(key),
+            None => cmd.arg(1).arg(STREAM),
+        };
+        cmd.arg(alert.id.to_string())
             .arg(ttl.as_secs().max(1))
+            .arg(deadline.map_or(0, |d| d.timestamp_millis()))
             .arg(JOB)
             .arg(job(alert));
         cmd
@@ -425,13 +451,15 @@ impl Queue {
     }
 }
 
-/// The answer of `ENQUEUE_ONCE`.
-fn enqueued((queued, value): (i64, String)) -> Enqueued {
-    match queued {
+/// The answer of `ENQUEUE_ONCE`; `None` when Redis ran it past its deadline and added
+/// nothing.
+fn enqueued((queued, value): (i64, String)) -> Option<Enqueued> {
+    Some(match queued {
         1 => Enqueued::Queued { entry: value },
         2 => Enqueued::AlreadyQueued,
+        3 => return None,
         _ => Enqueued::Duplicate { first: value },
-    }
+    })
 }
 
 /// The stream field that carries an alert's job.

@@ -16,28 +16,39 @@ async fn an_audit_record_the_worker_writes_holds_no_passphrase_either() {
     // from the job, whose body keeps the passphrase field, redacted.
     let app = App::start().await;
     let id = "01a22500-0000-7000-8000-000000000001";
-    let mut conn = app.stores.redis().await;
-    let _: String = redis::cmd("XADD")
-        .arg(STREAM)
-        .arg("*")
-        .arg(&[
-            ("id", id),
-            ("received_at", "1795915106149"),
-            ("kind", "json"),
-            ("content_type", "application/json"),
-            (
-                "body",
-                r#"{"passphrase":"[redacted]","ticker":"BTCUSDT","action":"buy","price":1.5}"#,
-            ),
-        ])
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    add_old_style_job(
+        &app,
+        id,
+        r#"{"passphrase":"[redacted]","ticker":"BTCUSDT","action":"buy","price":1.5}"#,
+        &[],
+    )
+    .await;
     let audit = app.wait_for_docs("audit", doc! { "_id": id }, 1).await;
     assert_eq!(audit.len(), 1, "the worker wrote no audit record");
     let parsed = audit[0].get_document("json").unwrap();
     assert_eq!(parsed.get_str("ticker").unwrap(), "BTCUSDT");
     assert!(!parsed.contains_key("passphrase"), "{parsed}");
+}
+
+/// Adds a JSON alert's job to the stream as the previous Pyron did, a field per attribute
+/// (received 1795915106149 ms), with `extra` fields.
+async fn add_old_style_job(app: &App, id: &str, body: &str, extra: &[(&str, &str)]) {
+    let mut fields = vec![
+        ("id", id),
+        ("received_at", "1795915106149"),
+        ("kind", "json"),
+        ("content_type", "application/json"),
+        ("body", body),
+    ];
+    fields.extend_from_slice(extra);
+    let mut conn = app.stores.redis().await;
+    let _: String = redis::cmd("XADD")
+        .arg(STREAM)
+        .arg("*")
+        .arg(&fields)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
 }
 
 /// Every `pyron:audited:*` member, as (set, event id).
@@ -389,25 +400,13 @@ async fn a_job_queued_before_jobs_were_one_field_is_still_processed() {
     // stream by an upgraded worker.
     let app = App::start().await;
     let id = "01a22500-0000-7000-8000-000000000002";
-    let mut conn = app.stores.redis().await;
-    let _: String = redis::cmd("XADD")
-        .arg(STREAM)
-        .arg("*")
-        .arg(&[
-            ("id", id),
-            ("received_at", "1795915106149"),
-            ("kind", "json"),
-            ("content_type", "application/json"),
-            (
-                "body",
-                r#"{"ticker":"ETHUSDT","action":"sell","price":"3,601.25"}"#,
-            ),
-            ("sender", "127.0.0.1"),
-            ("dedup_key", "legacy-1"),
-        ])
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    add_old_style_job(
+        &app,
+        id,
+        r#"{"ticker":"ETHUSDT","action":"sell","price":"3,601.25"}"#,
+        &[("sender", "127.0.0.1"), ("dedup_key", "legacy-1")],
+    )
+    .await;
     let jobs = app
         .wait_for_docs("jobs", doc! { "_id": id, "status": "processed" }, 1)
         .await;

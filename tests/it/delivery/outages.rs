@@ -238,15 +238,61 @@ async fn both_stores_down_is_a_fast_503_and_writes_nothing() {
     // Give a late write every chance to show up, then look for any trace of the refused.
     tokio::time::sleep(Duration::from_secs(2)).await;
     for phase in ["both-gone", "redis-hung"] {
-        assert!(
-            app.docs("audit", doc! { "json.phase": phase })
-                .await
-                .is_empty(),
-            "{phase}: audit written"
-        );
+        let written = app.docs("audit", doc! { "json.phase": phase }).await;
+        assert!(written.is_empty(), "{phase}: audit written: {written:?}");
     }
     let jobs = app.count("jobs").await;
     assert_eq!(jobs, 400, "jobs other than the 400 accepted");
     let (stream, _) = app.redis_state().await;
     assert_eq!(stream, 0, "entries left in the stream");
+}
+
+/// A Redis that hangs with an enqueue in its socket runs it when it comes back, after the
+/// request stopped waiting (and answered from MongoDB, or 503): the job must not land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_redis_runs_after_its_deadline_is_not_queued() {
+    let _alone = crate::helpers::alone().await;
+    let stores = crate::helpers::Stores::start();
+    let queue = pyron::queue::Queue::connect(&stores.redis_url(), Duration::from_millis(200))
+        .await
+        .unwrap();
+    queue.ping().await.unwrap();
+    let alert = |dedup_key: Option<&str>| pyron::ingest::Alert {
+        id: pyron::domain::EventId::new(),
+        received_at: chrono::Utc::now(),
+        kind: pyron::domain::AlertKind::Text,
+        content_type: "text/plain".into(),
+        body: "late".into(),
+        json: None,
+        dedup_key: dedup_key.map(str::to_owned),
+        sender: None,
+    };
+    stores.redis.signal("STOP");
+    for dedup_key in [None, Some("late-1")] {
+        let answer = queue
+            .enqueue(&alert(dedup_key), Duration::from_secs(60))
+            .await;
+        assert!(answer.is_err(), "a hung Redis answered: {answer:?}");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stores.redis.signal("CONT");
+    // Redis now runs what waited in its socket; then the stream must still be empty.
+    let mut conn = stores.redis().await;
+    let _: String = redis::cmd("PING").query_async(&mut conn).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let length: u64 = redis::cmd("XLEN")
+        .arg(STREAM)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}*", pyron::queue::DEDUP_PREFIX))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        (length, keys.len()),
+        (0, 0),
+        "a job queued past its deadline"
+    );
 }
