@@ -244,6 +244,22 @@ impl Stores {
             .unwrap()
     }
 
+    /// Everything Pyron keeps in Redis: stream length and dedup keys.
+    pub async fn redis_state(&self) -> (u64, u64) {
+        let mut conn = self.redis().await;
+        let len: u64 = redis::cmd("XLEN")
+            .arg(pyron::queue::STREAM)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}*", pyron::queue::DEDUP_PREFIX))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        (len, keys.len() as u64)
+    }
+
     pub async fn db(&self, name: &str) -> mongodb::Database {
         mongodb::Client::with_uri_str(self.mongo_uri())
             .await
@@ -514,18 +530,7 @@ impl App {
 
     /// Everything Pyron keeps in Redis: stream length and dedup keys.
     pub async fn redis_state(&self) -> (u64, u64) {
-        let mut conn = self.stores.redis().await;
-        let len: u64 = redis::cmd("XLEN")
-            .arg(pyron::queue::STREAM)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}*", pyron::queue::DEDUP_PREFIX))
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        (len, keys.len() as u64)
+        self.stores.redis_state().await
     }
 
     pub fn api_log(&self) -> String {
