@@ -47,6 +47,15 @@ pkgs.testers.runNixOSTest {
   testScript = ''
     import json
 
+
+    def wait_for_job(event_id, condition='status: "processed"', timeout=120):
+        """Waits until the alert's jobs record matches `condition` (mongosh syntax)."""
+        machine.wait_until_succeeds(
+            "mongosh --quiet mongodb://127.0.0.1:27017/pyron --eval "
+            f"'db.jobs.countDocuments({{_id: \"{event_id}\", {condition}}})' | grep -x 1",
+            timeout=timeout,
+        )
+
     machine.wait_for_unit("${if database == "mongodb" then "mongodb" else "ferretdb"}.service")
     machine.wait_for_unit("nginx.service")
     machine.wait_for_unit("pyron-api.service")
@@ -66,11 +75,7 @@ pkgs.testers.runNixOSTest {
         ))
         assert ack["status"] == "queued", ack
         event_id = ack["id"]
-        machine.wait_until_succeeds(
-            "mongosh --quiet mongodb://127.0.0.1:27017/pyron --eval "
-            f"'db.jobs.countDocuments({{_id: \"{event_id}\", status: \"processed\"}})' | grep -x 1",
-            timeout=120,
-        )
+        wait_for_job(event_id)
         machine.succeed(f"journalctl -u pyron-worker EVENT_ID={event_id} | grep 'alert processed'")
   '' + pkgs.lib.optionalString full ''
 
@@ -81,11 +86,7 @@ pkgs.testers.runNixOSTest {
             "https://localhost/webhook"
         ))
         assert ack["status"] == "queued", ack
-        machine.wait_until_succeeds(
-            "mongosh --quiet mongodb://127.0.0.1:27017/pyron --eval "
-            f"'db.jobs.countDocuments({{_id: \"{ack['id']}\", \"signal.ticker\": \"ETHUSDT\"}})' | grep -x 1",
-            timeout=60,
-        )
+        wait_for_job(ack["id"], '"signal.ticker": "ETHUSDT"', timeout=60)
 
     with subtest("refusals are JSON, and the secret stays out of the logs"):
         machine.succeed(
@@ -114,10 +115,6 @@ pkgs.testers.runNixOSTest {
         assert ack["status"] == "queued", ack
         machine.succeed("systemctl unmask --runtime mongodb.service")
         machine.systemctl("start mongodb.service")
-        machine.wait_until_succeeds(
-            "mongosh --quiet mongodb://127.0.0.1:27017/pyron --eval "
-            f"'db.jobs.countDocuments({{_id: \"{ack['id']}\", status: \"processed\"}})' | grep -x 1",
-            timeout=120,
-        )
+        wait_for_job(ack["id"])
   '';
 }

@@ -61,3 +61,11 @@ if env -i PATH="$PATH" PYRON_CONFIG="$work/typo.toml" CREDENTIALS_DIRECTORY="$wo
   exit 1
 fi
 echo "typo: refused ($(cat "$work/typo.err"))"
+
+echo "==> nix/vm-test.nix: each VM test's script is Python that compiles"
+for database in mongodb ferretdb; do
+  nix-instantiate --eval --strict --json -E "(import ./nix/vm-test.nix {
+      pkgs = { testers.runNixOSTest = test: test; lib.optionalString = cond: text: if cond then text else \"\"; };
+      module = { }; database = \"$database\"; }).testScript" |
+    python3 -c 'import json, sys; script = json.load(sys.stdin); compile(script, "testScript", "exec"); print(f"'"$database"': {len(script.splitlines())} lines")'
+done
