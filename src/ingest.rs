@@ -212,11 +212,15 @@ impl Intake {
             }
         });
 
-        let body = self.redact(text, span, json.as_ref(), passphrase.as_ref());
+        let (body, reread) = self.redact(text, span, json.as_ref(), passphrase.as_ref());
         if body != text {
             // What a worker reads from the stored body, so that both write one record; it
-            // also keeps a secret that stood in another field out of the parsed copy.
-            json = stored_json(kind, &body, &self.passphrase_field);
+            // also keeps a secret that stood in another field out of the parsed copy. A
+            // JSON body that `redact` read again already is that.
+            json = match (kind, reread) {
+                (AlertKind::Json, Some(value)) => Some(value),
+                _ => stored_json(kind, &body, &self.passphrase_field),
+            };
         }
         Ok(Alert {
             id: EventId::new(),
@@ -235,14 +239,15 @@ impl Intake {
     /// a text body) must still read as the same object without its passphrase; should
     /// the replacement break it (the secret also stood outside a string), or leave the
     /// passphrase readable (it was written with escapes), that JSON is written out again
-    /// from the stripped object instead.
+    /// from the stripped object instead. Also answers the object as the stored JSON reads,
+    /// without its passphrase, when it had to read it again to decide.
     fn redact(
         &self,
         text: &str,
         span: Option<std::ops::Range<usize>>,
         json: Option<&Value>,
         passphrase: Option<&Value>,
-    ) -> String {
+    ) -> (String, Option<Value>) {
         let mut secrets: Vec<&str> = Vec::with_capacity(2);
         if let Some(token) = &self.token {
             secrets.push(token.expose());
@@ -262,34 +267,37 @@ impl Intake {
             part
         };
         let Some(json) = json else {
-            return redact(text);
+            return (redact(text), None);
         };
         let span = span.unwrap_or(0..text.len());
         let (before, object, after) = (&text[..span.start], &text[span.clone()], &text[span.end..]);
-        // Reads as JSON, and not as the secret: a passphrase written with escapes escapes
-        // the literal replacement too.
-        let safe = |candidate: &str| match serde_json::from_str::<Value>(candidate) {
-            Ok(mut value) => match take_passphrase(&mut value, &self.passphrase_field) {
-                Some(Value::String(p)) => !secrets.contains(&p.as_str()),
-                _ => true,
-            },
-            Err(_) => false,
+        // The candidate read as JSON without its passphrase, unless it does not read or
+        // still holds the secret: a passphrase written with escapes escapes the literal
+        // replacement too.
+        let read_safely = |candidate: &str| {
+            let mut value = serde_json::from_str::<Value>(candidate).ok()?;
+            match take_passphrase(&mut value, &self.passphrase_field) {
+                Some(Value::String(p)) if secrets.contains(&p.as_str()) => None,
+                _ => Some(value),
+            }
         };
         let redacted = redact(object);
-        let object = if safe(&redacted) {
-            redacted
+        let (object, read) = if passphrase.is_none() && redacted == object {
+            // Nothing replaced, no passphrase: the object as it arrived, parsed already.
+            (redacted, None)
+        } else if let Some(value) = read_safely(&redacted) {
+            (redacted, Some(value))
         } else {
             let rewritten = redact(&json.to_string());
-            if safe(&rewritten) {
-                rewritten
-            } else {
-                json.to_string()
+            match read_safely(&rewritten) {
+                Some(value) => (rewritten, Some(value)),
+                None => (json.to_string(), Some(json.clone())),
             }
         };
         if span.start == 0 && span.end == text.len() {
-            object
+            (object, read)
         } else {
-            format!("{}{object}{}", redact(before), redact(after))
+            (format!("{}{object}{}", redact(before), redact(after)), read)
         }
     }
 }
@@ -815,5 +823,49 @@ mod tests {
             alert.json.unwrap(),
             serde_json::json!({"ticker": "X", "note": "posted to /webhook/[redacted]"})
         );
+    }
+
+    #[test]
+    fn the_parsed_json_is_always_what_the_stored_body_reads_as() {
+        let rules = intake();
+        let cases: [(&str, Option<&str>, &str); 6] = [
+            (
+                "application/json",
+                None,
+                r#"{"passphrase":"s3cret-token-123","ticker":"X"}"#,
+            ),
+            (
+                "application/json",
+                None,
+                r#"{"passphrase":"\u0073\u0033cret-token-123","a":1}"#,
+            ),
+            (
+                "application/json",
+                Some(TOKEN),
+                r#"{"ticker":"X","note":"s3cret-token-123"}"#,
+            ),
+            (
+                "application/json",
+                Some(TOKEN),
+                r#"{"ticker":"X","price":1.5}"#,
+            ),
+            (
+                "text/plain",
+                None,
+                "x {\"passphrase\":\"s3cret-token-123\",\"t\":2} y",
+            ),
+            ("text/plain", Some(TOKEN), "plain s3cret-token-123 text"),
+        ];
+        for (content_type, path_token, body) in cases {
+            let mut req = request(content_type, body);
+            req.path_token = path_token;
+            let alert = rules.accept(req).unwrap();
+            assert_eq!(
+                alert.json,
+                stored_json(alert.kind, &alert.body, "passphrase"),
+                "{body}"
+            );
+            assert!(!alert.body.contains(TOKEN), "{body}");
+        }
     }
 }
