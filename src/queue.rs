@@ -632,6 +632,12 @@ impl Consumer {
         Ok(())
     }
 
+    /// Queues the deliveries of processed alerts, once each (`forward::outbox`).
+    pub async fn fan_out(&self, jobs: &[crate::forward::Job]) -> Result<usize, QueueError> {
+        let mut conn = self.conn.clone();
+        crate::forward::outbox::fan_out(&mut conn, jobs, self.timeout).await
+    }
+
     /// Moves an entry to the dead-letter stream with the reason and the attempts it had,
     /// then acknowledges it, in one transaction.
     pub async fn dead_letter(
@@ -762,6 +768,7 @@ fn alert_from_fields(fields: &[(String, String)]) -> Result<Alert, String> {
         .parse::<AlertKind>()
         .map_err(|()| "job kind is not json or text")?;
     Ok(Alert {
+        source: crate::ingest::default_source(),
         id,
         received_at,
         kind,
@@ -792,7 +799,11 @@ fn manager_config(response_timeout: Duration) -> ConnectionManagerConfig {
         .set_max_delay(Duration::from_secs(2))
 }
 
-async fn manager(url: &str, response_timeout: Duration) -> Result<ConnectionManager, QueueError> {
+/// A connection manager whose commands give up after `response_timeout`.
+pub async fn manager(
+    url: &str,
+    response_timeout: Duration,
+) -> Result<ConnectionManager, QueueError> {
     let client = Client::open(url)?;
     let conn = bounded(
         response_timeout + Duration::from_secs(1),
@@ -858,6 +869,7 @@ mod tests {
     fn a_job_is_one_field_that_reads_back_as_the_alert() {
         let alert = Alert {
             id: "0192f0c0-0000-7000-8000-000000000000".parse().unwrap(),
+            source: "tradingview".into(),
             received_at: Utc.timestamp_millis_opt(1764339300123).unwrap(),
             kind: AlertKind::Text,
             content_type: "text/plain".into(),
@@ -869,7 +881,7 @@ mod tests {
         let field = job(&alert);
         assert_eq!(
             field,
-            r#"{"id":"0192f0c0-0000-7000-8000-000000000000","received_at":1764339300123,"kind":"text","content_type":"text/plain","body":"BTCUSDT Crossing 67,000.00","sender":"127.0.0.1"}"#
+            r#"{"id":"0192f0c0-0000-7000-8000-000000000000","source":"tradingview","received_at":1764339300123,"kind":"text","content_type":"text/plain","body":"BTCUSDT Crossing 67,000.00","sender":"127.0.0.1"}"#
         );
         let read = read_job(&[(JOB.into(), field)]).unwrap();
         assert_eq!(read.id, alert.id);

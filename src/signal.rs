@@ -11,32 +11,50 @@ use std::collections::HashSet;
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::{Map, Value};
 
-/// The normalized content of an alert.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// The normalized content of an alert. As JSON (`to_json`) it is what deliveries carry:
+/// the fields present, `extra` only when it holds something.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct Signal {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ticker: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub exchange: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub interval: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub action: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub price: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub quantity: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub strategy: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub alert_time: Option<DateTime<Utc>>,
     /// A strategy's position after the order (`{{strategy.market_position}}`: `long`,
     /// `short`, `flat`) and its size, and the same before the order.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub market_position: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub market_position_size: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub prev_market_position: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub prev_market_position_size: Option<f64>,
     /// `{{strategy.position_size}}`: signed, negative when short.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub position_size: Option<f64>,
     /// `{{strategy.order.id}}` and `{{strategy.order.comment}}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub order_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
     /// Every top-level field of the alert that none of the fields above took (the
     /// passphrase excepted), as it came: `{{plot_0}}` values, `timenow`, names of a
     /// sender's own.
+    #[serde(skip_serializing_if = "Map::is_empty")]
     pub extra: Map<String, Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
 }
 
@@ -73,6 +91,10 @@ const ORDER_ID: &[&str] = &["order_id"];
 const COMMENT: &[&str] = &["comment", "order_comment"];
 
 impl Signal {
+    pub fn to_json(&self) -> Value {
+        serde_json::to_value(self).expect("a signal always serializes")
+    }
+
     pub fn from_text(text: &str) -> Signal {
         Signal {
             text: Some(text.to_owned()),

@@ -131,7 +131,7 @@ impl Api {
 
         let state = Arc::new(AppState {
             intake: Intake {
-                token: config.intake.webhook_token.clone(),
+                sources: config.intake.sources.clone(),
                 passphrase_field: config.intake.passphrase_field.clone(),
                 idempotency_field: config.intake.idempotency_field.clone(),
                 body_limit: config.intake.body_limit,

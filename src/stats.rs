@@ -21,6 +21,11 @@ const MINUTE_PREFIX: &str = "pyron:stats:m:";
 const TOTAL: &str = "pyron:stats:total";
 const LAGS: &str = "pyron:stats:lag";
 const HEARTBEAT_PREFIX: &str = "pyron:heartbeat:";
+/// Deliveries settled, by `<destination>:<status>`, since the first forwarder ran.
+pub const DELIVERY_COUNTS: &str = "pyron:deliveries:counts";
+/// Each destination's circuit breaker as its forwarder last saw it (`closed`, `open`,
+/// `half-open`), with the last failure.
+pub const BREAKERS: &str = "pyron:deliveries:breakers";
 /// A heartbeat older than this is gone from Redis: the worker is long dead.
 const HEARTBEAT_TTL_SECS: u64 = 24 * 60 * 60;
 const KEEP_MINUTES: i64 = 25 * 60;

@@ -31,6 +31,7 @@ use crate::{domain::EventId, ingest::Alert, signal::Signal};
 
 pub const AUDIT: &str = "audit";
 pub const JOBS: &str = "jobs";
+pub const DELIVERIES: &str = "deliveries";
 
 /// How often the driver checks on the server when no operation is under way.
 const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -553,6 +554,66 @@ impl Store {
     }
 
     /// Runs one update statement, bounded by the timeout.
+    /// Runs `deliveries` update statements (upserts keyed by delivery id) in one command;
+    /// journaled when `durable` (an outcome, which the entry's acknowledgement follows).
+    pub async fn record_deliveries(
+        &self,
+        statements: Vec<Document>,
+        durable: bool,
+    ) -> Result<(), StoreError> {
+        let mut command = doc! { "update": DELIVERIES, "updates": statements, "ordered": false };
+        if durable {
+            command.insert("writeConcern", self.durable.document());
+        }
+        self.update(command).await
+    }
+
+    /// Which of these delivery ids `deliveries` records as delivered.
+    pub async fn delivered_among(
+        &self,
+        ids: &[String],
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        use futures_util::TryStreamExt;
+        let deliveries = self.db.collection::<Document>(DELIVERIES);
+        let cursor = self
+            .bounded(
+                deliveries
+                    .find(doc! { "_id": { "$in": ids }, "status": "delivered" })
+                    .projection(doc! { "_id": 1 }),
+            )
+            .await?;
+        let found: Vec<Document> = self.bounded(cursor.try_collect()).await?;
+        Ok(found
+            .iter()
+            .filter_map(|d| d.get_str("_id").ok().map(str::to_owned))
+            .collect())
+    }
+
+    /// The delivery records of these alerts, newest alert first.
+    pub async fn deliveries_of(&self, events: &[String]) -> Result<Vec<Document>, StoreError> {
+        use futures_util::TryStreamExt;
+        let deliveries = self.db.collection::<Document>(DELIVERIES);
+        let cursor = self
+            .bounded(deliveries.find(doc! { "event": { "$in": events } }))
+            .await?;
+        self.bounded(cursor.try_collect()).await
+    }
+
+    /// The latest delivery records.
+    pub async fn recent_deliveries(&self, limit: i64) -> Result<Vec<Document>, StoreError> {
+        use futures_util::TryStreamExt;
+        let deliveries = self.db.collection::<Document>(DELIVERIES);
+        let cursor = self
+            .bounded(
+                deliveries
+                    .find(doc! {})
+                    .sort(doc! { "received_at": -1 })
+                    .limit(limit),
+            )
+            .await?;
+        self.bounded(cursor.try_collect()).await
+    }
+
     async fn update_one(&self, collection: &str, statement: Document) -> Result<(), StoreError> {
         self.update(doc! { "update": collection, "updates": [statement] })
             .await
@@ -693,6 +754,10 @@ fn preview(text: &str, chars: usize) -> String {
 fn alert_from_audit(record: &Document) -> Option<Alert> {
     Some(Alert {
         id: record.get_str("_id").ok()?.parse().ok()?,
+        source: record
+            .get_str("source")
+            .map(str::to_owned)
+            .unwrap_or_else(|_| crate::ingest::default_source()),
         received_at: record.get_datetime("received_at").ok()?.to_chrono(),
         kind: record.get_str("kind").ok()?.parse().ok()?,
         content_type: record.get_str("content_type").ok()?.to_owned(),
@@ -708,6 +773,7 @@ fn audit_record(alert: &Alert, arrival: &Arrival) -> Document {
         "_id": alert.id.to_string(),
         "received_at": bson::DateTime::from_chrono(alert.received_at),
         "kind": alert.kind.as_str(),
+        "source": &alert.source,
         "content_type": &alert.content_type,
         "body": &alert.body,
         "status": arrival.status(),

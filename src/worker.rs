@@ -86,6 +86,7 @@ impl Worker {
                 retry_base: config.worker.retry_base,
                 claim_idle: config.worker.claim_idle,
                 passphrase_field: config.intake.passphrase_field.clone(),
+                routing: std::sync::Arc::new(config.routing.clone()),
                 totals: Totals::default(),
             },
             heartbeat,

@@ -53,6 +53,9 @@ pub struct Settler {
     pub claim_idle: Duration,
     /// The JSON field that carries the webhook secret (`PYRON_PASSPHRASE_FIELD`).
     pub passphrase_field: String,
+    /// Where processed alerts are delivered: their deliveries are queued before their
+    /// jobs are acknowledged.
+    pub routing: std::sync::Arc<crate::route::Routing>,
     pub totals: Totals,
 }
 
@@ -151,6 +154,7 @@ impl Settler {
         let verdicts = self.write(consumer, &records).await?;
 
         let mut done: Vec<&str> = Vec::with_capacity(records.len());
+        let mut fan_out: Vec<crate::forward::Job> = Vec::new();
         let mut counted = BatchCounts::default();
         for ((record, delivery), refused) in records.iter().zip(&deliveries).zip(&verdicts) {
             if let Some(error) = refused {
@@ -185,6 +189,12 @@ impl Settler {
                         lag_ms = (o.processed_at - o.received_at).num_milliseconds(),
                         "alert processed"
                     );
+                    let matches = self.routing.matches(&record.alert.source, signal);
+                    fan_out.extend(crate::forward::Job::for_matches(
+                        &record.alert,
+                        signal,
+                        &matches,
+                    ));
                     done.push(&delivery.entry);
                 }
             }
@@ -194,6 +204,9 @@ impl Settler {
             tracing::error!(entry = %delivery.entry, reason = %reason, "unreadable stream entry moved to dead letters");
             consumer.dead_letter(delivery, reason, 1).await?;
         }
+        // Queued before the jobs are acknowledged, once each: a batch read again after a
+        // failure here queues none twice.
+        consumer.fan_out(&fan_out).await?;
         // Markers go with the entries settled here; a job waiting for a retry keeps its own.
         let settled: Vec<&Alert> = records
             .iter()

@@ -56,6 +56,9 @@ impl From<Rejection> for ApiError {
             | Rejection::UnsupportedCharset(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Rejection::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::MissingSecret(_) | Rejection::InvalidSecret => StatusCode::UNAUTHORIZED,
+            Rejection::SenderNotAllowed(_) | Rejection::ClientCertificateRequired(..) => {
+                StatusCode::FORBIDDEN
+            }
             Rejection::EmptyBody
             | Rejection::InvalidUtf8
             | Rejection::NulByte

@@ -49,6 +49,22 @@ impl SenderRules {
         real_ip.or(forwarded.first().copied()).or(direct)
     }
 
+    /// The subject of the client certificate the proxy verified (NGINX's
+    /// `$ssl_client_s_dn`, passed as `X-Client-Subject` beside `X-Client-Verify:
+    /// SUCCESS`). Believed only from a trusted proxy, like the forwarding headers.
+    pub fn client_certificate(&self, peer: &Peer, headers: &HeaderMap) -> Option<String> {
+        let direct = peer.0.map(|addr| canonical(addr.ip()));
+        if direct.is_some_and(|addr| !self.trusted(addr)) {
+            return None;
+        }
+        let verified = headers.get("x-client-verify")?.to_str().ok()?;
+        if verified != "SUCCESS" {
+            return None;
+        }
+        let subject = headers.get("x-client-subject")?.to_str().ok()?;
+        (!subject.is_empty()).then(|| subject.to_owned())
+    }
+
     /// Whether `client` may post alerts. An unknown address is refused when a list is set.
     pub fn allows(&self, client: Option<IpAddr>) -> bool {
         match (&self.allowed, client) {

@@ -78,7 +78,7 @@ async fn handle(
     let client = app.senders.client(peer, headers);
     let sender = client.map(|addr| addr.to_string());
     let result = if app.senders.allows(client) {
-        accept(app, sender.clone(), token, headers, body).await
+        accept(app, peer, sender.clone(), token, headers, body).await
     } else {
         Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -130,12 +130,14 @@ async fn handle(
 
 async fn accept(
     app: &AppState,
+    peer: &Peer,
     sender: Option<String>,
     token: Option<&str>,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Receipt, ApiError> {
     let limit = app.intake.body_limit;
+    let client_subject = app.senders.client_certificate(peer, headers);
     let bytes = read_body(headers, body, limit, app.body_timeout).await?;
     let alert = app.intake.accept(ingest::Request {
         content_type: headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes()),
@@ -144,6 +146,7 @@ async fn accept(
         idempotency_key: headers.get("idempotency-key").map(|v| v.as_bytes()),
         body: &bytes,
         sender,
+        client_subject: client_subject.as_deref(),
     })?;
     Ok(app.delivery.accept(alert).await?)
 }

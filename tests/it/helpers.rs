@@ -390,6 +390,7 @@ impl App {
         let path = match binary {
             "pyron-api" => env!("CARGO_BIN_EXE_pyron-api"),
             "pyron-worker" => env!("CARGO_BIN_EXE_pyron-worker"),
+            "pyron-forwarder" => env!("CARGO_BIN_EXE_pyron-forwarder"),
             other => panic!("unknown binary {other}"),
         };
         let mut command = Command::new(path);
@@ -446,6 +447,29 @@ impl App {
             std::thread::sleep(Duration::from_millis(20));
         }
         worker
+    }
+
+    /// Starts pyron-forwarder and waits until it is forwarding.
+    pub fn spawn_forwarder(&self, name: &str, extra: &[(&str, &str)]) -> Process {
+        let mut forwarder = self.spawn("pyron-forwarder", name, extra);
+        let deadline = Instant::now() + PATIENCE;
+        while !forwarder.log().contains("pyron-forwarder forwarding") {
+            if let Ok(Some(status)) = forwarder.child.try_wait() {
+                panic!("pyron-forwarder exited with {status}: {}", forwarder.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pyron-forwarder did not start: {}",
+                forwarder.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        forwarder
+    }
+
+    /// The test's temporary directory, for configuration and secret files.
+    pub fn dir(&self) -> &Path {
+        self.stores.dir.path()
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -9,6 +9,8 @@
 //! - `tradingview`: what TradingView users send, over HTTPS through NGINX.
 //! - `edge`: hostile requests as raw bytes, through NGINX and to pyron-api's own TLS.
 //! - `delivery`: the fault-injection suite (kills, hangs, outages, retries, replay).
+//! - `routes`: sources, routes and pyron-forwarder against local servers that behave like
+//!   the real destinations.
 //! - `dashboard`: the dashboard in a real browser, and `/metrics`.
 //! - `systemd`: readiness, watchdog, journald, credentials, socket activation.
 
@@ -20,5 +22,6 @@ mod edge;
 mod intake;
 mod operation;
 mod records;
+mod routes;
 mod systemd;
 mod tradingview;

@@ -258,6 +258,7 @@ async fn a_job_redis_runs_after_its_deadline_is_not_queued() {
         .unwrap();
     queue.ping().await.unwrap();
     let alert = |dedup_key: Option<&str>| pyron::ingest::Alert {
+        source: "default".into(),
         id: pyron::domain::EventId::new(),
         received_at: chrono::Utc::now(),
         kind: pyron::domain::AlertKind::Text,

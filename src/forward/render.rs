@@ -1,0 +1,383 @@
+//! What a delivery says: the body of an `http` delivery, the message of a chat one.
+//!
+//! By default an `http` destination gets the signal as JSON with the delivery's names,
+//! and a chat gets a short readable message. A route's (or, else, a destination's)
+//! `template` replaces either: a MiniJinja template, which can read the delivery and
+//! print, nothing else (no files, no environment, no network), and which runs on a
+//! budget of work so that no template can stall a forwarder.
+//!
+//! The context: `id`, `event_id`, `source`, `route`, `destination`, `received_at`
+//! (RFC 3339), `signal` (the normalized fields) and `alert` (the JSON the alert carried,
+//! without its passphrase, or its text).
+
+use minijinja::{Environment, UndefinedBehavior};
+use serde_json::{Value, json};
+
+use super::Job;
+use crate::route::{Kind, Routing};
+
+/// The instructions a template may run per rendering.
+const FUEL: u64 = 50_000;
+
+/// The longest body or message a template may make.
+const MAX_RENDERED: usize = 64 * 1024;
+
+/// Telegram refuses a message over 4,096 characters, Discord content over 2,000; Slack
+/// truncates text past 40,000 and advises 4,000.
+fn chat_limit(kind: Kind) -> usize {
+    match kind {
+        Kind::Telegram | Kind::Slack => 4000,
+        Kind::Discord => 2000,
+        Kind::Http => MAX_RENDERED,
+    }
+}
+
+fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_fuel(Some(FUEL));
+    env.set_undefined_behavior(UndefinedBehavior::Chainable);
+    env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+    env
+}
+
+/// Whether a template compiles; the error says where it does not.
+pub fn check(template: &str) -> Result<(), String> {
+    let mut env = environment();
+    env.add_template_owned("template", template.to_owned())
+        .map_err(|e| e.to_string())
+}
+
+/// Every template of the routing, compiled once.
+pub struct Renderer {
+    env: Environment<'static>,
+}
+
+/// A rendered delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rendered {
+    pub body: String,
+    /// For `http`: whether the body is JSON (else it goes as text).
+    pub json: bool,
+}
+
+impl Renderer {
+    pub fn new(routing: &Routing) -> Result<Renderer, String> {
+        let mut env = environment();
+        for route in &routing.routes {
+            if let Some(template) = &route.template {
+                env.add_template_owned(format!("route:{}", route.name), template.clone())
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        for destination in routing.destinations.values() {
+            if let Some(template) = &destination.template {
+                env.add_template_owned(
+                    format!("destination:{}", destination.name),
+                    template.clone(),
+                )
+                .map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(Renderer { env })
+    }
+
+    /// The body or message of `job` for a destination of `kind`.
+    pub fn render(&self, job: &Job, kind: Kind) -> Result<Rendered, String> {
+        let template = self
+            .env
+            .get_template(&format!("route:{}", job.route))
+            .or_else(|_| {
+                self.env
+                    .get_template(&format!("destination:{}", job.destination))
+            })
+            .ok();
+        let text = match template {
+            Some(template) => {
+                let text = template
+                    .render(minijinja::value::Serde(context(job)))
+                    .map_err(|e| format!("template: {e}"))?;
+                if text.len() > MAX_RENDERED {
+                    return Err(format!(
+                        "template: the rendering is {} bytes, over the limit of {MAX_RENDERED}",
+                        text.len()
+                    ));
+                }
+                text
+            }
+            None if kind == Kind::Http => {
+                return Ok(Rendered {
+                    body: default_body(job).to_string(),
+                    json: true,
+                });
+            }
+            None => default_message(job),
+        };
+        Ok(match kind {
+            Kind::Http => Rendered {
+                json: serde_json::from_str::<Value>(&text).is_ok(),
+                body: text,
+            },
+            chat => Rendered {
+                body: shorten(text.trim(), chat_limit(chat)),
+                json: false,
+            },
+        })
+    }
+}
+
+fn context(job: &Job) -> Value {
+    json!({
+        "id": job.id,
+        "event_id": job.event,
+        "source": job.source,
+        "route": job.route,
+        "destination": job.destination,
+        "received_at": received_at(job),
+        "signal": job.signal,
+        "alert": job.alert,
+    })
+}
+
+fn received_at(job: &Job) -> String {
+    chrono::DateTime::from_timestamp_millis(job.received_at)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// The JSON an `http` destination gets without a template.
+fn default_body(job: &Job) -> Value {
+    json!({
+        "id": job.id,
+        "event_id": job.event,
+        "source": job.source,
+        "route": job.route,
+        "received_at": received_at(job),
+        "signal": job.signal,
+    })
+}
+
+/// `BUY BTCUSDT @ 96412.5`, then quantity, interval, strategy and position, then the
+/// order comment; a text alert is its text.
+fn default_message(job: &Job) -> String {
+    let s = &job.signal;
+    let field = |name: &str| -> Option<String> {
+        match s.get(name)? {
+            Value::String(v) if !v.is_empty() => Some(v.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }
+    };
+    let headline: Vec<String> = [
+        field("action").map(|a| a.to_uppercase()),
+        field("ticker"),
+        field("price").map(|p| format!("@ {p}")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let mut lines = Vec::new();
+    if !headline.is_empty() {
+        lines.push(headline.join(" "));
+    }
+    let details: Vec<String> = [
+        field("quantity").map(|q| format!("qty {q}")),
+        field("interval"),
+        field("strategy").map(|st| format!("strategy {st}")),
+        field("market_position").map(|p| format!("position {p}")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if !details.is_empty() {
+        lines.push(details.join(" · "));
+    }
+    if let Some(comment) = field("comment") {
+        lines.push(comment);
+    }
+    if let Some(text) = field("text") {
+        lines.push(text);
+    }
+    if lines.is_empty() {
+        lines.push(match &job.alert {
+            Value::String(text) => text.clone(),
+            other => other.to_string(),
+        });
+    }
+    lines.push(format!("{} · {}", job.source, job.route));
+    lines.join("\n")
+}
+
+/// At most `limit` characters, cut with an ellipsis.
+fn shorten(text: &str, limit: usize) -> String {
+    match text.char_indices().nth(limit) {
+        Some((_, _)) => {
+            let cut = text
+                .char_indices()
+                .nth(limit - 1)
+                .map(|(i, _)| i)
+                .unwrap_or(0);
+            format!("{}…", &text[..cut])
+        }
+        None => text.to_owned(),
+    }
+}
+
+/// The first TradingView placeholder left unexpanded in what the alert carried
+/// (`{{close}}`), with where it stands: such a value was never a value, and is not sent
+/// on as one.
+pub fn placeholder(job: &Job) -> Option<String> {
+    fn find(value: &Value, path: &str) -> Option<String> {
+        match value {
+            Value::String(s) => {
+                let start = s.find("{{")?;
+                let end = s[start..].find("}}")? + start + 2;
+                let inner = s[start + 2..end - 2].trim();
+                let plausible = !inner.is_empty()
+                    && inner.len() <= 64
+                    && inner
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._".contains(&b));
+                plausible.then(|| format!("{} in {path}", &s[start..end]))
+            }
+            Value::Object(map) => map.iter().find_map(|(k, v)| {
+                find(
+                    v,
+                    &if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    },
+                )
+            }),
+            Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .find_map(|(i, v)| find(v, &format!("{path}[{i}]"))),
+            _ => None,
+        }
+    }
+    find(&job.signal, "").or_else(|| find(&job.alert, "alert"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::{RawDestination, RawRoute};
+    use std::collections::BTreeMap;
+
+    fn job(signal: Value) -> Job {
+        Job {
+            id: "0193a8d2-7c1e-7000-8000-000000000001:btc:chat".into(),
+            event: "0193a8d2-7c1e-7000-8000-000000000001".into(),
+            route: "btc".into(),
+            destination: "chat".into(),
+            source: "tradingview".into(),
+            ticker: signal
+                .get("ticker")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            received_at: 1_764_400_000_000,
+            deadline: Some(1_764_400_060_000),
+            signal: signal.clone(),
+            alert: signal,
+            replay: None,
+        }
+    }
+
+    fn routing(route_template: Option<&str>) -> Routing {
+        let destination = |kind| RawDestination {
+            kind,
+            url: (kind == Kind::Http).then(|| "http://127.0.0.1:1/".into()),
+            chat_id: (kind == Kind::Telegram).then(|| "1".into()),
+            base_url: None,
+            secret_file: None,
+            headers: BTreeMap::new(),
+            timeout_ms: None,
+            rate_per_second: None,
+            max_attempts: None,
+            breaker_failures: None,
+            breaker_cooldown_ms: None,
+            template: None,
+        };
+        let route = RawRoute {
+            name: "btc".into(),
+            sources: vec![],
+            tickers: vec![],
+            actions: vec![],
+            strategies: vec![],
+            intervals: vec![],
+            destinations: vec!["chat".into()],
+            max_age_secs: None,
+            template: route_template.map(str::to_owned),
+        };
+        Routing::from_raw(
+            &[route],
+            &BTreeMap::from([("chat".to_owned(), destination(Kind::Telegram))]),
+            &["default".to_owned()],
+            None,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_chat_message_reads_as_a_sentence_by_default() {
+        let renderer = Renderer::new(&routing(None)).unwrap();
+        let signal = json!({"ticker": "BTCUSDT", "action": "buy", "price": 96412.5,
+            "quantity": 0.5, "interval": "1h", "strategy": "Breakout"});
+        let message = renderer.render(&job(signal), Kind::Telegram).unwrap();
+        assert_eq!(
+            message.body,
+            "BUY BTCUSDT @ 96412.5\nqty 0.5 · 1h · strategy Breakout\ntradingview · btc"
+        );
+    }
+
+    #[test]
+    fn a_template_sees_the_signal_and_the_alert() {
+        let renderer = Renderer::new(&routing(Some(
+            r#"{"pair": {{ signal.ticker | tojson }}, "side": "{{ signal.action | upper }}", "note": {{ alert.note | tojson }}}"#,
+        )))
+        .unwrap();
+        let mut job = job(json!({"ticker": "ETH\"USDT", "action": "sell"}));
+        job.alert = json!({"note": "from \"tv\""});
+        let rendered = renderer.render(&job, Kind::Http).unwrap();
+        assert!(rendered.json, "{}", rendered.body);
+        let value: Value = serde_json::from_str(&rendered.body).unwrap();
+        assert_eq!(
+            value,
+            json!({"pair": "ETH\"USDT", "side": "SELL", "note": "from \"tv\""})
+        );
+    }
+
+    #[test]
+    fn a_runaway_template_is_stopped() {
+        let renderer = Renderer::new(&routing(Some(
+            "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
+        )))
+        .unwrap();
+        let err = renderer.render(&job(json!({})), Kind::Http).unwrap_err();
+        assert!(err.starts_with("template:"), "{err}");
+    }
+
+    #[test]
+    fn unexpanded_placeholders_are_found_where_they_stand() {
+        let found = placeholder(&job(
+            json!({"ticker": "BTCUSDT", "extra": {"plot": "{{plot_0}}"}}),
+        ));
+        assert_eq!(found.as_deref(), Some("{{plot_0}} in extra.plot"));
+        assert_eq!(
+            placeholder(&job(json!({"text": "close={{close}} now"}))).as_deref(),
+            Some("{{close}} in text")
+        );
+        assert_eq!(
+            placeholder(&job(json!({"ticker": "BTCUSDT", "comment": "a {{ b c }}"}))),
+            None
+        );
+    }
+
+    #[test]
+    fn long_chat_messages_are_cut_to_the_platform_limit() {
+        assert_eq!(shorten("abcdef", 4), "abc…");
+        assert_eq!(shorten("abcd", 4), "abcd");
+        assert_eq!(shorten("ééééé", 3).chars().count(), 3);
+    }
+}

@@ -1,0 +1,684 @@
+//! Sources and routes end to end: alerts posted to pyron-api with a source's secret, the
+//! worker fanning them out, pyron-forwarder delivering them to real local HTTP servers
+//! that behave like the real destinations (`sink`), and every outcome in `deliveries`.
+
+mod sink;
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use bson::doc;
+use serde_json::{Value, json};
+
+use crate::helpers::{App, Process, wait_until};
+use sink::{Behaviour, Sink};
+
+const TV_SECRET: &str = "tv-source-secret-0123";
+const BOT_SECRET: &str = "bot-source-secret-4567";
+const SIGNING: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const BOT_TOKEN: &str = "123456:telegram-bot-token-secret";
+
+/// A string field of a record.
+fn field<'a>(record: &'a bson::Document, key: &str) -> &'a str {
+    record
+        .get_str(key)
+        .unwrap_or_else(|_| panic!("{key} in {record}"))
+}
+
+/// Writes a secret file in the test's directory.
+fn secret(app: &App, name: &str, value: &str) -> PathBuf {
+    let path = app.dir().join(name);
+    std::fs::write(&path, format!("{value}\n")).unwrap();
+    path
+}
+
+/// Stores, the configuration file (`toml` plus the two sources), pyron-api, a worker and
+/// a forwarder.
+async fn start(toml: impl FnOnce(&App) -> String) -> (App, Process) {
+    let mut app = App::stores_only(&[]);
+    let tv = secret(&app, "tv.secret", TV_SECRET);
+    let bot = secret(&app, "bot.secret", BOT_SECRET);
+    let config = format!(
+        "[[sources]]\nname = \"tradingview\"\nsecret_file = {tv:?}\n\n\
+         [[sources]]\nname = \"bot\"\nsecret_file = {bot:?}\nidempotency_field = \"signal_id\"\n\n{}",
+        toml(&app)
+    );
+    let path = app.dir().join("pyron.toml");
+    std::fs::write(&path, config).unwrap();
+    app.env
+        .push(("PYRON_CONFIG".into(), path.display().to_string()));
+    app.start_api().await;
+    app.start_worker();
+    let forwarder = app.spawn_forwarder("pyron-forwarder", &[]);
+    (app, forwarder)
+}
+
+async fn post_json(app: &App, body: Value) -> Value {
+    let response = app
+        .post("/webhook", "application/json", body.to_string())
+        .await;
+    let (status, answer) = crate::helpers::json(response).await;
+    assert_eq!(status, 202, "{answer}");
+    answer
+}
+
+fn alert(secret: &str, ticker: &str, action: &str, price: f64) -> Value {
+    json!({"passphrase": secret, "ticker": ticker, "action": action, "price": price,
+           "strategy": "Breakout", "interval": "60", "contracts": 0.5})
+}
+
+/// Waits until `deliveries` holds `n` records of this status, and answers them.
+async fn records(app: &App, filter: bson::Document, n: usize) -> Vec<bson::Document> {
+    let mut found = Vec::new();
+    wait_until(&format!("{n} deliveries matching {filter}"), async || {
+        found = app.docs("deliveries", filter.clone()).await;
+        found.len() >= n
+    })
+    .await;
+    found
+}
+
+/// Checks a signed request with the `standardwebhooks` package from PyPI.
+fn verify_with_standardwebhooks(secret: &str, request: &sink::Received) {
+    let python = std::env::var_os("PYRON_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools/venv/bin/python")
+        });
+    let headers = json!({
+        "webhook-id": request.header("webhook-id").unwrap(),
+        "webhook-timestamp": request.header("webhook-timestamp").unwrap(),
+        "webhook-signature": request.header("webhook-signature").unwrap(),
+    });
+    let script = "import json, sys\n\
+        from standardwebhooks.webhooks import Webhook\n\
+        Webhook(sys.argv[1]).verify(sys.stdin.buffer.read(), json.loads(sys.argv[2]))\n\
+        print('verified')\n";
+    let mut child = std::process::Command::new(&python)
+        .args(["-c", script, secret, &headers.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{} not runnable ({e}): scripts/install-deps.sh installs standardwebhooks into .tools/venv",
+                python.display()
+            )
+        });
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(request.body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("verified"),
+        "standardwebhooks refused the signature: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn a_strategy_alert_reaches_a_signed_endpoint_telegram_discord_and_slack() {
+    let _load = crate::helpers::beside_others().await;
+    let sink = Sink::start().await;
+    let (app, forwarder) = start(|app| {
+        let signing = secret(app, "bridge.secret", SIGNING);
+        let bot = secret(app, "telegram.secret", BOT_TOKEN);
+        let discord = secret(app, "discord.secret", &sink.url("/api/webhooks/42/discord-secret-token"));
+        let slack = secret(app, "slack.secret", &sink.url("/services/T0/B0/slack-secret-token"));
+        format!(
+            "[destinations.bridge]\nkind = \"http\"\nurl = {:?}\nsecret_file = {signing:?}\nheaders = {{ \"X-Account\" = \"acct-7\" }}\n\n\
+             [destinations.chat]\nkind = \"telegram\"\nchat_id = \"-1001234\"\nbase_url = {:?}\nsecret_file = {bot:?}\n\n\
+             [destinations.team]\nkind = \"discord\"\nsecret_file = {discord:?}\n\n\
+             [destinations.desk]\nkind = \"slack\"\nsecret_file = {slack:?}\n\n\
+             [[routes]]\nname = \"orders\"\nsources = [\"tradingview\"]\ntickers = [\"BTC*\"]\nactions = [\"buy\", \"sell\"]\ndestinations = [\"bridge\"]\n\n\
+             [[routes]]\nname = \"chat\"\ndestinations = [\"chat\", \"team\", \"desk\"]\n",
+            sink.url("/orders"),
+            sink.url(""),
+        )
+    })
+    .await;
+
+    let answer = post_json(&app, alert(TV_SECRET, "BTCUSDT", "buy", 96412.5)).await;
+    let id = answer["id"].as_str().unwrap().to_owned();
+    let delivered = records(&app, doc! { "event": &id, "status": "delivered" }, 4).await;
+    assert_eq!(delivered.len(), 4, "{delivered:?}");
+
+    let received = sink.received();
+    let at = |prefix: &str| {
+        received
+            .iter()
+            .find(|r| r.path.starts_with(prefix))
+            .unwrap_or_else(|| panic!("nothing at {prefix}: {received:?}"))
+            .clone()
+    };
+    // The signed endpoint: the signal as JSON, Standard Webhooks headers, its own header.
+    let order = at("/orders");
+    assert_eq!(order.header("content-type"), Some("application/json"));
+    assert_eq!(order.header("x-account"), Some("acct-7"));
+    assert_eq!(
+        order.header("webhook-id"),
+        Some(format!("{id}:orders:bridge").as_str())
+    );
+    let body = order.json();
+    assert_eq!(body["event_id"], id.as_str());
+    assert_eq!(body["source"], "tradingview");
+    assert_eq!(body["route"], "orders");
+    assert_eq!(body["signal"]["ticker"], "BTCUSDT");
+    assert_eq!(body["signal"]["action"], "buy");
+    assert_eq!(body["signal"]["price"], 96412.5);
+    assert_eq!(body["signal"]["quantity"], 0.5);
+    assert!(body["signal"].get("passphrase").is_none());
+    verify_with_standardwebhooks(SIGNING, &order);
+
+    // Telegram Bot API sendMessage: POST /bot<token>/sendMessage, JSON chat_id and text.
+    let telegram = at("/bot");
+    assert_eq!(telegram.path, format!("/bot{BOT_TOKEN}/sendMessage"));
+    let message = telegram.json();
+    assert_eq!(message["chat_id"], "-1001234");
+    let text = message["text"].as_str().unwrap();
+    assert!(text.starts_with("BUY BTCUSDT @ 96412.5"), "{text}");
+    assert!(text.len() <= 4096);
+    // Discord execute-webhook: JSON content (at most 2,000 characters), no mentions.
+    let discord = at("/api/webhooks/42/");
+    assert_eq!(discord.json()["content"].as_str().unwrap(), text);
+    assert_eq!(discord.json()["allowed_mentions"], json!({"parse": []}));
+    // Slack incoming webhook: JSON text.
+    let slack = at("/services/T0/B0/");
+    assert_eq!(slack.json(), json!({"text": text}));
+
+    // The records name the source; the deliveries say what happened.
+    let jobs = app.docs("jobs", doc! { "_id": &id }).await;
+    let audits = app.docs("audit", doc! { "_id": &id }).await;
+    assert_eq!(field(&audits[0], "source"), "tradingview");
+    assert_eq!(jobs.len(), 1);
+    for record in &delivered {
+        assert_eq!(field(record, "source"), "tradingview");
+        assert_eq!(record.get_i64("attempts").unwrap(), 1);
+        assert_eq!(record.get_i32("last_code").unwrap(), 200);
+        assert!(record.get_i64("latency_ms").unwrap() >= 0);
+    }
+
+    // The other source's alert goes only where its routes say: chat, not orders.
+    let answer = post_json(&app, alert(BOT_SECRET, "BTCUSDT", "sell", 96000.0)).await;
+    let bot_id = answer["id"].as_str().unwrap().to_owned();
+    let bot = records(&app, doc! { "event": &bot_id }, 3).await;
+    assert!(bot.iter().all(|r| field(r, "route") == "chat"), "{bot:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        app.docs("deliveries", doc! { "event": &bot_id })
+            .await
+            .len(),
+        3
+    );
+
+    // No secret in any log or record.
+    let mut everything = app.api_log() + &app.worker_log() + &forwarder.log();
+    for collection in ["audit", "jobs", "deliveries"] {
+        for record in app.docs(collection, doc! {}).await {
+            everything.push_str(&record.to_string());
+        }
+    }
+    for secret in [
+        TV_SECRET,
+        BOT_SECRET,
+        SIGNING,
+        "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        BOT_TOKEN,
+        "discord-secret-token",
+        "slack-secret-token",
+    ] {
+        assert!(
+            !everything.contains(secret),
+            "{secret} appears in a log or record"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_source_is_told_by_its_secret_and_a_wrong_one_writes_nothing() {
+    let _load = crate::helpers::beside_others().await;
+    let sink = Sink::start().await;
+    let (app, _forwarder) = start(|_| http_route(&sink, "", "")).await;
+    // In the path, in the passphrase, and the default source of PYRON_WEBHOOK_TOKEN.
+    let by_path = app
+        .post(
+            &format!("/webhook/{BOT_SECRET}"),
+            "application/json",
+            r#"{"ticker":"ETHUSDT","action":"buy"}"#,
+        )
+        .await;
+    assert_eq!(by_path.status(), 202);
+    let by_default = app
+        .post(
+            &format!("/webhook/{}", crate::helpers::TOKEN),
+            "text/plain",
+            "ETHUSDT crossed up",
+        )
+        .await;
+    assert_eq!(by_default.status(), 202);
+    for wrong in [
+        json!({"passphrase": "tv-source-secret-012", "ticker": "X"}),
+        json!({"passphrase": format!("{TV_SECRET}x"), "ticker": "X"}),
+    ] {
+        let response = app
+            .post("/webhook", "application/json", wrong.to_string())
+            .await;
+        let (status, body) = crate::helpers::json(response).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (401, Some("invalid_secret"))
+        );
+    }
+    let sources = records(&app, doc! { "status": "delivered" }, 2).await;
+    let mut names: Vec<&str> = sources.iter().map(|r| field(r, "source")).collect();
+    names.sort();
+    assert_eq!(names, ["bot", "default"]);
+    assert_eq!(app.count("audit").await, 2);
+    assert_eq!(sink.delivered().len(), 2);
+
+    // The bot source's own idempotency field: a repeat is a duplicate, delivered once.
+    let repeat = json!({"passphrase": BOT_SECRET, "ticker": "SOLUSDT", "action": "sell", "signal_id": "s-1"});
+    assert_eq!(post_json(&app, repeat.clone()).await["status"], "queued");
+    assert_eq!(post_json(&app, repeat).await["status"], "duplicate");
+    records(&app, doc! { "ticker": "SOLUSDT" }, 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        app.docs("deliveries", doc! { "ticker": "SOLUSDT" })
+            .await
+            .len(),
+        1
+    );
+}
+
+/// A signing secret file shared by tests that do not check signatures.
+fn app_secret_dir() -> PathBuf {
+    let path = std::env::temp_dir().join(format!("pyron-test-signing-{}", std::process::id()));
+    std::fs::write(&path, SIGNING).unwrap();
+    path
+}
+
+fn http_route(sink: &Sink, extra: &str, route: &str) -> String {
+    format!(
+        "[destinations.bridge]\nkind = \"http\"\nurl = {:?}\nsecret_file = {:?}\ntimeout_ms = 500\n{extra}\n\n\
+         [[routes]]\nname = \"orders\"\ndestinations = [\"bridge\"]\n{route}\n",
+        sink.url("/hook"),
+        app_secret_dir(),
+    )
+}
+
+#[tokio::test]
+async fn failures_are_retried_in_order_per_ticker_and_a_permanent_refusal_is_dead_at_once() {
+    let _alone = crate::helpers::alone().await;
+    let sink = Sink::start().await;
+    // The first BTC delivery meets a 500, a connection closed, a hang past the timeout
+    // and a 429 asking for one second; the ETH one and the later BTC one wait or not.
+    sink.script([
+        Behaviour::status(500),
+        Behaviour::Close,
+        Behaviour::Hang(Duration::from_secs(2)),
+        Behaviour::with(429, &[("Retry-After", "1")], "slow down"),
+    ]);
+    let (app, _forwarder) =
+        start(|_| http_route(&sink, "breaker_failures = 50", "max_age_secs = 60")).await;
+    let buy = post_json(&app, alert(TV_SECRET, "BTCUSDT", "buy", 1.0)).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_until("the first attempt", async || !sink.received().is_empty()).await;
+    let sell = post_json(&app, alert(TV_SECRET, "BTCUSDT", "sell", 2.0)).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let delivered = records(&app, doc! { "status": "delivered" }, 2).await;
+    let events: Vec<String> = sink
+        .delivered()
+        .iter()
+        .map(|r| r.json()["event_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        events,
+        [buy.clone(), sell.clone()],
+        "the sell overtook the buy being retried"
+    );
+    let first = delivered.iter().find(|r| field(r, "event") == buy).unwrap();
+    assert_eq!(first.get_i64("attempts").unwrap(), 5);
+    // Retry-After was honoured: the attempt after the 429 came a second or more later.
+    let received = sink.received();
+    let gap = received[4].at - received[3].at;
+    assert!(
+        gap >= Duration::from_millis(950),
+        "429 Retry-After: 1 waited only {gap:?}"
+    );
+    // The same webhook-id on every attempt.
+    let ids: std::collections::HashSet<_> = received[..5]
+        .iter()
+        .map(|r| r.header("webhook-id").unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 1);
+
+    // A 400 is permanent: dead after one attempt, with the answer kept.
+    sink.script([Behaviour::with(400, &[], "{\"error\":\"unknown account\"}")]);
+    let refused = post_json(&app, alert(TV_SECRET, "ETHUSDT", "buy", 3.0)).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let dead = records(&app, doc! { "event": &refused, "status": "dead" }, 1).await;
+    assert_eq!(dead[0].get_i64("attempts").unwrap(), 1);
+    assert_eq!(dead[0].get_i32("last_code").unwrap(), 400);
+    assert!(
+        field(&dead[0], "last_error").contains("unknown account"),
+        "{dead:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_delivery_that_cannot_be_made_in_time_expires_and_is_never_sent_late() {
+    let _alone = crate::helpers::alone().await;
+    let sink = Sink::start().await;
+    sink.otherwise(Behaviour::status(503));
+    let (app, forwarder) =
+        start(|_| http_route(&sink, "breaker_failures = 50", "max_age_secs = 2")).await;
+    let first = post_json(&app, alert(TV_SECRET, "BTCUSDT", "buy", 1.0)).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let expired = records(&app, doc! { "event": &first, "status": "expired" }, 1).await;
+    assert!(
+        field(&expired[0], "last_error").contains("503"),
+        "{expired:?}"
+    );
+    let attempts = sink.received().len();
+    assert!(attempts >= 2, "retried before expiring: {attempts}");
+    // Nothing was sent after the deadline.
+    let deadline = expired[0]
+        .get_datetime("deadline")
+        .unwrap()
+        .timestamp_millis();
+    let received_at = expired[0]
+        .get_datetime("received_at")
+        .unwrap()
+        .timestamp_millis();
+    assert_eq!(deadline - received_at, 2000);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        sink.received().len(),
+        attempts,
+        "a request went out after expiry"
+    );
+
+    // A hanging destination: the lane's next delivery waits behind the first, and both
+    // expire; no request for either leaves after its deadline.
+    sink.otherwise(Behaviour::Hang(Duration::from_secs(3)));
+    let stuck = post_json(&app, alert(TV_SECRET, "BTCUSDT", "buy", 2.0)).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let behind = post_json(&app, alert(TV_SECRET, "BTCUSDT", "sell", 3.0)).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut ended = records(&app, doc! { "event": &stuck, "status": "expired" }, 1).await;
+    ended.extend(records(&app, doc! { "event": &behind, "status": "expired" }, 1).await);
+    for record in &ended {
+        let deadline = record.get_datetime("deadline").unwrap().to_chrono();
+        let id = field(record, "_id");
+        for request in sink
+            .received()
+            .iter()
+            .filter(|r| r.header("webhook-id") == Some(id))
+        {
+            assert!(
+                request.wall <= deadline,
+                "{id} sent at {} after its deadline {deadline}",
+                request.wall
+            );
+        }
+    }
+
+    // Expired deliveries are in the dead letters, and a replay "as it was" sends one now.
+    sink.otherwise(Behaviour::status(200));
+    let listed = app
+        .command("pyron-forwarder")
+        .arg("dead-letters")
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(
+        listed.contains(&format!("{first}:orders:bridge"))
+            && listed.contains("\"status\":\"expired\""),
+        "{listed}"
+    );
+    let replay = app
+        .command("pyron-forwarder")
+        .args(["replay", "--as-it-was", &format!("{first}:orders:bridge")])
+        .output()
+        .unwrap();
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    let replayed = records(&app, doc! { "event": &first, "status": "delivered" }, 1).await;
+    assert_eq!(field(&replayed[0], "replay"), "as-it-was");
+    // "now": re-checked against the routes, with a new deadline from the replay.
+    let replay = app
+        .command("pyron-forwarder")
+        .args(["replay", "--now", &format!("{stuck}:orders:bridge")])
+        .output()
+        .unwrap();
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    let replayed = records(&app, doc! { "event": &stuck, "status": "delivered" }, 1).await;
+    assert_eq!(field(&replayed[0], "replay"), "now");
+    assert!(!forwarder.log().contains("tv-source-secret"));
+}
+
+#[tokio::test]
+async fn the_breaker_opens_on_failures_probes_and_closes_and_the_rate_limit_spaces_sends() {
+    let _alone = crate::helpers::alone().await;
+    let sink = Sink::start().await;
+    sink.otherwise(Behaviour::status(502));
+    let (app, _forwarder) = start(|_| {
+        http_route(
+            &sink,
+            "breaker_failures = 3\nbreaker_cooldown_ms = 1500\nrate_per_second = 5",
+            "max_age_secs = 60",
+        )
+    })
+    .await;
+    // Three tickers, three lanes, one destination: three failures open the breaker.
+    for ticker in ["AAAUSDT", "BBBUSDT", "CCCUSDT"] {
+        post_json(&app, alert(TV_SECRET, ticker, "buy", 1.0)).await;
+    }
+    let mut redis = app.stores.redis().await;
+    wait_until("the breaker to open", async || {
+        let state: Option<String> = redis::cmd("HGET")
+            .arg("pyron:deliveries:breakers")
+            .arg("bridge")
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        state.is_some_and(|s| s.contains("\"open\""))
+    })
+    .await;
+    let opened = Instant::now();
+    let before = sink.received().len();
+    sink.otherwise(Behaviour::status(200));
+    // While open, nothing goes; then one probe, and the breaker closes.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        sink.received().len(),
+        before,
+        "sent while the breaker was open"
+    );
+    records(&app, doc! { "status": "delivered" }, 3).await;
+    let received = sink.received();
+    let probe = &received[before];
+    assert!(probe.at - opened >= Duration::from_millis(1200));
+    let state: String = redis::cmd("HGET")
+        .arg("pyron:deliveries:breakers")
+        .arg("bridge")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(state.contains("\"closed\""), "{state}");
+
+    // Rate limit: five a second, so ten alerts on ten lanes take about two seconds.
+    let start = sink.received().len();
+    for i in 0..10 {
+        post_json(&app, alert(TV_SECRET, &format!("T{i}USDT"), "buy", 1.0)).await;
+    }
+    records(&app, doc! { "status": "delivered" }, 13).await;
+    let sent: Vec<Instant> = sink.received()[start..].iter().map(|r| r.at).collect();
+    let gaps: Vec<Duration> = sent.windows(2).map(|w| w[1] - w[0]).collect();
+    let smallest = gaps.iter().min().unwrap();
+    assert!(
+        *smallest >= Duration::from_millis(180),
+        "sends 1/5 s apart at least: {gaps:?}"
+    );
+    println!("rate limit 5/s: gaps between sends {gaps:?}");
+}
+
+#[tokio::test]
+async fn every_delivery_arrives_at_least_once_across_a_sigkill_of_the_forwarder() {
+    let _alone = crate::helpers::alone().await;
+    let sink = Sink::start().await;
+    let (app, mut forwarder) = start(|_| http_route(&sink, "", "max_age_secs = 120")).await;
+    const N: usize = 300;
+    let mut ids = Vec::with_capacity(N);
+    for i in 0..N {
+        ids.push(
+            post_json(
+                &app,
+                alert(TV_SECRET, &format!("K{}USDT", i % 7), "buy", i as f64),
+            )
+            .await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+        if i == N / 3 {
+            forwarder.kill();
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _again = app.spawn_forwarder("pyron-forwarder-again", &[]);
+    let delivered = records(&app, doc! { "status": "delivered" }, N).await;
+    assert_eq!(delivered.len(), N);
+    let seen: std::collections::HashSet<String> = sink
+        .delivered()
+        .iter()
+        .map(|r| r.json()["event_id"].as_str().unwrap().to_owned())
+        .collect();
+    for id in &ids {
+        assert!(seen.contains(id), "{id} never arrived");
+    }
+    // Within a ticker, in the order received (repeats of a resent one aside).
+    let mut last: std::collections::HashMap<String, f64> = Default::default();
+    for request in sink.delivered() {
+        let body = request.json();
+        let ticker = body["signal"]["ticker"].as_str().unwrap().to_owned();
+        let price = body["signal"]["price"].as_f64().unwrap();
+        let before = last.insert(ticker.clone(), price).unwrap_or(-1.0);
+        assert!(
+            price >= before
+                || sink
+                    .delivered()
+                    .iter()
+                    .filter(|r| r.json()["signal"]["price"] == price)
+                    .count()
+                    > 1,
+            "{ticker}: {price} after {before}"
+        );
+    }
+    assert_eq!(app.redis_state().await.0, 0, "the job stream is drained");
+    let mut redis = app.stores.redis().await;
+    let left: u64 = redis::cmd("XLEN")
+        .arg("webhook-deliveries")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "every delivery was acknowledged and deleted");
+}
+
+#[tokio::test]
+async fn an_unexpanded_placeholder_is_never_sent_as_a_value() {
+    let _load = crate::helpers::beside_others().await;
+    let sink = Sink::start().await;
+    let (app, _forwarder) = start(|_| http_route(&sink, "", "")).await;
+    let body = json!({"passphrase": TV_SECRET, "ticker": "{{ticker}}", "action": "buy"});
+    let id = post_json(&app, body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let dead = records(&app, doc! { "event": &id, "status": "dead" }, 1).await;
+    assert!(
+        field(&dead[0], "last_error").contains("{{ticker}} in ticker"),
+        "{dead:?}"
+    );
+    assert!(sink.received().is_empty());
+}
+
+#[tokio::test]
+async fn a_bad_route_configuration_stops_every_process_with_the_key_at_fault() {
+    let _load = crate::helpers::beside_others().await;
+    let app = App::stores_only(&[]);
+    let path = app.dir().join("pyron.toml");
+    std::fs::write(
+        &path,
+        "[[routes]]\nname = \"orders\"\ndestinations = [\"nowhere\"]\n",
+    )
+    .unwrap();
+    for binary in ["pyron-api", "pyron-worker", "pyron-forwarder"] {
+        let out = app
+            .command(binary)
+            .env("PYRON_CONFIG", &path)
+            .arg("--check-config")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{binary}: {err}");
+        assert!(
+            err.contains("`routes[0].destinations`") && err.contains("nowhere"),
+            "{binary}: {err}"
+        );
+    }
+    // A destination without its secret stops the forwarder, which alone reads it.
+    std::fs::write(
+        &path,
+        "[destinations.chat]\nkind = \"telegram\"\nchat_id = \"1\"\n",
+    )
+    .unwrap();
+    let out = app
+        .command("pyron-forwarder")
+        .env("PYRON_CONFIG", &path)
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("destinations.chat.secret_file") && err.contains("bot token"),
+        "{err}"
+    );
+    let out = app
+        .command("pyron-worker")
+        .env("PYRON_CONFIG", &path)
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
