@@ -1,21 +1,25 @@
-# The systemd sandbox of Pyron's two services, as `serviceConfig` attributes.
+# The systemd sandbox of Pyron's three services, as `serviceConfig` attributes.
 #
 # Pure Nix on purpose (no nixpkgs): the NixOS module merges it into both units, and CI
 # evaluates it on its own (`nix-instantiate --eval --strict --json`), renders the units and
 # scores them with `systemd-analyze security --offline=true` (see scripts/check-systemd.sh).
 {
-  # "api" or "worker".
+  # "api", "worker" or "forwarder".
   unit
 , # Hosts the unit may talk to over IP (systemd's IPAddressAllow=). Everything Pyron needs
   # (NGINX, Redis, MongoDB) is on the same machine by default; add addresses for stores
   # elsewhere.
   ipAddressAllow ? [ "localhost" ]
+, # The forwarder only: private hosts its destinations may be on besides the internet
+  # (a bridge in the VPC, say).
+  forwarderAllow ? [ ]
 ,
 }:
 
 assert builtins.elem unit [
   "api"
   "worker"
+  "forwarder"
 ];
 
 {
@@ -68,21 +72,38 @@ assert builtins.elem unit [
   ];
   SystemCallErrorNumber = "EPERM";
 
-  # Sockets: unix (journald, sd_notify, the api's socket, Redis's socket) and IP to the
-  # allowed hosts only. The worker accepts no connections, so it may bind nothing.
+  # Sockets: unix (journald, sd_notify, the api's socket, Redis's socket) and IP.
   RestrictAddressFamilies = [
     "AF_UNIX"
     "AF_INET"
     "AF_INET6"
   ];
-  IPAddressDeny = "any";
-  IPAddressAllow = ipAddressAllow;
 }
   // (
-  if unit == "worker" then
+  if unit == "forwarder" then
     {
+      # The one unit that reaches the internet (the destinations): every public
+      # address, the stores, and nothing private or link-local: not the cloud's metadata
+      # service (169.254.169.254), not the VPC, unless listed. An address both allowed
+      # and denied is allowed.
+      IPAddressAllow = ipAddressAllow ++ forwarderAllow;
+      IPAddressDeny = [
+        "link-local"
+        "multicast"
+        "10.0.0.0/8"
+        "172.16.0.0/12"
+        "192.168.0.0/16"
+        "100.64.0.0/10"
+        "fc00::/7"
+      ];
       SocketBindDeny = "any";
     }
   else
-    { }
+    {
+      # IP to the allowed hosts (the stores, NGINX) only.
+      IPAddressDeny = "any";
+      IPAddressAllow = ipAddressAllow;
+    }
+    # The worker accepts no connections, so it may bind nothing.
+    // (if unit == "worker" then { SocketBindDeny = "any"; } else { })
 )

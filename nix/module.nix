@@ -39,8 +39,10 @@ let
   finalSettings = import ./settings.nix {
     redisSocket = if localRedis then redis.unixSocket else null;
     mongoPort = if localDatabase then mongoPort else null;
-    inherit (cfg) allowedSenders settings;
+    inherit (cfg) allowedSenders settings sources routes;
+    destinations = cfg.destinations;
   };
+  forwarding = cfg.routes != [ ];
   configFile = settingsFormat.generate "pyron.toml" finalSettings;
   bodyLimit = cfg.settings.body_limit;
   # Secrets handed to both services as systemd credentials.
@@ -53,6 +55,7 @@ let
     import ./hardening.nix {
       inherit unit;
       inherit (cfg) ipAddressAllow;
+      forwarderAllow = cfg.forwarder.ipAddressAllow;
     };
 
   selfSigned = "/var/lib/pyron-tls";
@@ -238,6 +241,137 @@ in
       '';
     };
 
+    sources = mkOption {
+      type = types.attrsOf (
+        types.submodule {
+          options = {
+            secretFile = mkOption {
+              type = types.str;
+              description = ''
+                A file holding this source's secret (the webhook token rules apply),
+                handed to pyron-api as the credential `source-<name>`.
+              '';
+            };
+            allowedSenders = mkOption {
+              type = types.nullOr (types.listOf types.str);
+              default = null;
+              description = "Addresses or networks that may use this source's secret.";
+            };
+            idempotencyField = mkOption {
+              type = types.nullOr types.str;
+              default = null;
+              description = "The JSON field whose value makes this source's alerts' idempotency key.";
+            };
+            clientCertificate = mkOption {
+              type = types.nullOr types.str;
+              default = null;
+              example = "TradingView Webhooks";
+              description = ''
+                The common name of the client certificate NGINX must have verified for
+                this source's alerts (needs `nginx.clientCertificateCA`).
+              '';
+            };
+          };
+        }
+      );
+      default = { };
+      example = lib.literalExpression ''
+        { tradingview = { secretFile = "/var/lib/pyron-secrets/tradingview"; }; }
+      '';
+      description = ''
+        Senders, each with its own secret (`[[sources]]`). `webhookTokenFile` is the
+        source `default`.
+      '';
+    };
+
+    destinations = mkOption {
+      type = types.attrsOf (
+        types.submodule {
+          freeformType = settingsFormat.type;
+          options = {
+            kind = mkOption {
+              type = types.enum [
+                "http"
+                "telegram"
+                "discord"
+                "slack"
+              ];
+              description = "The protocol: a signed HTTP POST, or a chat.";
+            };
+            secretFile = mkOption {
+              type = types.str;
+              description = ''
+                `http`: the signing secret (`whsec_...`); `telegram`: the bot token;
+                `discord`, `slack`: the webhook URL. Handed to pyron-forwarder alone, as
+                the credential `destination-<name>`.
+              '';
+            };
+          };
+        }
+      );
+      default = { };
+      example = lib.literalExpression ''
+        {
+          bridge = { kind = "http"; url = "https://bridge.example.com/orders"; secretFile = "/var/lib/pyron-secrets/bridge"; };
+          me = { kind = "telegram"; chat_id = "123456789"; secretFile = "/var/lib/pyron-secrets/telegram-bot"; };
+        }
+      '';
+      description = ''
+        Where routes deliver (`[destinations.<name>]`); keys besides `kind` and
+        `secretFile` as in the README's Routes section (`url`, `chat_id`, `headers`,
+        `rate_per_second`, `timeout_ms`, `max_attempts`, `breaker_failures`,
+        `breaker_cooldown_ms`, `template`).
+      '';
+    };
+
+    routes = mkOption {
+      type = types.listOf (
+        types.submodule {
+          freeformType = settingsFormat.type;
+          options = {
+            name = mkOption {
+              type = types.str;
+              description = "The route's name (a-z, 0-9, - and _).";
+            };
+            destinations = mkOption {
+              type = types.listOf types.str;
+              description = "Names of `destinations`.";
+            };
+          };
+        }
+      );
+      default = [ ];
+      example = lib.literalExpression ''
+        [ { name = "orders"; sources = [ "tradingview" ]; tickers = [ "BTC*" ]; destinations = [ "bridge" "me" ]; max_age_secs = 30; } ]
+      '';
+      description = ''
+        Which processed alerts go where (`[[routes]]`): `sources`, `tickers`,
+        `actions`, `strategies`, `intervals` filter; `max_age_secs` and `template` as in
+        the README. With any route, pyron-forwarder runs.
+      '';
+    };
+
+    forwarder.ipAddressAllow = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "10.10.0.5" ];
+      description = ''
+        Private addresses pyron-forwarder may reach besides the internet (a destination
+        in the VPC). Link-local (the cloud's metadata service) and private networks are
+        otherwise closed to it.
+      '';
+    };
+
+    nginx.clientCertificateCA = mkOption {
+      type = types.nullOr types.path;
+      default = null;
+      description = ''
+        A CA bundle for the client certificates NGINX asks for (`ssl_verify_client
+        optional`): TradingView presents one over HTTPS. What NGINX verified reaches
+        pyron-api, and sources with `clientCertificate` require it.
+      '';
+    };
+
     settings = mkOption {
       type = types.submodule {
         freeformType = settingsFormat.type;
@@ -289,6 +423,14 @@ in
         message = "services.pyron.redis.urlFile is required when redis.createLocally is false, and only then";
       }
       {
+        assertion = lib.all (r: lib.all (d: builtins.hasAttr d cfg.destinations) r.destinations) cfg.routes;
+        message = "every services.pyron.routes.*.destinations entry must name one of services.pyron.destinations";
+      }
+      {
+        assertion = !(cfg.sources ? default);
+        message = "services.pyron.sources.default is webhookTokenFile's source; give this one another name";
+      }
+      {
         assertion = cfg.database != "ferretdb" || ferretdbHasSqlite;
         message = ''
           services.pyron.database = "ferretdb" needs FerretDB 1.x and its SQLite backend, but
@@ -331,6 +473,7 @@ in
             "webhook-token:${cfg.webhookTokenFile}"
           ]
           ++ optional (cfg.adminTokenFile != null) "admin-token:${cfg.adminTokenFile}"
+          ++ lib.mapAttrsToList (name: s: "source-${name}:${s.secretFile}") cfg.sources
           ++ credentials;
         };
     };
@@ -352,6 +495,28 @@ in
         // {
           ExecStart = "${cfg.package}/bin/pyron-worker";
           LoadCredential = credentials;
+        };
+    };
+
+    # Only with routes: the one unit that reaches the internet (see nix/hardening.nix).
+    systemd.services.pyron-forwarder = mkIf forwarding {
+      description = "Pyron delivery forwarder (pyron-forwarder)";
+      wantedBy = [ "multi-user.target" ];
+      after = [ "network-online.target" ] ++ storeUnits;
+      wants = [ "network-online.target" ] ++ storeUnits;
+      environment = {
+        PYRON_CONFIG = "/etc/pyron/pyron.toml";
+        PYRON_FORWARDER_CONSUMER = "%H-forwarder";
+      };
+      restartTriggers = [ configFile ];
+      serviceConfig =
+        hardening "forwarder"
+        // common
+        // {
+          ExecStart = "${cfg.package}/bin/pyron-forwarder";
+          LoadCredential =
+            lib.mapAttrsToList (name: d: "destination-${name}:${d.secretFile}") cfg.destinations
+            ++ credentials;
         };
     };
 
@@ -444,7 +609,12 @@ in
         sslCertificate = mkIf (cfg.domain == null) "${selfSigned}/cert.pem";
         sslCertificateKey = mkIf (cfg.domain == null) "${selfSigned}/key.pem";
         # The same server directives as the dev and test NGINX: dev/nginx-server.conf.
-        extraConfig = serverConfig;
+        extraConfig =
+          serverConfig
+          + lib.optionalString (cfg.nginx.clientCertificateCA != null) ''
+            ssl_verify_client optional;
+            ssl_client_certificate ${cfg.nginx.clientCertificateCA};
+          '';
         locations."/webhook" = {
           proxyPass = "http://pyron_api";
           recommendedProxySettings = false;

@@ -28,18 +28,21 @@ pins=()
 python3 scripts/check-flake-lock.py "${TMPDIR:-/tmp}/pyron-flake-inputs.json" flake.lock "${pins[@]}"
 
 echo "==> nix/settings.nix renders a configuration both binaries accept"
-if [ ! -x target/debug/pyron-api ] || [ ! -x target/debug/pyron-worker ]; then
+if [ ! -x target/debug/pyron-api ] || [ ! -x target/debug/pyron-worker ] || [ ! -x target/debug/pyron-forwarder ]; then
   cargo build --locked --bins --quiet
 fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir "$work/credentials"
 echo "settings-check-token" >"$work/credentials/webhook-token"
+echo "settings-check-tradingview" >"$work/credentials/source-tradingview"
+echo "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw" >"$work/credentials/destination-bridge"
+echo "123456:settings-check-bot" >"$work/credentials/destination-me"
 check() {
   local name=$1 expr=$2
   nix-instantiate --eval --strict --json -E "import ./nix/settings.nix ($expr)" >"$work/$name.json"
   python3 scripts/json-to-toml.py <"$work/$name.json" >"$work/$name.toml"
-  for binary in pyron-api pyron-worker; do
+  for binary in pyron-api pyron-worker pyron-forwarder; do
     env -i PATH="$PATH" PYRON_CONFIG="$work/$name.toml" CREDENTIALS_DIRECTORY="$work/credentials" \
       "target/debug/$binary" --check-config >/dev/null \
       || { echo "$binary refuses nix/settings.nix ($name):" >&2; cat "$work/$name.toml" >&2; exit 1; }
@@ -51,6 +54,11 @@ check customised '{ redisSocket = "/run/redis-pyron/redis.sock"; mongoPort = 270
   allowedSenders = [ "52.89.214.238" "34.212.75.30" "10.0.0.0/8" ];
   settings = { log = "info,pyron=debug"; body_limit = 131072; worker_batch_size = 200; }; }'
 check external '{ redisSocket = null; mongoPort = null; }'
+check routes '{ redisSocket = "/run/redis-pyron/redis.sock";
+  sources.tradingview = { secretFile = "/s"; allowedSenders = [ "52.89.214.238" ]; clientCertificate = "TradingView Webhooks"; idempotencyField = null; };
+  destinations = { bridge = { kind = "http"; url = "https://bridge.example.com/orders"; secretFile = "/b"; headers = { X-Account = "7"; }; };
+                   me = { kind = "telegram"; chat_id = "123456789"; secretFile = "/t"; rate_per_second = 1; }; };
+  routes = [ { name = "orders"; sources = [ "tradingview" ]; tickers = [ "BTC*" ]; destinations = [ "bridge" "me" ]; max_age_secs = 30; template = null; } ]; }'
 # And a typo in `settings` is caught the same way.
 nix-instantiate --eval --strict --json -E \
   'import ./nix/settings.nix { redisSocket = "/r.sock"; settings = { body_limimt = 1; }; }' \

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Writes a flat JSON object (as nix/settings.nix evaluates to) as TOML, the way
-`pkgs.formats.toml` would for the same keys. Reads standard input, writes standard output."""
+"""Writes a JSON object (as nix/settings.nix evaluates to) as TOML, with the same keys and
+values as `pkgs.formats.toml` would write (tables inline: `sources`, `routes` and
+`destinations` read the same either way). Reads standard input, writes standard output."""
 
 import json
 import sys
@@ -15,7 +16,9 @@ def value(v):
         return json.dumps(v, ensure_ascii=False)
     if isinstance(v, list):
         return "[" + ", ".join(value(x) for x in v) + "]"
-    raise SystemExit(f"json-to-toml: nested tables are not expected: {v!r}")
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {value(x)}" for k, x in sorted(v.items())) + " }"
+    raise SystemExit(f"json-to-toml: cannot write {v!r}")
 
 
 settings = json.load(sys.stdin)

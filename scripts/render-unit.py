@@ -4,7 +4,7 @@ nix/hardening.nix evaluates to (as JSON), the way NixOS renders `serviceConfig`:
 become yes/no, a list becomes one line per item. The rest of the unit mirrors what the
 NixOS module sets (Type=notify, watchdog, credentials, restart policy).
 
-usage: render-unit.py (api|worker) HARDENING.json EXECUTABLE
+usage: render-unit.py (api|worker|forwarder) HARDENING.json EXECUTABLE
 """
 
 import json
@@ -22,6 +22,12 @@ UNITS = {
     "worker": {
         "Description": "Pyron alert worker (pyron-worker)",
         "service": [],
+    },
+    "forwarder": {
+        "Description": "Pyron delivery forwarder (pyron-forwarder)",
+        "service": [
+            ("LoadCredential", "destination-bridge:/run/keys/pyron-destination-bridge"),
+        ],
     },
 }
 
