@@ -13,10 +13,14 @@ through TLS, and prints one table (also written as JSON):
   5. peak memory (VmHWM) of pyron-api and pyron-worker.
 
 usage: scripts/bench.py [--quick] [--json PATH]
-       scripts/bench.py --rate N [--seconds S]
+       scripts/bench.py --rate N [--seconds S] [--route]
 --quick shortens every run (for trying the script, not for figures).
 --rate runs the same stack at one fixed rate instead (60 s unless --seconds), and prints
 its latency, its end-to-end lag and the CPU per process: for capacity planning.
+--route adds pyron-forwarder and one route of every alert to a local HTTP sink (the
+202-only handler, signed deliveries), and prints deliveries per second and the time from
+receipt to delivery, p50 and p99, of every alert of the run (the issue's figure is
+--rate 1000 --seconds 60 --route).
 """
 
 import argparse
@@ -257,6 +261,33 @@ def lag_run(redis_port, url, rate, seconds, meter):
     return run, lag
 
 
+def deliveries(log, expected, seconds, timeout=300):
+    """Receipt-to-delivery times of the run's deliveries, from the forwarder's line per
+    delivery (`lag_ms=`), once all `expected` are in (or the timeout passed)."""
+    deadline = time.time() + timeout
+    while True:
+        lags, other = [], 0
+        for line in Path(log).read_text(errors="replace").splitlines():
+            try:
+                fields = json.loads(line).get("fields", {})
+            except ValueError:
+                continue
+            if fields.get("status") == "delivered":
+                lags.append(int(fields["lag_ms"]))
+            elif fields.get("status") in ("expired", "dead"):
+                other += 1
+        if len(lags) + other >= expected or time.time() > deadline:
+            break
+        time.sleep(1)
+    lags.sort()
+
+    def q(p):
+        return lags[min(len(lags) - 1, int(p * len(lags)))] if lags else None
+    return {"delivered": len(lags), "expected": expected, "expired_or_dead": other,
+            "per_second": round(len(lags) / seconds, 1),
+            "p50_ms": q(0.50), "p99_ms": q(0.99), "max_ms": lags[-1] if lags else None}
+
+
 def vm_hwm(pid):
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -270,6 +301,8 @@ def main():
     parser.add_argument("--json", default=str(ROOT / "target/bench/bench.json"))
     parser.add_argument("--rate", type=int, help="run one fixed rate (alerts/s) instead")
     parser.add_argument("--seconds", type=int, default=60, help="length of the --rate run")
+    parser.add_argument("--route", action="store_true",
+                        help="with --rate: deliver every alert to a local HTTP sink too")
     args = parser.parse_args()
     seed_seconds, step_seconds, goal_seconds = (10, 4, 10) if args.quick else (60, 10, 60)
 
@@ -303,26 +336,46 @@ def main():
                                           str(work / "mongo"), "--log-level", "error"])
             wire = "FerretDB 1.24 (SQLite)"
         wait_port(mongo_port, "mongo", mongo)
+        if args.route:
+            (work / "signing").write_text("whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw" + "\n")
+            (work / "pyron.toml").write_text(
+                "[destinations.sink]\nkind = \"http\"\n"
+                f"url = \"http://127.0.0.1:{null_port}/webhook/sink\"\n"
+                f"secret_file = \"{work / 'signing'}\"\n\n"
+                "[[routes]]\nname = \"all\"\ndestinations = [\"sink\"]\n")
         env = {"PATH": os.environ["PATH"], "PYRON_BIND": f"127.0.0.1:{api_port}",
                "REDIS_PORT": str(redis_port), "MONGO_URI": f"mongodb://127.0.0.1:{mongo_port}",
                "PYRON_WEBHOOK_TOKEN": TOKEN, "PYRON_LOG": "warn", **{k: v for k, v in os.environ.items() if k.startswith("PYRON_WORKER_")}}
+        if args.route:
+            env["PYRON_CONFIG"] = str(work / "pyron.toml")
         api = stack.spawn("pyron-api", [str(ROOT / "target/release/pyron-api")], env)
         wait_port(api_port, "pyron-api", api)
         worker = stack.spawn("pyron-worker", [str(ROOT / "target/release/pyron-worker")], env)
         null = stack.spawn("null-handler", [str(ROOT / "target/release/examples/null_handler"),
                                             f"127.0.0.1:{null_port}"])
         wait_port(null_port, "null handler", null)
+        if args.route:
+            # Info level: its line per delivery carries the receipt-to-delivery time.
+            stack.spawn("pyron-forwarder", [str(ROOT / "target/release/pyron-forwarder")],
+                        {**env, "PYRON_LOG": "warn,pyron::forward::record=info",
+                         "PYRON_LOG_FORMAT": "json"})
         pyron_tls = stack.nginx("nginx-pyron", f"127.0.0.1:{api_port}", cert, key)
         null_tls = stack.nginx("nginx-null", f"127.0.0.1:{null_port}", cert, key)
         pyron_url = f"https://localhost:{pyron_tls}/webhook/{TOKEN}"
         null_url = f"https://localhost:{null_tls}/webhook/{TOKEN}"
         time.sleep(1)
         meter = CpuMeter([(n, p) for n, p in stack.procs
-                          if n in ("redis", "mongo", "pyron-api", "pyron-worker", "nginx-pyron")])
+                          if n in ("redis", "mongo", "pyron-api", "pyron-worker", "nginx-pyron",
+                                   "pyron-forwarder", "null-handler")])
         if args.rate:
-            say(f"{args.rate} alerts/s for {args.seconds} s through TLS")
+            say(f"{args.rate} alerts/s for {args.seconds} s through TLS"
+                + (", each delivered to a local HTTP sink" if args.route else ""))
             run, lag = lag_run(redis_port, pyron_url, args.rate, args.seconds, meter)
-            print(json.dumps({"run": run, "lag": lag}, indent=2))
+            result = {"run": run, "lag": lag}
+            if args.route:
+                result["deliveries"] = deliveries(work / "pyron-forwarder.log", run["ok"],
+                                                  args.seconds)
+            print(json.dumps(result, indent=2))
             return
 
         say(f"1. the seed's target, 1,000 requests a minute for {seed_seconds} s, through TLS")

@@ -279,6 +279,11 @@ impl Queue {
         crate::stats::Stats::new(self.conn.clone(), self.timeout)
     }
 
+    /// The connection, for the reads beside the job queue (the deliveries' dead letters).
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
     /// Notes that these alerts' audit records are written, so that workers need not
     /// write them again.
     pub async fn mark_audited<'a>(

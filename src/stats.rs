@@ -21,7 +21,9 @@ const MINUTE_PREFIX: &str = "pyron:stats:m:";
 const TOTAL: &str = "pyron:stats:total";
 const LAGS: &str = "pyron:stats:lag";
 const HEARTBEAT_PREFIX: &str = "pyron:heartbeat:";
-/// Deliveries settled, by `<destination>:<status>`, since the first forwarder ran.
+/// Deliveries settled, by `<destination>:<status>` (and `<destination>:attempts`), and
+/// the receipt-to-delivery histogram (`~latency:le_<bound>`, `~latency:count`,
+/// `~latency:sum_ms`; `~` keeps them apart from destination names), since the first forwarder ran.
 pub const DELIVERY_COUNTS: &str = "pyron:deliveries:counts";
 /// Each destination's circuit breaker as its forwarder last saw it (`closed`, `open`,
 /// `half-open`), with the last failure.
@@ -121,6 +123,47 @@ pub struct Activity {
     pub pending: u64,
     pub dead_letters: u64,
     pub workers: Vec<WorkerInfo>,
+}
+
+/// One destination's deliveries since the first forwarder ran, and its breaker as its
+/// forwarder last reported it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DestinationStats {
+    pub name: String,
+    pub delivered: u64,
+    pub expired: u64,
+    pub dead: u64,
+    pub attempts: u64,
+    /// `closed`, `open` or `half-open`; `None` until it first changed.
+    pub breaker: Option<String>,
+    pub breaker_since_ms: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+impl DestinationStats {
+    fn named(name: &str) -> Self {
+        DestinationStats {
+            name: name.to_owned(),
+            ..Default::default()
+        }
+    }
+}
+
+/// Every destination's counts, the receipt-to-delivery histogram (cumulative, bounds
+/// `LAG_BUCKETS`), and the deliveries stream.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DeliveryStats {
+    pub destinations: Vec<DestinationStats>,
+    #[serde(skip)]
+    pub latency_cumulative: Vec<u64>,
+    #[serde(skip)]
+    pub latency_count: u64,
+    #[serde(skip)]
+    pub latency_sum_ms: u64,
+    /// Entries in `webhook-deliveries` (waiting and in hand).
+    pub queued: u64,
+    /// Entries in `webhook-deliveries:dead`.
+    pub dead_letters: u64,
 }
 
 /// Running totals, for Prometheus.
@@ -354,6 +397,71 @@ impl Stats {
                 heartbeat_ms_ago: beat.map(|b| now.saturating_sub(b).max(0) as u64),
             })
             .collect())
+    }
+
+    /// What the forwarders counted, destination by destination, with each breaker.
+    pub async fn deliveries(&self) -> redis::RedisResult<DeliveryStats> {
+        let mut pipe = redis::pipe();
+        pipe.hgetall(DELIVERY_COUNTS)
+            .hgetall(BREAKERS)
+            .xlen(crate::forward::outbox::STREAM)
+            .xlen(crate::forward::outbox::DEAD_LETTERS);
+        let mut conn = self.conn.clone();
+        let (counts, breakers, queued, dead_letters): (
+            HashMap<String, i64>,
+            HashMap<String, String>,
+            u64,
+            u64,
+        ) = self.bounded(pipe.query_async(&mut conn)).await?;
+        let mut destinations: std::collections::BTreeMap<String, DestinationStats> =
+            Default::default();
+        for (field, n) in &counts {
+            let Some((name, what)) = field.rsplit_once(':') else {
+                continue;
+            };
+            if name == "~latency" {
+                continue;
+            }
+            let entry = destinations
+                .entry(name.to_owned())
+                .or_insert_with(|| DestinationStats::named(name));
+            let n = (*n).max(0) as u64;
+            match what {
+                "delivered" => entry.delivered = n,
+                "expired" => entry.expired = n,
+                "dead" => entry.dead = n,
+                "attempts" => entry.attempts = n,
+                _ => {}
+            }
+        }
+        for (name, state) in &breakers {
+            let entry = destinations
+                .entry(name.clone())
+                .or_insert_with(|| DestinationStats::named(name));
+            if let Ok(state) = serde_json::from_str::<serde_json::Value>(state) {
+                entry.breaker = state
+                    .get("state")
+                    .and_then(|s| s.as_str())
+                    .map(str::to_owned);
+                entry.breaker_since_ms = state.get("since").and_then(serde_json::Value::as_i64);
+                entry.last_error = state
+                    .get("error")
+                    .and_then(|s| s.as_str())
+                    .map(str::to_owned);
+            }
+        }
+        let get = |k: &str| counts.get(k).copied().unwrap_or(0).max(0) as u64;
+        Ok(DeliveryStats {
+            destinations: destinations.into_values().collect(),
+            latency_cumulative: LAG_BUCKETS
+                .iter()
+                .map(|b| get(&format!("~latency:le_{b}")))
+                .collect(),
+            latency_count: get("~latency:count"),
+            latency_sum_ms: get("~latency:sum_ms"),
+            queued,
+            dead_letters,
+        })
     }
 
     pub async fn totals(&self) -> redis::RedisResult<Totals> {

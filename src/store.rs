@@ -106,6 +106,8 @@ pub const UNQUEUED: &str = "unqueued";
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub id: EventId,
+    /// The source that sent the alert.
+    pub source: String,
     pub result: Result<Signal, String>,
     pub received_at: DateTime<Utc>,
     pub processed_at: DateTime<Utc>,
@@ -169,6 +171,50 @@ pub struct EventRow {
     pub text: Option<String>,
     /// For a duplicate, the event id of the alert it repeats.
     pub duplicate_of: Option<String>,
+    /// The source whose secret it carried.
+    pub source: Option<String>,
+    /// What became of its deliveries (filled by the dashboard).
+    pub deliveries: Vec<DeliveryRow>,
+}
+
+/// One delivery as the dashboard and the admin API list it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeliveryRow {
+    pub id: String,
+    pub event: String,
+    pub route: String,
+    pub destination: String,
+    pub source: Option<String>,
+    pub ticker: Option<String>,
+    pub status: String,
+    pub attempts: i64,
+    pub last_code: Option<i32>,
+    pub last_error: Option<String>,
+    /// Receipt to delivery, for a delivered one.
+    pub latency_ms: Option<i64>,
+    pub received_at: Option<DateTime<Utc>>,
+    pub replay: Option<String>,
+}
+
+impl DeliveryRow {
+    fn from_document(d: &Document) -> Option<DeliveryRow> {
+        let text = |k: &str| d.get_str(k).ok().map(str::to_owned);
+        Some(DeliveryRow {
+            id: text("_id")?,
+            event: text("event")?,
+            route: text("route")?,
+            destination: text("destination")?,
+            source: text("source"),
+            ticker: text("ticker"),
+            status: text("status")?,
+            attempts: d.get_i64("attempts").unwrap_or(0),
+            last_code: d.get_i32("last_code").ok(),
+            last_error: text("last_error"),
+            latency_ms: d.get_i64("latency_ms").ok(),
+            received_at: d.get_datetime("received_at").ok().map(|t| t.to_chrono()),
+            replay: text("replay"),
+        })
+    }
 }
 
 /// How much of a text alert's message the list of recent alerts shows.
@@ -417,7 +463,7 @@ impl Store {
     pub async fn recent(&self, limit: i64) -> Result<Vec<EventRow>, StoreError> {
         use futures_util::TryStreamExt;
         let audit: Collection<Document> = self.db.collection(AUDIT);
-        let projection = doc! { "_id": 1, "received_at": 1, "status": 1, "kind": 1, "duplicate_of": 1, "json": 1, "body": 1 };
+        let projection = doc! { "_id": 1, "received_at": 1, "status": 1, "kind": 1, "duplicate_of": 1, "json": 1, "body": 1, "source": 1 };
         let cursor = self
             .bounded(
                 audit
@@ -475,6 +521,8 @@ impl Store {
                         .map(str::to_owned),
                     text: preview,
                     duplicate_of: a.get_str("duplicate_of").ok().map(str::to_owned),
+                    source: a.get_str("source").ok().map(str::to_owned),
+                    deliveries: Vec::new(),
                 }
             })
             .collect())
@@ -490,11 +538,21 @@ impl Store {
         Ok((a.map(json), j.map(json)))
     }
 
-    /// Creates the index the reconciler's query uses (`audit.status`). Idempotent.
+    /// Creates the indexes the reconciler's query (`audit.status`) and the dashboard's
+    /// (`deliveries.event`, `deliveries.received_at`) use. Idempotent.
     pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
         self.bounded(self.db.run_command(doc! {
             "createIndexes": AUDIT,
             "indexes": [{ "key": { "status": 1 }, "name": "status" }],
+        }))
+        .await?;
+        // The dashboard's lookups: an alert's deliveries, and the latest ones.
+        self.bounded(self.db.run_command(doc! {
+            "createIndexes": DELIVERIES,
+            "indexes": [
+                { "key": { "event": 1 }, "name": "event" },
+                { "key": { "received_at": -1 }, "name": "received_at" },
+            ],
         }))
         .await?;
         Ok(())
@@ -568,6 +626,29 @@ impl Store {
         self.update(command).await
     }
 
+    /// Writes deliveries' outcomes: each a new record (`documents[i]`) in one unordered
+    /// insert, journaled; a delivery that has a record already (it was retried, or
+    /// replayed) gets `updates[i]` instead. Inserting is the common case and costs
+    /// MongoDB far less than an upsert (FerretDB most of all).
+    pub async fn record_outcomes(
+        &self,
+        documents: Vec<Document>,
+        updates: Vec<Document>,
+    ) -> Result<(), StoreError> {
+        let durable = Some(self.durable.document());
+        let mut again = Vec::new();
+        for (position, error) in self.insert_many(DELIVERIES, documents, durable).await? {
+            if !error.duplicate {
+                return Err(StoreError::Refused(error.message));
+            }
+            again.push(updates[position].clone());
+        }
+        if again.is_empty() {
+            return Ok(());
+        }
+        self.record_deliveries(again, true).await
+    }
+
     /// Which of these delivery ids `deliveries` records as delivered.
     pub async fn delivered_among(
         &self,
@@ -589,29 +670,50 @@ impl Store {
             .collect())
     }
 
-    /// The delivery records of these alerts, newest alert first.
-    pub async fn deliveries_of(&self, events: &[String]) -> Result<Vec<Document>, StoreError> {
+    /// The delivery records of these alerts.
+    pub async fn deliveries_of(&self, events: &[String]) -> Result<Vec<DeliveryRow>, StoreError> {
         use futures_util::TryStreamExt;
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
         let deliveries = self.db.collection::<Document>(DELIVERIES);
         let cursor = self
             .bounded(deliveries.find(doc! { "event": { "$in": events } }))
             .await?;
-        self.bounded(cursor.try_collect()).await
+        let found: Vec<Document> = self.bounded(cursor.try_collect()).await?;
+        Ok(found
+            .iter()
+            .filter_map(DeliveryRow::from_document)
+            .collect())
     }
 
-    /// The latest delivery records.
-    pub async fn recent_deliveries(&self, limit: i64) -> Result<Vec<Document>, StoreError> {
+    /// The latest delivery records, newest alert first; only those not delivered when
+    /// `failing`.
+    pub async fn recent_deliveries(
+        &self,
+        limit: i64,
+        failing: bool,
+    ) -> Result<Vec<DeliveryRow>, StoreError> {
         use futures_util::TryStreamExt;
         let deliveries = self.db.collection::<Document>(DELIVERIES);
+        let filter = if failing {
+            doc! { "status": { "$ne": "delivered" } }
+        } else {
+            doc! {}
+        };
         let cursor = self
             .bounded(
                 deliveries
-                    .find(doc! {})
+                    .find(filter)
                     .sort(doc! { "received_at": -1 })
                     .limit(limit),
             )
             .await?;
-        self.bounded(cursor.try_collect()).await
+        let found: Vec<Document> = self.bounded(cursor.try_collect()).await?;
+        Ok(found
+            .iter()
+            .filter_map(DeliveryRow::from_document)
+            .collect())
     }
 
     async fn update_one(&self, collection: &str, statement: Document) -> Result<(), StoreError> {
@@ -842,6 +944,7 @@ fn job_document(outcome: &Outcome) -> Document {
 fn job_fields(outcome: &Outcome) -> Document {
     doc! {
         "status": outcome.status().as_str(),
+        "source": &outcome.source,
         "received_at": bson::DateTime::from_chrono(outcome.received_at),
         "processed_at": bson::DateTime::from_chrono(outcome.processed_at),
         "lag_ms": (outcome.processed_at - outcome.received_at).num_milliseconds(),

@@ -328,6 +328,7 @@ impl Settler {
         Record {
             outcome: Some(Outcome {
                 id: alert.id,
+                source: alert.source.clone(),
                 result,
                 received_at: alert.received_at,
                 processed_at,

@@ -172,7 +172,12 @@ async fn run(
         // Redis take to come back.
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         if !statements.is_empty() {
-            while let Err(err) = store.record_deliveries(statements.clone(), true).await {
+            let (documents, updates): (Vec<Document>, Vec<Document>) =
+                statements.into_iter().unzip();
+            while let Err(err) = store
+                .record_outcomes(documents.clone(), updates.clone())
+                .await
+            {
                 tracing::warn!(error = %err, "delivery outcomes not recorded; retrying");
                 tokio::time::sleep(backoff.next_wait()).await;
             }
@@ -210,6 +215,16 @@ async fn run(
                 *counts
                     .entry(format!("{}:attempts", job.destination))
                     .or_default() += i64::from(attempts);
+                if let Outcome::Delivered { .. } = outcome {
+                    let ms = chrono::Utc::now().timestamp_millis() - job.received_at;
+                    *counts.entry("~latency:count".to_owned()).or_default() += 1;
+                    *counts.entry("~latency:sum_ms".to_owned()).or_default() += ms.max(0);
+                    for bound in crate::stats::LAG_BUCKETS {
+                        if ms as f64 <= bound * 1000.0 {
+                            *counts.entry(format!("~latency:le_{bound}")).or_default() += 1;
+                        }
+                    }
+                }
             }
         }
         let counts: Vec<(String, i64)> = counts.into_iter().collect();
@@ -268,7 +283,12 @@ fn fixed(job: &Job) -> Document {
     fields
 }
 
-fn outcome_statement(job: &Job, outcome: &Outcome, at: chrono::DateTime<chrono::Utc>) -> Document {
+/// An outcome as a new record, and as the update of an existing one.
+fn outcome_statement(
+    job: &Job,
+    outcome: &Outcome,
+    at: chrono::DateTime<chrono::Utc>,
+) -> (Document, Document) {
     let at = bson::DateTime::from_chrono(at);
     let mut set = doc! { "status": outcome.status(), "finished_at": at };
     let mut unset = doc! { "next_attempt_at": "" };
@@ -309,11 +329,15 @@ fn outcome_statement(job: &Job, outcome: &Outcome, at: chrono::DateTime<chrono::
     if let Some(replay) = job.replay {
         set.insert("replay", replay.as_str());
     }
-    doc! {
+    let mut document = fixed(job);
+    document.insert("_id", &job.id);
+    document.extend(set.clone());
+    let update = doc! {
         "q": { "_id": &job.id },
         "u": { "$set": set, "$unset": unset, "$setOnInsert": fixed(job) },
         "upsert": true,
-    }
+    };
+    (document, update)
 }
 
 fn retry_statement(update: &Update, at: chrono::DateTime<chrono::Utc>) -> Document {

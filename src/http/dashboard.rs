@@ -18,7 +18,12 @@ use futures_util::stream;
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, AppState, auth, pages};
-use crate::{queue::DeadLetter, stats::Activity, store::EventRow};
+use crate::{
+    forward::outbox::DeadDelivery,
+    queue::DeadLetter,
+    stats::{Activity, DeliveryStats},
+    store::{DeliveryRow, EventRow},
+};
 
 const STYLE: &str = include_str!("assets/style.css");
 const SCRIPT: &str = include_str!("assets/app.js");
@@ -31,6 +36,59 @@ pub struct Snapshot {
     stats: StatsView,
     events: Vec<EventRow>,
     dead_letters: Vec<DeadLetter>,
+    deliveries: Deliveries,
+}
+
+/// The deliveries part of the page: each destination's counts and breaker, the latest
+/// deliveries that did not go through, and the dead and expired ones to replay.
+#[derive(Debug, Default, Serialize)]
+pub struct Deliveries {
+    pub stats: DeliveryStats,
+    pub failing: Vec<DeliveryRow>,
+    pub dead: Vec<DeadDelivery>,
+}
+
+/// The deliveries part, best effort: the page shows what it can.
+async fn deliveries(app: &AppState) -> Deliveries {
+    let stats = app
+        .delivery
+        .queue
+        .stats()
+        .deliveries()
+        .await
+        .unwrap_or_default();
+    let failing = app
+        .delivery
+        .background_store
+        .recent_deliveries(20, true)
+        .await
+        .unwrap_or_default();
+    let mut conn = app.delivery.queue.connection();
+    let dead = crate::forward::outbox::dead_letters(&mut conn, 20, Duration::from_secs(1))
+        .await
+        .unwrap_or_default();
+    Deliveries {
+        stats,
+        failing,
+        dead,
+    }
+}
+
+/// Gives each alert the fate of its deliveries.
+async fn with_deliveries(app: &AppState, mut events: Vec<EventRow>) -> Vec<EventRow> {
+    let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+    let Ok(found) = app.delivery.background_store.deliveries_of(&ids).await else {
+        return events;
+    };
+    for delivery in found {
+        if let Some(event) = events.iter_mut().find(|e| e.id == delivery.event) {
+            event.deliveries.push(delivery);
+        }
+    }
+    for event in &mut events {
+        event.deliveries.sort_by(|a, b| a.id.cmp(&b.id));
+    }
+    events
 }
 
 #[derive(Debug, Serialize)]
@@ -73,8 +131,9 @@ async fn snapshot(app: &AppState) -> Result<Snapshot, ApiError> {
         .unwrap_or_default();
     Ok(Snapshot {
         stats,
-        events,
+        events: with_deliveries(app, events).await,
         dead_letters,
+        deliveries: deliveries(app).await,
     })
 }
 
@@ -100,7 +159,9 @@ pub async fn events(
     Query(query): Query<EventsQuery>,
 ) -> Result<Json<Vec<EventRow>>, ApiError> {
     auth::check(app.admin_token.as_ref(), &Method::GET, &headers)?;
-    Ok(Json(recent(&app, &query).await?))
+    Ok(Json(
+        with_deliveries(&app, recent(&app, &query).await?).await,
+    ))
 }
 
 async fn recent(app: &AppState, query: &EventsQuery) -> Result<Vec<EventRow>, ApiError> {
@@ -145,6 +206,7 @@ async fn recent(app: &AppState, query: &EventsQuery) -> Result<Vec<EventRow>, Ap
 pub struct EventDetail {
     audit: Option<serde_json::Value>,
     job: Option<serde_json::Value>,
+    deliveries: Vec<DeliveryRow>,
 }
 
 pub async fn event(
@@ -169,7 +231,17 @@ pub async fn event(
             format!("no alert {id}"),
         ));
     }
-    Ok(Json(EventDetail { audit, job }))
+    let deliveries = app
+        .delivery
+        .background_store
+        .deliveries_of(std::slice::from_ref(&id))
+        .await
+        .unwrap_or_default();
+    Ok(Json(EventDetail {
+        audit,
+        job,
+        deliveries,
+    }))
 }
 
 /// A snapshot every two seconds, as the event `snapshot`. `X-Accel-Buffering: no` tells
@@ -279,12 +351,14 @@ pub async fn index(
         Ok(stats) => stats,
         Err(err) => return err.into_response(),
     };
-    let events = recent(&app, &query).await.unwrap_or_default();
+    let events = with_deliveries(&app, recent(&app, &query).await.unwrap_or_default()).await;
     let dead = app
         .delivery
         .queue
         .dead_letters(20)
         .await
         .unwrap_or_default();
-    Html(pages::dashboard(&stats, &events, &dead, &query).into_string()).into_response()
+    let deliveries = deliveries(&app).await;
+    Html(pages::dashboard(&stats, &events, &dead, &deliveries, &query).into_string())
+        .into_response()
 }

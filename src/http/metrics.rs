@@ -1,7 +1,7 @@
 //! `GET /metrics` in Prometheus's text format (written by `prometheus-client`), behind the
 //! admin secret (the counts show trading activity): this pyron-api's answers and
-//! acknowledgement latency, the jobs and end-to-end lag every worker counted in Redis, and
-//! the queue. The values are counted elsewhere, so each scrape hands them to the encoder
+//! acknowledgement latency, the jobs and end-to-end lag every worker counted in Redis, the
+//! queue, and the deliveries every forwarder counted (by destination, with breakers). The values are counted elsewhere, so each scrape hands them to the encoder
 //! as one collector.
 
 use std::{
@@ -133,6 +133,7 @@ async fn render(app: &AppState) -> Result<String, ApiError> {
         get("lag_sum_ms") as f64 / 1000.0,
     );
     let activity = stats.activity().await.map_err(unavailable)?;
+    let deliveries = stats.deliveries().await.map_err(unavailable)?;
 
     let scrape = Scrape {
         alerts: [
@@ -166,7 +167,52 @@ async fn render(app: &AppState) -> Result<String, ApiError> {
                 "Consumers in the group.",
                 activity.workers.len() as u64,
             ),
+            (
+                "pyron_deliveries_queued",
+                "Entries in the deliveries stream (waiting and in a forwarder's hands).",
+                deliveries.queued,
+            ),
+            (
+                "pyron_delivery_dead_letters",
+                "Dead and expired deliveries in webhook-deliveries:dead.",
+                deliveries.dead_letters,
+            ),
         ],
+        deliveries: deliveries
+            .destinations
+            .iter()
+            .flat_map(|d| {
+                [
+                    ("delivered", d.delivered),
+                    ("expired", d.expired),
+                    ("dead", d.dead),
+                ]
+                .map(|(status, n)| (d.name.clone(), status, n))
+            })
+            .collect(),
+        attempts: deliveries
+            .destinations
+            .iter()
+            .map(|d| (d.name.clone(), d.attempts))
+            .collect(),
+        breakers: deliveries
+            .destinations
+            .iter()
+            .map(|d| {
+                let state = match d.breaker.as_deref() {
+                    Some("open") => 2,
+                    Some("half-open") => 1,
+                    _ => 0,
+                };
+                (d.name.clone(), state)
+            })
+            .collect(),
+        delivery_latency: Histogram::from_cumulative(
+            &LAG_BUCKETS,
+            &deliveries.latency_cumulative,
+            deliveries.latency_count,
+            deliveries.latency_sum_ms as f64 / 1000.0,
+        ),
     };
     let mut registry = Registry::default();
     registry.register_collector(Box::new(scrape));
@@ -220,7 +266,14 @@ struct Scrape {
     ack: Histogram,
     jobs: [(&'static str, u64); 3],
     lag: Histogram,
-    gauges: [(&'static str, &'static str, u64); 4],
+    gauges: [(&'static str, &'static str, u64); 6],
+    /// (destination, status, deliveries).
+    deliveries: Vec<(String, &'static str, u64)>,
+    /// (destination, attempts).
+    attempts: Vec<(String, u64)>,
+    /// (destination, 0 closed, 1 half-open, 2 open).
+    breakers: Vec<(String, i64)>,
+    delivery_latency: Histogram,
 }
 
 impl Collector for Scrape {
@@ -278,6 +331,52 @@ impl Collector for Scrape {
                 .encode_descriptor(name, help, None, MetricType::Gauge)?
                 .encode_gauge(&(value as i64))?;
         }
+        let mut deliveries = encoder.encode_descriptor(
+            "pyron_deliveries",
+            "Deliveries the forwarders settled, by destination and status.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (destination, status, n) in &self.deliveries {
+            deliveries
+                .encode_family(&[("destination", destination.as_str()), ("status", status)])?
+                .encode_counter::<NoLabelSet, _, u64>(n, None)?;
+        }
+        let mut attempts = encoder.encode_descriptor(
+            "pyron_delivery_attempts",
+            "Requests the forwarders sent, by destination.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (destination, n) in &self.attempts {
+            attempts
+                .encode_family(&[("destination", destination.as_str())])?
+                .encode_counter::<NoLabelSet, _, u64>(n, None)?;
+        }
+        let mut breakers = encoder.encode_descriptor(
+            "pyron_delivery_breaker",
+            "Each destination's circuit breaker: 0 closed, 1 half-open, 2 open.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (destination, state) in &self.breakers {
+            breakers
+                .encode_family(&[("destination", destination.as_str())])?
+                .encode_gauge(state)?;
+        }
+        encoder
+            .encode_descriptor(
+                "pyron_delivery_latency_seconds",
+                "Time from an alert's arrival to its delivery's 2xx answer.",
+                None,
+                MetricType::Histogram,
+            )?
+            .encode_histogram::<NoLabelSet>(
+                self.delivery_latency.sum,
+                self.delivery_latency.count,
+                &self.delivery_latency.buckets,
+                None,
+            )?;
         Ok(())
     }
 }
@@ -304,7 +403,16 @@ mod tests {
                 ("pyron_queue_pending", "p", 0),
                 ("pyron_dead_letters", "d", 1),
                 ("pyron_workers", "w", 2),
+                ("pyron_deliveries_queued", "q", 0),
+                ("pyron_delivery_dead_letters", "d", 1),
             ],
+            deliveries: vec![
+                ("bridge".into(), "delivered", 5),
+                ("bridge".into(), "dead", 1),
+            ],
+            attempts: vec![("bridge".into(), 9)],
+            breakers: vec![("bridge".into(), 2)],
+            delivery_latency: Histogram::from_cumulative(&LAG_BUCKETS, &[4; 10], 5, 1.5),
         };
         let mut registry = Registry::default();
         registry.register_collector(Box::new(scrape));
@@ -324,6 +432,11 @@ mod tests {
             "# TYPE pyron_queue_depth gauge",
             "pyron_queue_depth 7",
             "pyron_workers 2",
+            "pyron_deliveries_total{destination=\"bridge\",status=\"delivered\"} 5",
+            "pyron_delivery_attempts_total{destination=\"bridge\"} 9",
+            "pyron_delivery_breaker{destination=\"bridge\"} 2",
+            "pyron_delivery_latency_seconds_bucket{le=\"10\"} 4",
+            "pyron_delivery_latency_seconds_count 5",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
         }

@@ -4,7 +4,7 @@
 
 use maud::{DOCTYPE, Markup, html};
 
-use super::dashboard::{EventsQuery, StatsView};
+use super::dashboard::{Deliveries, EventsQuery, StatsView};
 use crate::{queue::DeadLetter, stats::Counts, store::EventRow};
 
 /// The rows of the counts table: label, and the field of `Counts` (also the name
@@ -98,6 +98,7 @@ pub fn dashboard(
     stats: &StatsView,
     events: &[EventRow],
     dead: &[DeadLetter],
+    deliveries: &Deliveries,
     query: &EventsQuery,
 ) -> Markup {
     let a = &stats.activity;
@@ -181,6 +182,29 @@ pub fn dashboard(
                     }
                 }
                 section.wide {
+                    h2 { "Deliveries per destination" }
+                    div.scroll {
+                        table #destinations {
+                            thead { tr { th { "destination" } th { "delivered" } th { "expired" } th { "dead" } th { "attempts" } th { "breaker" } } }
+                            tbody { @for d in &deliveries.stats.destinations { (destination_row(d)) } }
+                        }
+                    }
+                    p.muted {
+                        span data-delivery="queued" { (deliveries.stats.queued) } " queued, "
+                        span data-delivery="dead_letters" { (deliveries.stats.dead_letters) } " dead or expired"
+                    }
+                }
+                section.wide {
+                    h2 { "Deliveries that did not go through" }
+                    p #delivery-replay-result .muted {}
+                    div.scroll {
+                        table #failing {
+                            thead { tr { th { "time" } th { "route → destination" } th { "ticker" } th { "status" } th { "attempts" } th {} } }
+                            tbody { @for d in &deliveries.failing { (failing_row(d)) } }
+                        }
+                    }
+                }
+                section.wide {
                     h2 { "Recent alerts" }
                     form method="get" action="/" {
                         input #filter name="ticker" placeholder="filter: ticker, action, status"
@@ -191,7 +215,7 @@ pub fn dashboard(
                     div.scroll {
                         table #events {
                             thead {
-                                tr { th { "time" } th { "ticker" } th { "action" } th { "price" } th { "status" } th { "lag" } }
+                                tr { th { "time" } th { "source" } th { "ticker" } th { "action" } th { "price" } th { "status" } th { "lag" } }
                             }
                             tbody { @for e in events { (event_row(e)) } }
                         }
@@ -242,6 +266,7 @@ fn event_row(e: &EventRow) -> Markup {
                     (opt(e.received_at.map(|t| t.format("%H:%M:%S").to_string())))
                 }
             }
+            td.muted { (opt(e.source.as_deref())) }
             @if let (Some(text), None) = (&e.text, &e.ticker) {
                 td colspan="3" class="message" { (text) }
             } @else {
@@ -258,8 +283,59 @@ fn event_row(e: &EventRow) -> Markup {
                 @if let Some(error) = &e.error {
                     div.why { (error) }
                 }
+                @for d in &e.deliveries {
+                    div.fate {
+                        "→ " (d.destination) ": "
+                        span class=(format!("status-{}", d.status)) { (d.status) }
+                    }
+                }
             }
             td.n { (opt(e.lag_ms.map(|l| format!("{l} ms")))) }
+        }
+    }
+}
+
+/// One destination: its counts and its breaker (open in red, with the last error).
+fn destination_row(d: &crate::stats::DestinationStats) -> Markup {
+    html! {
+        tr {
+            td { (d.name) }
+            td.n { (d.delivered) }
+            td.n { (d.expired) }
+            td.n { (d.dead) }
+            td.n { (d.attempts) }
+            td class=(format!("breaker-{}", d.breaker.as_deref().unwrap_or("closed"))) {
+                (d.breaker.as_deref().unwrap_or("closed"))
+                @if let (Some(error), Some("open" | "half-open")) = (&d.last_error, d.breaker.as_deref()) {
+                    div.why { (error) }
+                }
+            }
+        }
+    }
+}
+
+/// A delivery that did not go through, with its reason and, once it is dead or expired,
+/// the two ways to send it again.
+fn failing_row(d: &crate::store::DeliveryRow) -> Markup {
+    html! {
+        tr {
+            td { (opt(d.received_at.map(|t| t.format("%H:%M:%S").to_string()))) }
+            td { (d.route) " → " (d.destination) }
+            td { (opt(d.ticker.as_deref())) }
+            td class=(format!("status-{}", d.status)) {
+                (d.status)
+                @if let Some(error) = &d.last_error {
+                    div.why { (error) }
+                }
+            }
+            td.n { (d.attempts) }
+            td {
+                @if d.status == "dead" || d.status == "expired" {
+                    button data-redeliver=(d.id) data-mode="as-it-was" { "Send as it was" }
+                    " "
+                    button data-redeliver=(d.id) data-mode="now" { "Send now, re-checked" }
+                }
+            }
         }
     }
 }
@@ -282,6 +358,8 @@ mod tests {
             error: Some("<img src=x onerror=alert(1)>".into()),
             text: Some("<b>BTC</b> & 'ETH'".into()),
             duplicate_of: Some("\" onclick=\"x".into()),
+            source: Some("<i>tv</i>".into()),
+            deliveries: vec![],
         };
         let html = event_row(&row).into_string();
         assert!(!html.contains("<script>") && !html.contains("<img") && !html.contains("<b>"));

@@ -83,7 +83,75 @@ function statusCell(e) {
     why.textContent = e.error;
     td.append(why);
   }
+  // What became of each of its deliveries.
+  for (const d of e.deliveries || []) {
+    const fate = document.createElement("div");
+    fate.className = "fate";
+    const status = document.createElement("span");
+    status.className = `status-${d.status}`;
+    status.textContent = d.status;
+    fate.append(`→ ${d.destination}: `, status);
+    td.append(fate);
+  }
   return td;
+}
+
+function renderDestinations(deliveries) {
+  const body = $("#destinations tbody");
+  body.replaceChildren(...deliveries.stats.destinations.map((d) => {
+    const tr = document.createElement("tr");
+    const state = d.breaker || "closed";
+    const breaker = cell(state, `breaker-${state}`);
+    if (d.last_error && state !== "closed") {
+      const why = document.createElement("div");
+      why.className = "why";
+      why.textContent = d.last_error;
+      breaker.append(why);
+    }
+    tr.append(cell(d.name), cell(d.delivered, "n"), cell(d.expired, "n"), cell(d.dead, "n"),
+      cell(d.attempts, "n"), breaker);
+    return tr;
+  }));
+  $("[data-delivery=queued]").textContent = deliveries.stats.queued;
+  $("[data-delivery=dead_letters]").textContent = deliveries.stats.dead_letters;
+  const failing = $("#failing tbody");
+  failing.replaceChildren(...deliveries.failing.map((d) => {
+    const tr = document.createElement("tr");
+    const time = d.received_at ? new Date(d.received_at).toLocaleTimeString() : "–";
+    const status = cell(d.status, `status-${d.status}`);
+    if (d.last_error) {
+      const why = document.createElement("div");
+      why.className = "why";
+      why.textContent = d.last_error;
+      status.append(why);
+    }
+    const actions = document.createElement("td");
+    if (d.status === "dead" || d.status === "expired") {
+      for (const [mode, label] of [["as-it-was", "Send as it was"], ["now", "Send now, re-checked"]]) {
+        const button = document.createElement("button");
+        button.textContent = label;
+        button.addEventListener("click", () => redeliver(d.id, mode, button));
+        actions.append(button, " ");
+      }
+    }
+    tr.append(cell(time), cell(`${d.route} → ${d.destination}`), cell(d.ticker), status,
+      cell(d.attempts, "n"), actions);
+    return tr;
+  }));
+}
+
+async function redeliver(id, mode, button) {
+  button.disabled = true;
+  const response = await fetch("/api/deliveries/replay", {
+    method: "POST",
+    credentials: "same-origin",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ ids: [id], mode }),
+  });
+  const body = await response.json().catch(() => ({}));
+  $("#delivery-replay-result").textContent = response.ok
+    ? `${mode}: replayed ${body.replayed} deliver${body.replayed === 1 ? "y" : "ies"}`
+    : `replay failed: ${body.message || response.status}`;
 }
 
 function renderEvents(events) {
@@ -94,7 +162,7 @@ function renderEvents(events) {
     tr.className = "event";
     tr.dataset.id = e.id;
     const time = e.received_at ? new Date(e.received_at).toLocaleTimeString() : "–";
-    tr.append(cell(time));
+    tr.append(cell(time), cell(e.source, "muted"));
     if (e.text && !e.ticker) {
       // A text alert: the start of its message, where the fields would be.
       const message = cell(e.text, "message");
@@ -159,6 +227,7 @@ function connect() {
     renderWorkers(snapshot.stats.workers);
     renderEvents(snapshot.events);
     renderDead(snapshot.dead_letters);
+    renderDestinations(snapshot.deliveries);
     live.classList.add("on");
     live.textContent = `live, ${new Date().toLocaleTimeString()}`;
   });
@@ -179,5 +248,8 @@ $("#events").addEventListener("click", (event) => {
 }, true);
 for (const button of $$("[data-replay]")) {
   button.addEventListener("click", () => replay(button.dataset.replay, button));
+}
+for (const button of $$("[data-redeliver]")) {
+  button.addEventListener("click", () => redeliver(button.dataset.redeliver, button.dataset.mode, button));
 }
 connect();

@@ -19,6 +19,7 @@ const TV_SECRET: &str = "tv-source-secret-0123";
 const BOT_SECRET: &str = "bot-source-secret-4567";
 const SIGNING: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const BOT_TOKEN: &str = "123456:telegram-bot-token-secret";
+const ADMIN: &str = "routes-admin-0123456789";
 
 /// A string field of a record.
 fn field<'a>(record: &'a bson::Document, key: &str) -> &'a str {
@@ -37,7 +38,7 @@ fn secret(app: &App, name: &str, value: &str) -> PathBuf {
 /// Stores, the configuration file (`toml` plus the two sources), pyron-api, a worker and
 /// a forwarder.
 async fn start(toml: impl FnOnce(&App) -> String) -> (App, Process) {
-    let mut app = App::stores_only(&[]);
+    let mut app = App::stores_only(&[("PYRON_ADMIN_TOKEN", ADMIN)]);
     let tv = secret(&app, "tv.secret", TV_SECRET);
     let bot = secret(&app, "bot.secret", BOT_SECRET);
     let config = format!(
@@ -680,5 +681,144 @@ async fn a_bad_route_configuration_stops_every_process_with_the_key_at_fault() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn the_dashboard_api_and_metrics_show_each_delivery_and_replay_a_dead_one() {
+    let _load = crate::helpers::beside_others().await;
+    let sink = Sink::start().await;
+    sink.script([Behaviour::with(422, &[], "{\"error\":\"unknown symbol\"}")]);
+    let (app, _forwarder) = start(|_| http_route(&sink, "", "")).await;
+    let refused = post_json(&app, alert(TV_SECRET, "XAUUSD", "buy", 2412.5)).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let delivered = post_json(&app, alert(TV_SECRET, "BTCUSDT", "sell", 96000.0)).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    records(&app, doc! { "event": &refused, "status": "dead" }, 1).await;
+    records(&app, doc! { "event": &delivered, "status": "delivered" }, 1).await;
+    let get = async |path: &str| -> Value {
+        let response = app
+            .http
+            .get(app.url(path))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        response.json().await.unwrap()
+    };
+
+    // Each alert's row says what became of its deliveries.
+    let events = get("/api/events?limit=10").await;
+    let fate = |id: &str| {
+        let row = events
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["id"] == id)
+            .unwrap()
+            .clone();
+        (
+            row["source"].clone(),
+            row["deliveries"][0]["status"].clone(),
+            row["deliveries"][0]["destination"].clone(),
+        )
+    };
+    assert_eq!(
+        fate(&refused),
+        (json!("tradingview"), json!("dead"), json!("bridge"))
+    );
+    assert_eq!(
+        fate(&delivered),
+        (json!("tradingview"), json!("delivered"), json!("bridge"))
+    );
+    let detail = get(&format!("/api/events/{refused}")).await;
+    assert_eq!(detail["deliveries"][0]["last_code"], 422);
+    assert_eq!(detail["job"]["source"], "tradingview");
+
+    // The failing ones, and the dead letters.
+    let failing = get("/api/deliveries?failing=true").await;
+    assert_eq!(failing.as_array().unwrap().len(), 1, "{failing}");
+    assert!(
+        failing[0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown symbol")
+    );
+    let dead = get("/api/deliveries/dead").await;
+    let dead_id = format!("{refused}:orders:bridge");
+    assert_eq!(dead[0]["id"], dead_id.as_str());
+    assert_eq!(dead[0]["status"], "dead");
+
+    // Counts, attempts, breaker and latency in /metrics.
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "pyron_deliveries_total{destination=\"bridge\",status=\"delivered\"} 1",
+        "pyron_deliveries_total{destination=\"bridge\",status=\"dead\"} 1",
+        "pyron_delivery_attempts_total{destination=\"bridge\"} 2",
+        "pyron_delivery_latency_seconds_count 1",
+        "pyron_delivery_dead_letters 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line:?} in:\n{metrics}"
+        );
+    }
+
+    // The page lists the destination and the dead delivery with its two replays.
+    let page = app
+        .http
+        .get(app.url("/"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("Deliveries per destination")
+            && page.contains(&format!("data-redeliver=\"{dead_id}\"")),
+        "{page}"
+    );
+
+    // Replay "as it was" through the API: delivered now.
+    let bad = app
+        .http
+        .post(app.url("/api/deliveries/replay"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"ids": [dead_id], "mode": "later"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let replay = app
+        .http
+        .post(app.url("/api/deliveries/replay"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"ids": [dead_id], "mode": "as-it-was"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), 202);
+    assert_eq!(replay.json::<Value>().await.unwrap()["replayed"], 1);
+    let replayed = records(&app, doc! { "event": &refused, "status": "delivered" }, 1).await;
+    assert_eq!(field(&replayed[0], "replay"), "as-it-was");
+    assert_eq!(
+        get("/api/deliveries/dead").await.as_array().unwrap().len(),
+        0
     );
 }
