@@ -2,8 +2,9 @@
 # for its `jobs` record.
 #
 # `database = "mongodb"` (the production default, `pkgs.mongodb-ce`) is the full test:
-# it also checks the refusals, that the secret stays out of the logs, and how systemd sees
-# both services. `pkgs` must allow the unfree mongodb-ce (the flake passes a nixpkgs that
+# it also checks the refusals, that the secret stays out of the logs, how systemd sees
+# the services, and a route: an alert of a second source delivered by pyron-forwarder,
+# signed, to a small HTTP server on the machine. `pkgs` must allow the unfree mongodb-ce (the flake passes a nixpkgs that
 # does: the test's nodes share it read-only, so they cannot allow it themselves).
 # `database = "ferretdb"` is the smaller test of that choice.
 #
@@ -21,6 +22,22 @@ assert builtins.elem database [
 
 let
   full = database == "mongodb";
+  # The route's destination: answers 200 to every POST and notes what it got.
+  sink = pkgs.writeText "sink.py" ''
+    import http.server, json
+
+    class Sink(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            note = {"path": self.path, "id": self.headers.get("webhook-id"),
+                    "signature": self.headers.get("webhook-signature"), "body": body.decode()}
+            with open("/var/lib/sink/received", "a") as f:
+                f.write(json.dumps(note) + "\n")
+            self.send_response(200)
+            self.end_headers()
+
+    http.server.HTTPServer(("127.0.0.1", 9099), Sink).serve_forever()
+  '';
 in
 pkgs.testers.runNixOSTest {
   name = "pyron-${database}";
@@ -41,6 +58,30 @@ pkgs.testers.runNixOSTest {
         inherit database;
         webhookTokenFile = "/etc/pyron-test/webhook-token";
         adminTokenFile = "/etc/pyron-test/admin-token";
+      }
+      // pkgs.lib.optionalAttrs full {
+        sources.tradingview.secretFile = "/etc/pyron-test/tradingview";
+        destinations.sink = {
+          kind = "http";
+          url = "http://127.0.0.1:9099/orders";
+          secretFile = "/etc/pyron-test/sink-signing";
+        };
+        routes = [
+          {
+            name = "orders";
+            sources = [ "tradingview" ];
+            destinations = [ "sink" ];
+          }
+        ];
+      };
+      environment.etc."pyron-test/tradingview".text = "vm-test-tradingview-0123";
+      environment.etc."pyron-test/sink-signing".text = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+      systemd.services.sink = pkgs.lib.mkIf full {
+        wantedBy = [ "multi-user.target" ];
+        serviceConfig = {
+          ExecStart = "${pkgs.python3}/bin/python3 ${sink}";
+          StateDirectory = "sink";
+        };
       };
     };
 
@@ -101,6 +142,27 @@ pkgs.testers.runNixOSTest {
         machine.wait_until_succeeds("systemctl show pyron-api -p StatusText | grep '2 accepted'")
         machine.wait_until_succeeds("systemctl show pyron-worker -p StatusText | grep '2 processed'")
         machine.succeed("systemctl show pyron-api -p DynamicUser | grep -x DynamicUser=yes")
+
+    with subtest("a route: pyron-forwarder delivers the source's alert, signed"):
+        machine.wait_for_unit("pyron-forwarder.service")
+        machine.wait_for_unit("sink.service")
+        ack = json.loads(machine.succeed(
+            "curl -sSk -H 'Content-Type: application/json' "
+            "--data '{\"passphrase\":\"vm-test-tradingview-0123\",\"ticker\":\"SOLUSDT\",\"action\":\"buy\"}' "
+            "https://localhost/webhook"
+        ))
+        assert ack["status"] == "queued", ack
+        machine.wait_until_succeeds(
+            "mongosh --quiet mongodb://127.0.0.1:27017/pyron --eval "
+            f"'db.deliveries.countDocuments({{event: \"{ack['id']}\", status: \"delivered\"}})' | grep -x 1",
+            timeout=60,
+        )
+        received = json.loads(machine.succeed("tail -n 1 /var/lib/sink/received"))
+        assert received["id"] == f"{ack['id']}:orders:sink", received
+        assert received["signature"].startswith("v1,"), received
+        assert json.loads(received["body"])["source"] == "tradingview", received
+        machine.succeed("systemctl show pyron-forwarder -p DynamicUser | grep -x DynamicUser=yes")
+        machine.fail("journalctl -u pyron-forwarder | grep -e vm-test-tradingview-0123 -e MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
 
     with subtest("pyron-api restarted while MongoDB is down still takes alerts"):
         # Masked, or pyron-api's Wants= would start it again with pyron-api.

@@ -269,7 +269,8 @@ def deliveries(log, expected, seconds, timeout=300):
         lags, other = [], 0
         for line in Path(log).read_text(errors="replace").splitlines():
             try:
-                fields = json.loads(line).get("fields", {})
+                record = json.loads(line)
+                fields = record.get("fields", record)
             except ValueError:
                 continue
             if fields.get("status") == "delivered":

@@ -2,7 +2,9 @@
 //! stream and leaves every entry settled, or the whole batch pending.
 //!
 //! Each entry's alert is normalized into a `Signal` (or the reason it never can be). The
-//! batch's `jobs` records are written, then the audit records pyron-api did not mark as
+//! deliveries its routes ask for are queued first (`forward`: they rest on the job, not
+//! on the record, and MongoDB's write is the slowest step of a batch), then the batch's
+//! `jobs` records are written, then the audit records pyron-api did not mark as
 //! written (the markers are read after the jobs write, which gives the api's writer the
 //! time to finish its batch), and only then are the entries acknowledged and their
 //! markers cleared. Acknowledging after the writes makes processing at-least-once; the
@@ -151,10 +153,28 @@ impl Settler {
                 Err(reason) => unreadable.push((delivery.clone(), reason.clone())),
             }
         }
+        // Deliveries go out before the records are written: they rest on the job, which
+        // Redis keeps until the batch is acknowledged, not on the record, and MongoDB's
+        // write is the slowest step of a batch. Queued once each, so a batch read again
+        // after a failure queues none twice.
+        let fan_out: Vec<crate::forward::Job> = records
+            .iter()
+            .filter_map(|record| match &record.outcome {
+                Some(Outcome {
+                    result: Ok(signal), ..
+                }) => Some(crate::forward::Job::for_matches(
+                    &record.alert,
+                    signal,
+                    &self.routing.matches(&record.alert.source, signal),
+                )),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        consumer.fan_out(&fan_out).await?;
         let verdicts = self.write(consumer, &records).await?;
 
         let mut done: Vec<&str> = Vec::with_capacity(records.len());
-        let mut fan_out: Vec<crate::forward::Job> = Vec::new();
         let mut counted = BatchCounts::default();
         for ((record, delivery), refused) in records.iter().zip(&deliveries).zip(&verdicts) {
             if let Some(error) = refused {
@@ -189,12 +209,6 @@ impl Settler {
                         lag_ms = (o.processed_at - o.received_at).num_milliseconds(),
                         "alert processed"
                     );
-                    let matches = self.routing.matches(&record.alert.source, signal);
-                    fan_out.extend(crate::forward::Job::for_matches(
-                        &record.alert,
-                        signal,
-                        &matches,
-                    ));
                     done.push(&delivery.entry);
                 }
             }
@@ -204,9 +218,6 @@ impl Settler {
             tracing::error!(entry = %delivery.entry, reason = %reason, "unreadable stream entry moved to dead letters");
             consumer.dead_letter(delivery, reason, 1).await?;
         }
-        // Queued before the jobs are acknowledged, once each: a batch read again after a
-        // failure here queues none twice.
-        consumer.fan_out(&fan_out).await?;
         // Markers go with the entries settled here; a job waiting for a retry keeps its own.
         let settled: Vec<&Alert> = records
             .iter()

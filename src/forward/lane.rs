@@ -528,6 +528,7 @@ impl Forwarder {
                         attempts,
                         code,
                         took,
+                        at: chrono::Utc::now().timestamp_millis(),
                     };
                 }
                 Attempt::Permanent { code, error } => {

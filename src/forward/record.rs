@@ -21,10 +21,12 @@ use crate::{backoff::Backoff, store::Store};
 /// How a delivery ended.
 #[derive(Debug, Clone)]
 pub enum Outcome {
+    /// `at`: when the answer came, milliseconds since the epoch.
     Delivered {
         attempts: u32,
         code: u16,
         took: Duration,
+        at: i64,
     },
     Expired {
         attempts: u32,
@@ -215,8 +217,8 @@ async fn run(
                 *counts
                     .entry(format!("{}:attempts", job.destination))
                     .or_default() += i64::from(attempts);
-                if let Outcome::Delivered { .. } = outcome {
-                    let ms = chrono::Utc::now().timestamp_millis() - job.received_at;
+                if let Outcome::Delivered { at, .. } = outcome {
+                    let ms = at - job.received_at;
                     *counts.entry("~latency:count".to_owned()).or_default() += 1;
                     *counts.entry("~latency:sum_ms".to_owned()).or_default() += ms.max(0);
                     for bound in crate::stats::LAG_BUCKETS {
@@ -249,8 +251,9 @@ fn log(entry: &Entry, outcome: Option<&Outcome>) {
             attempts,
             code,
             took,
+            at,
         }) => {
-            tracing::info!(delivery = %job.id, destination = %job.destination, status = "delivered", attempts, code, took_ms = took.as_millis() as u64, lag_ms = chrono::Utc::now().timestamp_millis() - job.received_at, "delivered");
+            tracing::info!(delivery = %job.id, destination = %job.destination, status = "delivered", attempts, code, took_ms = took.as_millis() as u64, lag_ms = at - job.received_at, "delivered");
         }
         Some(Outcome::Expired {
             attempts, error, ..
@@ -297,10 +300,11 @@ fn outcome_statement(
             attempts,
             code,
             took,
+            at: answered,
         } => {
             set.insert("last_code", i32::from(*code));
             set.insert("send_ms", took.as_millis() as i64);
-            set.insert("latency_ms", at.timestamp_millis() - job.received_at);
+            set.insert("latency_ms", answered - job.received_at);
             unset.insert("last_error", "");
             *attempts
         }

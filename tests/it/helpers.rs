@@ -656,7 +656,12 @@ impl Nginx {
             values.retain(|(key, _)| key != k);
             values.push(((*k).into(), (*v).into()));
         }
-        let server = std::fs::read_to_string(repo_root().join("dev/nginx-server.conf")).unwrap();
+        let mut server =
+            std::fs::read_to_string(repo_root().join("dev/nginx-server.conf")).unwrap();
+        // A test's own server directives (asking for client certificates, say).
+        if let Some((_, extra)) = settings.iter().find(|(k, _)| *k == "SERVER_EXTRA") {
+            server.push_str(extra);
+        }
         let mut config = std::fs::read_to_string(repo_root().join("dev/nginx.conf.in"))
             .unwrap()
             .replace("@SERVER@", &server);

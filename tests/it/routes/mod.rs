@@ -284,6 +284,20 @@ async fn the_source_is_told_by_its_secret_and_a_wrong_one_writes_nothing() {
     assert_eq!(app.count("audit").await, 2);
     assert_eq!(sink.delivered().len(), 2);
 
+    // TradingView's JSON sent as text (a trailing newline): its passphrase names the source.
+    let text = app
+        .post(
+            "/webhook",
+            "text/plain; charset=utf-8",
+            format!(
+                "{{\"passphrase\":\"{TV_SECRET}\",\"ticker\":\"ADAUSDT\",\"action\":\"buy\"}}\n"
+            ),
+        )
+        .await;
+    assert_eq!(text.status(), 202);
+    let ada = records(&app, doc! { "ticker": "ADAUSDT", "status": "delivered" }, 1).await;
+    assert_eq!(field(&ada[0], "source"), "tradingview");
+
     // The bot source's own idempotency field: a repeat is a duplicate, delivered once.
     let repeat = json!({"passphrase": BOT_SECRET, "ticker": "SOLUSDT", "action": "sell", "signal_id": "s-1"});
     assert_eq!(post_json(&app, repeat.clone()).await["status"], "queued");
@@ -628,6 +642,19 @@ async fn an_unexpanded_placeholder_is_never_sent_as_a_value() {
         "{dead:?}"
     );
     assert!(sink.received().is_empty());
+    // The dashboard shows the placeholder as it came, and the delivery's fate.
+    let events: Value = app
+        .http
+        .get(app.url("/api/events?limit=5"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(events[0]["ticker"], "{{ticker}}", "{events}");
+    assert_eq!(events[0]["deliveries"][0]["status"], "dead", "{events}");
 }
 
 #[tokio::test]
@@ -820,5 +847,198 @@ async fn the_dashboard_api_and_metrics_show_each_delivery_and_replay_a_dead_one(
     assert_eq!(
         get("/api/deliveries/dead").await.as_array().unwrap().len(),
         0
+    );
+}
+
+/// A CA of the test's own and client certificates: `client-<name>.pem` (certificate and
+/// key) for each common name, signed by the CA, and `stranger.pem`, self-signed.
+fn client_certificates(dir: &std::path::Path, names: &[(&str, &str)]) {
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=Pyron test client CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    // Extensions make a version 3 certificate, the only kind rustls takes.
+    std::fs::write(
+        dir.join("client.ext"),
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+    )
+    .unwrap();
+    for (file, cn) in names {
+        openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            &format!("/CN={cn}/O=Test"),
+            "-keyout",
+            &format!("{file}.key"),
+            "-out",
+            &format!("{file}.csr"),
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{file}.csr"),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-extfile",
+            "client.ext",
+            "-days",
+            "2",
+            "-out",
+            &format!("{file}.crt"),
+        ]);
+        let pem = std::fs::read_to_string(dir.join(format!("{file}.crt"))).unwrap()
+            + &std::fs::read_to_string(dir.join(format!("{file}.key"))).unwrap();
+        std::fs::write(dir.join(format!("{file}.pem")), pem).unwrap();
+    }
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=TradingView Webhooks",
+        "-keyout",
+        "stranger.key",
+        "-out",
+        "stranger.crt",
+    ]);
+    let pem = std::fs::read_to_string(dir.join("stranger.crt")).unwrap()
+        + &std::fs::read_to_string(dir.join("stranger.key")).unwrap();
+    std::fs::write(dir.join("stranger.pem"), pem).unwrap();
+}
+
+#[tokio::test]
+async fn a_source_can_require_the_client_certificate_nginx_verified() {
+    let _load = crate::helpers::beside_others().await;
+    let mut app = App::stores_only(&[]);
+    let tv = secret(&app, "tv.secret", TV_SECRET);
+    let path = app.dir().join("pyron.toml");
+    std::fs::write(&path, format!(
+        "[[sources]]\nname = \"tradingview\"\nsecret_file = {tv:?}\nclient_certificate = \"TradingView Webhooks\"\n"
+    )).unwrap();
+    app.env
+        .push(("PYRON_CONFIG".into(), path.display().to_string()));
+    app.start_api().await;
+    app.start_worker();
+    let dir = app.dir().to_owned();
+    client_certificates(
+        &dir,
+        &[
+            ("tradingview", "TradingView Webhooks"),
+            ("other", "Somebody Else"),
+        ],
+    );
+    let extra = format!(
+        "\nssl_verify_client optional;\nssl_client_certificate {};\n",
+        dir.join("ca.pem").display()
+    );
+    let nginx = app.behind_nginx(&[("SERVER_EXTRA", &extra)]);
+    let url = format!("https://localhost:{}/webhook", nginx.https_port);
+    let server_cert = reqwest::Certificate::from_pem(&std::fs::read(&nginx.cert).unwrap()).unwrap();
+    let client = |identity: Option<&str>| {
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(server_cert.clone())
+            .resolve(
+                "localhost",
+                format!("127.0.0.1:{}", nginx.https_port).parse().unwrap(),
+            );
+        if let Some(file) = identity {
+            let pem = std::fs::read(dir.join(file)).unwrap();
+            builder = builder.identity(reqwest::Identity::from_pem(&pem).unwrap());
+        }
+        builder.build().unwrap()
+    };
+    let body = json!({"passphrase": TV_SECRET, "ticker": "BTCUSDT", "action": "buy"}).to_string();
+    let send = async |client: reqwest::Client, forged: bool| {
+        let mut request = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body.clone());
+        if forged {
+            request = request
+                .header("X-Client-Verify", "SUCCESS")
+                .header("X-Client-Subject", "CN=TradingView Webhooks");
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let answer: Value = response.json().await.unwrap_or(Value::Null);
+        (status, answer["error"].as_str().unwrap_or("").to_owned())
+    };
+    // TradingView's certificate, from the CA NGINX trusts: accepted.
+    assert_eq!(
+        send(client(Some("tradingview.pem")), false).await,
+        (202, String::new())
+    );
+    // No certificate, another name, or the right name not signed by the CA: refused.
+    let refused = (403, "client_certificate_required".to_owned());
+    assert_eq!(send(client(None), false).await, refused);
+    assert_eq!(send(client(Some("other.pem")), false).await, refused);
+    let (status, _) = send(client(Some("stranger.pem")), false).await;
+    assert!(
+        status == 403 || status == 400,
+        "an unverified certificate was accepted: {status}"
+    );
+    // Headers a sender writes itself are replaced by NGINX's.
+    assert_eq!(send(client(None), true).await, refused);
+    // The default source asks for no certificate.
+    let response = client(None)
+        .post(format!("{url}/{}", crate::helpers::TOKEN))
+        .header("content-type", "text/plain")
+        .body("ETHUSDT crossed up")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    assert_eq!(app.count("audit").await, 2);
+    let sources: Vec<String> = app
+        .docs("audit", doc! {})
+        .await
+        .iter()
+        .map(|d| field(d, "source").to_owned())
+        .collect();
+    assert!(
+        sources.contains(&"tradingview".to_owned()) && sources.contains(&"default".to_owned()),
+        "{sources:?}"
     );
 }
