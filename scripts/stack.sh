@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole Pyron stack on loopback: redis-server, a MongoDB wire server (mongod if on
-# PATH, else FerretDB built by install-deps.sh), pyron-api, pyron-worker, and NGINX
-# terminating TLS in front with a self-signed certificate. Data and logs live in .dev/.
-# Ctrl-C stops everything.
+# PATH, else FerretDB built by install-deps.sh), pyron-api, pyron-worker, pyron-forwarder,
+# and NGINX terminating TLS in front with a self-signed certificate. Data and logs live in
+# .dev/. Sources and routes come from .dev/pyron.toml when it exists (or the file
+# PYRON_DEV_CONFIG names). Ctrl-C stops everything.
 #
 # Ports: PYRON_DEV_HTTPS_PORT (8443), PYRON_DEV_HTTP_PORT (8080, redirects to HTTPS),
 # PYRON_DEV_API_PORT (8000), PYRON_DEV_REDIS_PORT (6379), PYRON_DEV_MONGO_PORT (27017).
@@ -84,6 +85,11 @@ export PYRON_BIND=127.0.0.1:$api_port REDIS_HOST=127.0.0.1 REDIS_PORT=$redis_por
 export MONGO_URI=mongodb://127.0.0.1:$mongo_port MONGO_DB=pyron
 export PYRON_WEBHOOK_TOKEN_FILE=$dev/webhook-token PYRON_ADMIN_TOKEN_FILE=$dev/admin-token
 unset PYRON_WEBHOOK_TOKEN PYRON_ADMIN_TOKEN PYRON_CONFIG
+config=${PYRON_DEV_CONFIG:-$dev/pyron.toml}
+if [ -f "$config" ]; then
+  echo "==> sources and routes from $config"
+  export PYRON_CONFIG=$config
+fi
 
 echo "==> pyron-api on http://127.0.0.1:$api_port"
 target/release/pyron-api >"$dev/logs/pyron-api.log" 2>&1 &
@@ -91,6 +97,9 @@ pids+=($!)
 wait_port "$api_port" pyron-api pyron-api
 echo "==> pyron-worker"
 target/release/pyron-worker >"$dev/logs/pyron-worker.log" 2>&1 &
+pids+=($!)
+echo "==> pyron-forwarder (delivers what the routes ask for; idle without routes)"
+target/release/pyron-forwarder >"$dev/logs/pyron-forwarder.log" 2>&1 &
 pids+=($!)
 
 for _ in $(seq 1 100); do

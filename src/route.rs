@@ -52,13 +52,14 @@ impl Kind {
         }
     }
 
-    /// Telegram allows about one message a second to a chat, a Discord webhook five per
-    /// two seconds, a Slack incoming webhook one a second.
+    /// Telegram allows about one message a second to a chat, a Slack incoming webhook one
+    /// a second; Discord five per two seconds to a webhook but thirty a minute to a
+    /// channel, the stricter.
     fn default_rate(self) -> Option<f64> {
         match self {
             Kind::Http => None,
             Kind::Telegram | Kind::Slack => Some(1.0),
-            Kind::Discord => Some(2.5),
+            Kind::Discord => Some(0.5),
         }
     }
 }

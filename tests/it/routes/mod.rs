@@ -38,7 +38,11 @@ fn secret(app: &App, name: &str, value: &str) -> PathBuf {
 /// Stores, the configuration file (`toml` plus the two sources), pyron-api, a worker and
 /// a forwarder.
 async fn start(toml: impl FnOnce(&App) -> String) -> (App, Process) {
-    let mut app = App::stores_only(&[("PYRON_ADMIN_TOKEN", ADMIN)]);
+    // A stable consumer name: a worker started again takes back its own pending jobs.
+    let mut app = App::stores_only(&[
+        ("PYRON_ADMIN_TOKEN", ADMIN),
+        ("PYRON_WORKER_CONSUMER", "routes-worker"),
+    ]);
     let tv = secret(&app, "tv.secret", TV_SECRET);
     let bot = secret(&app, "bot.secret", BOT_SECRET);
     let config = format!(
@@ -565,10 +569,10 @@ async fn the_breaker_opens_on_failures_probes_and_closes_and_the_rate_limit_spac
 }
 
 #[tokio::test]
-async fn every_delivery_arrives_at_least_once_across_a_sigkill_of_the_forwarder() {
+async fn every_delivery_arrives_at_least_once_across_sigkills_of_the_forwarder_and_the_worker() {
     let _alone = crate::helpers::alone().await;
     let sink = Sink::start().await;
-    let (app, mut forwarder) = start(|_| http_route(&sink, "", "max_age_secs = 120")).await;
+    let (mut app, mut forwarder) = start(|_| http_route(&sink, "", "max_age_secs = 120")).await;
     const N: usize = 300;
     let mut ids = Vec::with_capacity(N);
     for i in 0..N {
@@ -585,11 +589,23 @@ async fn every_delivery_arrives_at_least_once_across_a_sigkill_of_the_forwarder(
         if i == N / 3 {
             forwarder.kill();
         }
+        if i == N / 2 {
+            app.worker.as_mut().unwrap().kill();
+        }
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let _again = app.spawn_forwarder("pyron-forwarder-again", &[]);
+    app.worker = Some(app.spawn_worker("pyron-worker-again", &[]));
     let delivered = records(&app, doc! { "status": "delivered" }, N).await;
     assert_eq!(delivered.len(), N);
+    // Each delivery was queued once, however often its job was processed.
+    let mut redis = app.stores.redis().await;
+    let fanned: Vec<String> = redis::cmd("KEYS")
+        .arg("pyron:fanout:*")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(fanned.len(), N);
     let seen: std::collections::HashSet<String> = sink
         .delivered()
         .iter()
@@ -617,7 +633,6 @@ async fn every_delivery_arrives_at_least_once_across_a_sigkill_of_the_forwarder(
         );
     }
     assert_eq!(app.redis_state().await.0, 0, "the job stream is drained");
-    let mut redis = app.stores.redis().await;
     let left: u64 = redis::cmd("XLEN")
         .arg("webhook-deliveries")
         .query_async(&mut redis)
