@@ -513,17 +513,7 @@ impl Consumer {
     /// Creates the stream and the group if absent. The group starts at the beginning of the
     /// stream, so jobs queued before the first worker ever ran are processed too.
     pub async fn ensure_group(&self) -> Result<(), QueueError> {
-        let mut conn = self.conn.clone();
-        let created: Result<String, QueueError> = bounded(
-            self.timeout,
-            conn.xgroup_create_mkstream(STREAM, GROUP, "0"),
-        )
-        .await;
-        match created {
-            Ok(_) => Ok(()),
-            Err(QueueError::Redis(err)) if err.code() == Some("BUSYGROUP") => Ok(()),
-            Err(err) => Err(err),
-        }
+        ensure_group(&mut self.conn.clone(), STREAM, GROUP, self.timeout).await
     }
 
     /// Reads up to `count` entries. With `pending` set to a stream id, re-reads the
@@ -535,21 +525,16 @@ impl Consumer {
         block: Duration,
         pending: Option<&str>,
     ) -> Result<Vec<Delivery>, QueueError> {
-        let mut conn = self.reader.clone();
-        let mut options = StreamReadOptions::default()
-            .group(GROUP, &self.name)
-            .count(count);
-        if pending.is_none() {
-            options = options.block(block.as_millis() as usize);
-        }
-        let start = pending.unwrap_or(">");
-        let reply: Option<StreamReadReply> = bounded(
-            block + self.timeout,
-            conn.xread_options(&[STREAM], &[start], &options),
-        )
-        .await?;
-        let entries = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids);
-        Ok(entries.map(Delivery::from_entry).collect())
+        let read = Group {
+            stream: STREAM,
+            group: GROUP,
+            consumer: &self.name,
+            timeout: self.timeout,
+        };
+        let entries = read
+            .read(&mut self.reader.clone(), count, block, pending)
+            .await?;
+        Ok(entries.into_iter().map(Delivery::from_entry).collect())
     }
 
     /// The stream's length and how many of its entries are pending with a consumer.
@@ -569,24 +554,14 @@ impl Consumer {
         min_idle: Duration,
         count: usize,
     ) -> Result<Vec<Delivery>, QueueError> {
-        let mut conn = self.conn.clone();
-        let reply: StreamAutoClaimReply = bounded(
-            self.timeout,
-            conn.xautoclaim_options(
-                STREAM,
-                GROUP,
-                &self.name,
-                min_idle.as_millis() as u64,
-                "0-0",
-                StreamAutoClaimOptions::default().count(count),
-            ),
-        )
-        .await?;
-        Ok(reply
-            .claimed
-            .into_iter()
-            .map(Delivery::from_entry)
-            .collect())
+        let group = Group {
+            stream: STREAM,
+            group: GROUP,
+            consumer: &self.name,
+            timeout: self.timeout,
+        };
+        let entries = group.claim(&mut self.conn.clone(), min_idle, count).await?;
+        Ok(entries.into_iter().map(Delivery::from_entry).collect())
     }
 
     /// Which of these alerts pyron-api has marked as having their audit record written,
@@ -802,6 +777,85 @@ fn manager_config(response_timeout: Duration) -> ConnectionManagerConfig {
         .set_response_timeout(Some(response_timeout))
         .set_number_of_retries(1)
         .set_max_delay(Duration::from_secs(2))
+}
+
+/// Creates `stream` and its consumer group `group` if absent, the group starting at the
+/// beginning of the stream.
+pub async fn ensure_group(
+    conn: &mut ConnectionManager,
+    stream: &str,
+    group: &str,
+    timeout: Duration,
+) -> Result<(), QueueError> {
+    let created: Result<String, QueueError> =
+        bounded(timeout, conn.xgroup_create_mkstream(stream, group, "0")).await;
+    match created {
+        Ok(_) => Ok(()),
+        Err(QueueError::Redis(err)) if err.code() == Some("BUSYGROUP") => Ok(()),
+        Err(err) => Err(err),
+    }
+}
+
+/// One consumer of one group of one stream: the reads both the job stream and the
+/// deliveries stream need.
+pub struct Group<'a> {
+    pub stream: &'a str,
+    pub group: &'a str,
+    pub consumer: &'a str,
+    pub timeout: Duration,
+}
+
+impl Group<'_> {
+    /// Up to `count` entries: with `pending` set to a stream id, this consumer's own
+    /// unacknowledged ones after it (start at "0"); otherwise new ones, awaited for up to
+    /// `block`.
+    pub async fn read(
+        &self,
+        conn: &mut ConnectionManager,
+        count: usize,
+        block: Duration,
+        pending: Option<&str>,
+    ) -> Result<Vec<StreamId>, QueueError> {
+        let mut options = StreamReadOptions::default()
+            .group(self.group, self.consumer)
+            .count(count);
+        if pending.is_none() {
+            options = options.block(block.as_millis() as usize);
+        }
+        let start = pending.unwrap_or(">");
+        let reply: Option<StreamReadReply> = bounded(
+            block + self.timeout,
+            conn.xread_options(&[self.stream], &[start], &options),
+        )
+        .await?;
+        Ok(reply
+            .into_iter()
+            .flat_map(|r| r.keys)
+            .flat_map(|k| k.ids)
+            .collect())
+    }
+
+    /// Takes over entries another consumer has held unacknowledged for `min_idle`.
+    pub async fn claim(
+        &self,
+        conn: &mut ConnectionManager,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<StreamId>, QueueError> {
+        let reply: StreamAutoClaimReply = bounded(
+            self.timeout,
+            conn.xautoclaim_options(
+                self.stream,
+                self.group,
+                self.consumer,
+                min_idle.as_millis() as u64,
+                "0-0",
+                StreamAutoClaimOptions::default().count(count),
+            ),
+        )
+        .await?;
+        Ok(reply.claimed)
+    }
 }
 
 /// A connection manager whose commands give up after `response_timeout`.

@@ -523,10 +523,9 @@ fn destination(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn raw_destination(kind: Kind) -> RawDestination {
+impl RawDestination {
+    /// A destination of this kind with what it needs and nothing else, for tests.
+    pub(crate) fn example(kind: Kind) -> RawDestination {
         RawDestination {
             kind,
             url: (kind == Kind::Http).then(|| "https://bridge.example/hook".into()),
@@ -542,8 +541,12 @@ mod tests {
             template: None,
         }
     }
+}
 
-    fn route(name: &str, destinations: &[&str]) -> RawRoute {
+#[cfg(test)]
+impl RawRoute {
+    /// A route of every alert to these destinations, for tests.
+    pub(crate) fn example(name: &str, destinations: &[&str]) -> RawRoute {
         RawRoute {
             name: name.into(),
             sources: vec![],
@@ -555,6 +558,19 @@ mod tests {
             max_age_secs: None,
             template: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw_destination(kind: Kind) -> RawDestination {
+        RawDestination::example(kind)
+    }
+
+    fn route(name: &str, destinations: &[&str]) -> RawRoute {
+        RawRoute::example(name, destinations)
     }
 
     fn signal(ticker: &str, action: &str) -> Signal {

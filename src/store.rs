@@ -672,19 +672,11 @@ impl Store {
 
     /// The delivery records of these alerts.
     pub async fn deliveries_of(&self, events: &[String]) -> Result<Vec<DeliveryRow>, StoreError> {
-        use futures_util::TryStreamExt;
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        let deliveries = self.db.collection::<Document>(DELIVERIES);
-        let cursor = self
-            .bounded(deliveries.find(doc! { "event": { "$in": events } }))
-            .await?;
-        let found: Vec<Document> = self.bounded(cursor.try_collect()).await?;
-        Ok(found
-            .iter()
-            .filter_map(DeliveryRow::from_document)
-            .collect())
+        self.delivery_rows(doc! { "event": { "$in": events } }, None)
+            .await
     }
 
     /// The latest delivery records, newest alert first; only those not delivered when
@@ -694,21 +686,27 @@ impl Store {
         limit: i64,
         failing: bool,
     ) -> Result<Vec<DeliveryRow>, StoreError> {
-        use futures_util::TryStreamExt;
-        let deliveries = self.db.collection::<Document>(DELIVERIES);
         let filter = if failing {
             doc! { "status": { "$ne": "delivered" } }
         } else {
             doc! {}
         };
-        let cursor = self
-            .bounded(
-                deliveries
-                    .find(filter)
-                    .sort(doc! { "received_at": -1 })
-                    .limit(limit),
-            )
-            .await?;
+        self.delivery_rows(filter, Some(limit)).await
+    }
+
+    /// The delivery records matching `filter`; with a limit, the newest alerts' first.
+    async fn delivery_rows(
+        &self,
+        filter: Document,
+        newest: Option<i64>,
+    ) -> Result<Vec<DeliveryRow>, StoreError> {
+        use futures_util::TryStreamExt;
+        let deliveries = self.db.collection::<Document>(DELIVERIES);
+        let mut find = deliveries.find(filter);
+        if let Some(limit) = newest {
+            find = find.sort(doc! { "received_at": -1 }).limit(limit);
+        }
+        let cursor = self.bounded(find).await?;
         let found: Vec<Document> = self.bounded(cursor.try_collect()).await?;
         Ok(found
             .iter()

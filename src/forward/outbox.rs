@@ -11,14 +11,11 @@ use std::time::Duration;
 use redis::{
     AsyncCommands, Script, Value as RedisValue,
     aio::ConnectionManager,
-    streams::{
-        StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamRangeReply,
-        StreamReadOptions, StreamReadReply,
-    },
+    streams::{StreamId, StreamRangeReply},
 };
 
 use super::Job;
-use crate::queue::QueueError;
+use crate::queue::{Group, QueueError};
 
 pub const STREAM: &str = "webhook-deliveries";
 pub const GROUP: &str = "pyron-forwarders";
@@ -152,16 +149,15 @@ impl Outbox {
     }
 
     pub async fn ensure_group(&self) -> Result<(), QueueError> {
-        let mut conn = self.conn.clone();
-        let created: Result<String, QueueError> = bounded(
-            self.timeout,
-            conn.xgroup_create_mkstream(STREAM, GROUP, "0"),
-        )
-        .await;
-        match created {
-            Ok(_) => Ok(()),
-            Err(QueueError::Redis(err)) if err.code() == Some("BUSYGROUP") => Ok(()),
-            Err(err) => Err(err),
+        crate::queue::ensure_group(&mut self.conn.clone(), STREAM, GROUP, self.timeout).await
+    }
+
+    fn group(&self) -> Group<'_> {
+        Group {
+            stream: STREAM,
+            group: GROUP,
+            consumer: &self.name,
+            timeout: self.timeout,
         }
     }
 
@@ -173,42 +169,20 @@ impl Outbox {
         block: Duration,
         pending: Option<&str>,
     ) -> Result<Vec<Entry>, QueueError> {
-        let mut conn = self.reader.clone();
-        let mut options = StreamReadOptions::default()
-            .group(GROUP, &self.name)
-            .count(count);
-        if pending.is_none() {
-            options = options.block(block.as_millis() as usize);
-        }
-        let reply: Option<StreamReadReply> = bounded(
-            block + self.timeout,
-            conn.xread_options(&[STREAM], &[pending.unwrap_or(">")], &options),
-        )
-        .await?;
-        Ok(reply
-            .into_iter()
-            .flat_map(|r| r.keys)
-            .flat_map(|k| k.ids)
-            .map(Entry::from_stream)
-            .collect())
+        let entries = self
+            .group()
+            .read(&mut self.reader.clone(), count, block, pending)
+            .await?;
+        Ok(entries.into_iter().map(Entry::from_stream).collect())
     }
 
     /// Takes over entries another forwarder has held unacknowledged for `min_idle`.
     pub async fn claim(&self, min_idle: Duration, count: usize) -> Result<Vec<Entry>, QueueError> {
-        let mut conn = self.conn.clone();
-        let reply: StreamAutoClaimReply = bounded(
-            self.timeout,
-            conn.xautoclaim_options(
-                STREAM,
-                GROUP,
-                &self.name,
-                min_idle.as_millis() as u64,
-                "0-0",
-                StreamAutoClaimOptions::default().count(count),
-            ),
-        )
-        .await?;
-        Ok(reply.claimed.into_iter().map(Entry::from_stream).collect())
+        let entries = self
+            .group()
+            .claim(&mut self.conn.clone(), min_idle, count)
+            .await?;
+        Ok(entries.into_iter().map(Entry::from_stream).collect())
     }
 
     /// Claims these entries for this consumer again, which resets their idle time.

@@ -285,34 +285,11 @@ mod tests {
     }
 
     fn routing(route_template: Option<&str>) -> Routing {
-        let destination = |kind| RawDestination {
-            kind,
-            url: (kind == Kind::Http).then(|| "http://127.0.0.1:1/".into()),
-            chat_id: (kind == Kind::Telegram).then(|| "1".into()),
-            base_url: None,
-            secret_file: None,
-            headers: BTreeMap::new(),
-            timeout_ms: None,
-            rate_per_second: None,
-            max_attempts: None,
-            breaker_failures: None,
-            breaker_cooldown_ms: None,
-            template: None,
-        };
-        let route = RawRoute {
-            name: "btc".into(),
-            sources: vec![],
-            tickers: vec![],
-            actions: vec![],
-            strategies: vec![],
-            intervals: vec![],
-            destinations: vec!["chat".into()],
-            max_age_secs: None,
-            template: route_template.map(str::to_owned),
-        };
+        let mut route = RawRoute::example("btc", &["chat"]);
+        route.template = route_template.map(str::to_owned);
         Routing::from_raw(
             &[route],
-            &BTreeMap::from([("chat".to_owned(), destination(Kind::Telegram))]),
+            &BTreeMap::from([("chat".to_owned(), RawDestination::example(Kind::Telegram))]),
             &["default".to_owned()],
             None,
         )

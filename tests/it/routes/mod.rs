@@ -85,6 +85,17 @@ async fn records(app: &App, filter: bson::Document, n: usize) -> Vec<bson::Docum
     found
 }
 
+/// Runs `pyron-forwarder <args>`, which must succeed; answers what it printed.
+fn forwarder_command(app: &App, args: &[&str]) -> String {
+    let out = app.command("pyron-forwarder").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "pyron-forwarder {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Checks a signed request with the `standardwebhooks` package from PyPI.
 fn verify_with_standardwebhooks(secret: &str, request: &sink::Received) {
     let python = std::env::var_os("PYRON_TEST_PYTHON")
@@ -463,39 +474,22 @@ async fn a_delivery_that_cannot_be_made_in_time_expires_and_is_never_sent_late()
 
     // Expired deliveries are in the dead letters, and a replay "as it was" sends one now.
     sink.otherwise(Behaviour::status(200));
-    let listed = app
-        .command("pyron-forwarder")
-        .arg("dead-letters")
-        .output()
-        .unwrap();
-    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    let listed = forwarder_command(&app, &["dead-letters"]);
     assert!(
         listed.contains(&format!("{first}:orders:bridge"))
             && listed.contains("\"status\":\"expired\""),
         "{listed}"
     );
-    let replay = app
-        .command("pyron-forwarder")
-        .args(["replay", "--as-it-was", &format!("{first}:orders:bridge")])
-        .output()
-        .unwrap();
-    assert!(
-        replay.status.success(),
-        "{}",
-        String::from_utf8_lossy(&replay.stderr)
+    forwarder_command(
+        &app,
+        &["replay", "--as-it-was", &format!("{first}:orders:bridge")],
     );
     let replayed = records(&app, doc! { "event": &first, "status": "delivered" }, 1).await;
     assert_eq!(field(&replayed[0], "replay"), "as-it-was");
     // "now": re-checked against the routes, with a new deadline from the replay.
-    let replay = app
-        .command("pyron-forwarder")
-        .args(["replay", "--now", &format!("{stuck}:orders:bridge")])
-        .output()
-        .unwrap();
-    assert!(
-        replay.status.success(),
-        "{}",
-        String::from_utf8_lossy(&replay.stderr)
+    forwarder_command(
+        &app,
+        &["replay", "--now", &format!("{stuck}:orders:bridge")],
     );
     let replayed = records(&app, doc! { "event": &stuck, "status": "delivered" }, 1).await;
     assert_eq!(field(&replayed[0], "replay"), "now");
@@ -865,8 +859,8 @@ async fn the_dashboard_api_and_metrics_show_each_delivery_and_replay_a_dead_one(
     );
 }
 
-/// A CA of the test's own and client certificates: `client-<name>.pem` (certificate and
-/// key) for each common name, signed by the CA, and `stranger.pem`, self-signed.
+/// A CA of the test's own and client certificates: `<file>.pem` (certificate and key)
+/// for each common name, signed by the CA, and `stranger.pem`, self-signed.
 fn client_certificates(dir: &std::path::Path, names: &[(&str, &str)]) {
     let openssl = |args: &[&str]| {
         let out = std::process::Command::new("openssl")
@@ -874,29 +868,35 @@ fn client_certificates(dir: &std::path::Path, names: &[(&str, &str)]) {
             .current_dir(dir)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "openssl {args:?}: {err}");
     };
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=Pyron test client CA",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-    ]);
+    // An EC key and a request (or, `self_signed`, a certificate) for `subject`.
+    let new_key = |file: &str, subject: &str, self_signed: bool| {
+        let (key, out) = (format!("{file}.key"), format!("{file}.crt"));
+        let mut args = vec![
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ];
+        args.extend(["-nodes", "-subj", subject, "-keyout", &key]);
+        if self_signed {
+            args.extend(["-x509", "-days", "2", "-out", &out]);
+            openssl(&args);
+        } else {
+            let csr = format!("{file}.csr");
+            args.extend(["-out", &csr]);
+            openssl(&args);
+        }
+    };
+    // Certificate and key in one file, as reqwest's identity takes them.
+    let bundle = |file: &str| {
+        let read = |ext: &str| std::fs::read_to_string(dir.join(format!("{file}.{ext}"))).unwrap();
+        std::fs::write(dir.join(format!("{file}.pem")), read("crt") + &read("key")).unwrap();
+    };
+    new_key("ca", "/CN=Pyron test client CA", true);
     // Extensions make a version 3 certificate, the only kind rustls takes.
     std::fs::write(
         dir.join("client.ext"),
@@ -904,27 +904,15 @@ fn client_certificates(dir: &std::path::Path, names: &[(&str, &str)]) {
     )
     .unwrap();
     for (file, cn) in names {
-        openssl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-subj",
-            &format!("/CN={cn}/O=Test"),
-            "-keyout",
-            &format!("{file}.key"),
-            "-out",
-            &format!("{file}.csr"),
-        ]);
+        new_key(file, &format!("/CN={cn}/O=Test"), false);
+        let (csr, crt) = (format!("{file}.csr"), format!("{file}.crt"));
         openssl(&[
             "x509",
             "-req",
             "-in",
-            &format!("{file}.csr"),
+            &csr,
             "-CA",
-            "ca.pem",
+            "ca.crt",
             "-CAkey",
             "ca.key",
             "-CAcreateserial",
@@ -933,32 +921,12 @@ fn client_certificates(dir: &std::path::Path, names: &[(&str, &str)]) {
             "-days",
             "2",
             "-out",
-            &format!("{file}.crt"),
+            &crt,
         ]);
-        let pem = std::fs::read_to_string(dir.join(format!("{file}.crt"))).unwrap()
-            + &std::fs::read_to_string(dir.join(format!("{file}.key"))).unwrap();
-        std::fs::write(dir.join(format!("{file}.pem")), pem).unwrap();
+        bundle(file);
     }
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=TradingView Webhooks",
-        "-keyout",
-        "stranger.key",
-        "-out",
-        "stranger.crt",
-    ]);
-    let pem = std::fs::read_to_string(dir.join("stranger.crt")).unwrap()
-        + &std::fs::read_to_string(dir.join("stranger.key")).unwrap();
-    std::fs::write(dir.join("stranger.pem"), pem).unwrap();
+    new_key("stranger", "/CN=TradingView Webhooks", true);
+    bundle("stranger");
 }
 
 #[tokio::test]
@@ -984,7 +952,7 @@ async fn a_source_can_require_the_client_certificate_nginx_verified() {
     );
     let extra = format!(
         "\nssl_verify_client optional;\nssl_client_certificate {};\n",
-        dir.join("ca.pem").display()
+        dir.join("ca.crt").display()
     );
     let nginx = app.behind_nginx(&[("SERVER_EXTRA", &extra)]);
     let url = format!("https://localhost:{}/webhook", nginx.https_port);
