@@ -10,7 +10,9 @@ through TLS, and prints one table (also written as JSON):
      with its latency, its lag and the CPU each process used per 1,000 alerts;
   4. the ceiling: the same NGINX in front of a handler that answers 202 and stores
      nothing, and the ratio of (2) to it;
-  5. peak memory (VmHWM) of pyron-api and pyron-worker.
+  5. peak memory (VmHWM) of pyron-api and pyron-worker;
+and first the machine it ran on (CPU model, cores, memory, kernel): absolute figures hold
+for that machine only, ratios within one run (Pyron's CPU to NGINX's) travel better.
 
 usage: scripts/bench.py [--quick] [--json PATH]
        scripts/bench.py --rate N [--seconds S] [--route]
@@ -251,6 +253,11 @@ def lag_run(redis_port, url, rate, seconds, meter):
     drained = drain(redis_port, timeout=300)
     run["drain_s_after_run"] = round(time.time() - started - seconds, 1)
     run["cpu"] = meter.stop(run["ok"])
+    # Pyron's own processes against the NGINX in front of them, in the same run: a ratio
+    # that holds from one machine to another where absolute figures do not.
+    own = sum(v["cpu_s"] for name, v in run["cpu"].items() if name.startswith("pyron-"))
+    nginx = run["cpu"].get("nginx-pyron", {}).get("cpu_s")
+    run["pyron_cpu_to_nginx_cpu"] = round(own / nginx, 2) if nginx else None
     after, count_after = lag_histogram(redis_port)
     buckets = [a - b for a, b in zip(after, before)]
     count = count_after - count_before
@@ -287,6 +294,18 @@ def deliveries(log, expected, seconds, timeout=300):
     return {"delivered": len(lags), "expected": expected, "expired_or_dead": other,
             "per_second": round(len(lags) / seconds, 1),
             "p50_ms": q(0.50), "p99_ms": q(0.99), "max_ms": lags[-1] if lags else None}
+
+
+def machine():
+    """What the figures were measured on: CPU model, cores, memory, kernel."""
+    model = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    memory = next((int(line.split()[1]) // 1024 for line in Path("/proc/meminfo").read_text().splitlines()
+                   if line.startswith("MemTotal:")), None)
+    return {"cpu": model, "cores": os.cpu_count(), "memory_mib": memory, "kernel": os.uname().release}
 
 
 def vm_hwm(pid):
@@ -372,7 +391,7 @@ def main():
             say(f"{args.rate} alerts/s for {args.seconds} s through TLS"
                 + (", each delivered to a local HTTP sink" if args.route else ""))
             run, lag = lag_run(redis_port, pyron_url, args.rate, args.seconds, meter)
-            result = {"run": run, "lag": lag}
+            result = {"machine": {**machine(), "wire_server": wire}, "run": run, "lag": lag}
             if args.route:
                 result["deliveries"] = deliveries(work / "pyron-forwarder.log", run["ok"],
                                                   args.seconds)
@@ -401,7 +420,7 @@ def main():
         stack.stop()
 
     result = {
-        "machine": {"cores": os.cpu_count(), "wire_server": wire},
+        "machine": {**machine(), "wire_server": wire},
         "seed_target": seed,
         "sustained": best,
         "lag": lag,
@@ -438,7 +457,8 @@ def main():
          f"p99 {ms(goal['p99_ms'])}, {goal['errors']} errors of {goal['sent']}; "
          f"lag {lags(goal_lag)}"),
         ("   CPU per 1,000 alerts at that rate",
-         ", ".join(f"{name} {v['ms_per_1000_alerts']:.0f} ms" for name, v in cpu.items())),
+         ", ".join(f"{name} {v['ms_per_1000_alerts']:.0f} ms" for name, v in cpu.items())
+         + f"; Pyron's own to NGINX's: {goal['pyron_cpu_to_nginx_cpu']}x"),
         ("4. ceiling (NGINX + 202-only handler)",
          f"{ceiling['rps']:.0f}/s; Pyron at {result['ratio_to_ceiling']:.0%} of it"
          if best and ceiling else "–"),
@@ -446,7 +466,9 @@ def main():
          f"pyron-api {memory['pyron_api_mib']:.1f} MiB, pyron-worker {memory['pyron_worker_mib']:.1f} MiB"),
     ]
     width = max(len(r[0]) for r in rows)
-    print(f"Pyron benchmark ({os.cpu_count()} cores, {wire}, everything on this machine)")
+    m = result["machine"]
+    print(f"Pyron benchmark on {m['cpu']}, {m['cores']} cores, {m['memory_mib']} MiB, "
+          f"Linux {m['kernel']}; {wire}; everything on this machine")
     for name, value in rows:
         print(f"  {name:<{width}}  {value}")
     print(f"  (JSON: {args.json})")

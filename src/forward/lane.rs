@@ -174,6 +174,9 @@ pub struct Forwarder {
     client: reqwest::Client,
     lanes:
         Mutex<HashMap<LaneKey, mpsc::UnboundedSender<(Entry, tokio::sync::OwnedSemaphorePermit)>>>,
+    /// Per lane, the receipt time of the newest alert delivered: an older one that comes
+    /// after it (queued late, by the reconciler after a Redis outage) is not sent.
+    newest: Mutex<HashMap<LaneKey, i64>>,
     in_flight: Arc<Semaphore>,
     /// The stream entries in hand, kept claimed by this forwarder while they wait.
     in_hand: Arc<Mutex<std::collections::HashSet<String>>>,
@@ -239,6 +242,7 @@ impl Forwarder {
             routing,
             client: send::client(),
             lanes: Mutex::new(HashMap::new()),
+            newest: Mutex::new(HashMap::new()),
             in_flight: Arc::new(Semaphore::new(IN_FLIGHT)),
             in_hand,
             recorder,
@@ -455,6 +459,19 @@ impl Forwarder {
             },
             None => {}
         }
+        if job.replay.is_none()
+            && let Some(newest) = self.newest.lock().expect("newest lock").get(&job.lane())
+            && job.received_at < *newest
+        {
+            return Outcome::Expired {
+                attempts: 0,
+                code: None,
+                error: format!(
+                    "a signal received {} ms later was delivered first: an older one is not sent after it",
+                    newest - job.received_at
+                ),
+            };
+        }
         if let Some(found) = render::placeholder(&job) {
             return Outcome::Dead {
                 attempts: 0,
@@ -524,6 +541,9 @@ impl Forwarder {
             }
             match attempt {
                 Attempt::Delivered { code } => {
+                    let mut newest = self.newest.lock().expect("newest lock");
+                    let lane = newest.entry(job.lane()).or_insert(job.received_at);
+                    *lane = (*lane).max(job.received_at);
                     return Outcome::Delivered {
                         attempts,
                         code,

@@ -1025,3 +1025,43 @@ async fn a_source_can_require_the_client_certificate_nginx_verified() {
         "{sources:?}"
     );
 }
+
+#[tokio::test]
+async fn an_older_signal_queued_late_is_not_sent_after_a_newer_one() {
+    let _alone = crate::helpers::alone().await;
+    let sink = Sink::start().await;
+    let (mut app, _forwarder) = start(|_| http_route(&sink, "", "max_age_secs = 60")).await;
+    // Redis down: the buy is kept in MongoDB alone, for the reconciler to queue later.
+    app.stores.redis.kill();
+    let buy = post_json(&app, alert(TV_SECRET, "BTCUSDT", "buy", 1.0)).await;
+    let buy = buy["id"].as_str().unwrap().to_owned();
+    app.stores.start_redis_again();
+    // pyron-api skips Redis for a second after a failure: probe (another ticker, another
+    // lane) until an alert goes to the queue again, well within the reconciler's grace.
+    wait_until("pyron-api to queue in Redis again", async || {
+        let probe = post_json(&app, alert(TV_SECRET, "PROBEUSDT", "buy", 0.0)).await;
+        let id = probe["id"].as_str().unwrap().to_owned();
+        app.api_log()
+            .lines()
+            .any(|l| l.contains(&id) && l.contains("queued") && !l.contains("unqueued"))
+    })
+    .await;
+    // The sell, received after the buy, is queued at once and delivered first.
+    let sell = post_json(&app, alert(TV_SECRET, "BTCUSDT", "sell", 2.0)).await;
+    let sell = sell["id"].as_str().unwrap().to_owned();
+    records(&app, doc! { "event": &sell, "status": "delivered" }, 1).await;
+    // The buy, queued by the reconciler seconds later, is never sent after it.
+    let late = records(&app, doc! { "event": &buy, "status": "expired" }, 1).await;
+    assert!(
+        field(&late[0], "last_error").contains("was delivered first"),
+        "{late:?}"
+    );
+    let sent: Vec<Value> = sink
+        .delivered()
+        .iter()
+        .map(|r| r.json())
+        .filter(|body| body["signal"]["ticker"] == "BTCUSDT")
+        .map(|body| body["event_id"].clone())
+        .collect();
+    assert_eq!(sent, [json!(sell)]);
+}
