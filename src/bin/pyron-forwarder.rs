@@ -54,7 +54,8 @@ fn parse(args: &[String]) -> Result<Command, String> {
     }
 }
 
-#[tokio::main]
+/// One thread, like pyron-api and pyron-worker: its lanes wait on the network, not the CPU.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let command = match parse(&args) {
