@@ -210,8 +210,9 @@ async fn a_strategy_alert_reaches_a_signed_endpoint_telegram_discord_and_slack()
     assert_eq!(slack.json(), json!({"text": text}));
 
     // The records name the source; the deliveries say what happened.
-    let jobs = app.docs("jobs", doc! { "_id": &id }).await;
-    let audits = app.docs("audit", doc! { "_id": &id }).await;
+    // A delivery does not wait for the records: wait for them here.
+    let jobs = app.wait_for_docs("jobs", doc! { "_id": &id }, 1).await;
+    let audits = app.wait_for_docs("audit", doc! { "_id": &id }, 1).await;
     assert_eq!(field(&audits[0], "source"), "tradingview");
     assert_eq!(jobs.len(), 1);
     for record in &delivered {
@@ -296,6 +297,7 @@ async fn the_source_is_told_by_its_secret_and_a_wrong_one_writes_nothing() {
     let mut names: Vec<&str> = sources.iter().map(|r| field(r, "source")).collect();
     names.sort();
     assert_eq!(names, ["bot", "default"]);
+    app.wait_for_docs("audit", doc! {}, 2).await;
     assert_eq!(app.count("audit").await, 2);
     assert_eq!(sink.delivered().len(), 2);
 
@@ -652,6 +654,8 @@ async fn an_unexpanded_placeholder_is_never_sent_as_a_value() {
     );
     assert!(sink.received().is_empty());
     // The dashboard shows the placeholder as it came, and the delivery's fate.
+    app.wait_for_docs("jobs", doc! { "_id": &id }, 1).await;
+    app.wait_for_docs("audit", doc! { "_id": &id }, 1).await;
     let events: Value = app
         .http
         .get(app.url("/api/events?limit=5"))
@@ -749,6 +753,9 @@ async fn the_dashboard_api_and_metrics_show_each_delivery_and_replay_a_dead_one(
     };
 
     // Each alert's row says what became of its deliveries.
+    // Deliveries go before the records are written: wait for both alerts' records.
+    app.wait_for_docs("jobs", doc! {}, 2).await;
+    app.wait_for_docs("audit", doc! {}, 2).await;
     let events = get("/api/events?limit=10").await;
     let fate = |id: &str| {
         let row = events
@@ -1013,10 +1020,11 @@ async fn a_source_can_require_the_client_certificate_nginx_verified() {
         .await
         .unwrap();
     assert_eq!(response.status(), 202);
+    // Audit records are written off the request path: wait for both, then no more.
+    let audits = app.wait_for_docs("audit", doc! {}, 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(app.count("audit").await, 2);
-    let sources: Vec<String> = app
-        .docs("audit", doc! {})
-        .await
+    let sources: Vec<String> = audits
         .iter()
         .map(|d| field(d, "source").to_owned())
         .collect();
