@@ -1,4 +1,4 @@
-# The pyron package (both binaries) and its clippy check, built with crane from
+# The pyron package (its three binaries) and its clippy check, built with crane from
 # Cargo.lock: dependencies are built once into their own derivation and reused.
 { pkgs, craneLib }:
 
