@@ -262,6 +262,12 @@ in
               default = null;
               description = "The JSON field whose value makes this source's alerts' idempotency key.";
             };
+            maxAgeSecs = mkOption {
+              type = types.nullOr types.ints.positive;
+              default = null;
+              example = 30;
+              description = "The maximum age of this source's deliveries, for routes that set none.";
+            };
             clientCertificate = mkOption {
               type = types.nullOr types.str;
               default = null;

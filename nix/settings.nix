@@ -35,6 +35,7 @@ let
       allowed_senders = s.allowedSenders or null;
       idempotency_field = s.idempotencyField or null;
       client_certificate = s.clientCertificate or null;
+      max_age_secs = s.maxAgeSecs or null;
     };
   destination = d: nonNull (builtins.removeAttrs d [ "secretFile" ]);
 in

@@ -55,7 +55,7 @@ check customised '{ redisSocket = "/run/redis-pyron/redis.sock"; mongoPort = 270
   settings = { log = "info,pyron=debug"; body_limit = 131072; worker_batch_size = 200; }; }'
 check external '{ redisSocket = null; mongoPort = null; }'
 check routes '{ redisSocket = "/run/redis-pyron/redis.sock";
-  sources.tradingview = { secretFile = "/s"; allowedSenders = [ "52.89.214.238" ]; clientCertificate = "TradingView Webhooks"; idempotencyField = null; };
+  sources.tradingview = { secretFile = "/s"; allowedSenders = [ "52.89.214.238" ]; clientCertificate = "TradingView Webhooks"; idempotencyField = null; maxAgeSecs = 30; };
   destinations = { bridge = { kind = "http"; url = "https://bridge.example.com/orders"; secretFile = "/b"; headers = { X-Account = "7"; }; };
                    me = { kind = "telegram"; chat_id = "123456789"; secretFile = "/t"; rate_per_second = 1; }; };
   routes = [ { name = "orders"; sources = [ "tradingview" ]; tickers = [ "BTC*" ]; destinations = [ "bridge" "me" ]; max_age_secs = 30; template = null; } ]; }'

@@ -506,6 +506,7 @@ fn sources(
             allowed_senders: None,
             idempotency_field: None,
             client_certificate: None,
+            max_age: None,
         });
     }
     for (i, declared) in raw.sources.iter().enumerate() {
@@ -565,12 +566,16 @@ fn sources(
                 "must not be empty when set".into(),
             ));
         }
+        if declared.max_age_secs == Some(0) {
+            return Err(named("max_age_secs", "must be at least 1".into()));
+        }
         list.push(Source {
             name: declared.name.clone(),
             secret,
             allowed_senders,
             idempotency_field: declared.idempotency_field.clone(),
             client_certificate: declared.client_certificate.clone(),
+            max_age: declared.max_age_secs.map(Duration::from_secs),
         });
     }
     if role == Role::Api {
@@ -646,10 +651,19 @@ fn routing(
         };
     let secrets: Option<crate::route::SecretReader<'_>> =
         (role == Role::Forwarder).then_some(&read);
-    Routing::from_raw(&raw.routes, &raw.destinations, &names, secrets).map_err(|e| ConfigError {
-        key: format!("`{}`", e.key),
-        message: e.message,
-    })
+    let mut routing =
+        Routing::from_raw(&raw.routes, &raw.destinations, &names, secrets).map_err(|e| {
+            ConfigError {
+                key: format!("`{}`", e.key),
+                message: e.message,
+            }
+        })?;
+    routing.source_max_age = intake
+        .sources
+        .iter()
+        .filter_map(|s| Some((s.name.clone(), s.max_age?)))
+        .collect();
+    Ok(routing)
 }
 
 impl ForwarderConfig {
@@ -1070,6 +1084,71 @@ mod tests {
             )?;
             let err = load(jail, Role::Api).unwrap_err();
             assert!(err.to_string().contains("bodylimit"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn sources_come_from_the_file_with_their_secrets_and_bad_ones_name_the_key() {
+        Jail::expect_with(|jail| {
+            jail.create_file("tv.secret", "tradingview-secret-1\n")?;
+            jail.create_file("bot.secret", "bot-secret-000002")?;
+            let dir = jail.directory().to_owned();
+            let source = |name: &str, file: &str, extra: &str| {
+                format!(
+                    "[[sources]]\nname = \"{name}\"\nsecret_file = {:?}\n{extra}\n",
+                    dir.join(file)
+                )
+            };
+            jail.create_file(
+                "pyron.toml",
+                &(source(
+                    "tradingview",
+                    "tv.secret",
+                    "max_age_secs = 30\nallowed_senders = [\"52.89.214.238\"]",
+                ) + &source("bot", "bot.secret", "idempotency_field = \"signal_id\"")),
+            )?;
+            jail.set_env("PYRON_WEBHOOK_TOKEN", "0123456789abcdef");
+            let config = load(jail, Role::Api).unwrap();
+            let names: Vec<&str> = config
+                .intake
+                .sources
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect();
+            assert_eq!(names, ["default", "tradingview", "bot"]);
+            assert_eq!(
+                config
+                    .intake
+                    .sources
+                    .identify(b"tradingview-secret-1")
+                    .unwrap()
+                    .name,
+                "tradingview"
+            );
+            assert_eq!(
+                config.routing.source_max_age.get("tradingview"),
+                Some(&Duration::from_secs(30))
+            );
+            // The worker knows the sources by name, without reading their secrets.
+            std::fs::remove_file(dir.join("bot.secret")).unwrap();
+            assert!(load(jail, Role::Worker).is_ok());
+            let err = load(jail, Role::Api).unwrap_err();
+            assert_eq!(err.key, "`sources[1].secret_file`");
+
+            let refused = |toml: String| {
+                jail.create_file("pyron.toml", &toml).unwrap();
+                load(jail, Role::Api).unwrap_err()
+            };
+            let err = refused(source("default", "tv.secret", ""));
+            assert_eq!(err.key, "`sources[0].name`");
+            let err = refused(source("a", "tv.secret", "") + &source("a", "tv.secret", ""));
+            assert_eq!(err.key, "`sources[1].name`");
+            jail.create_file("same.secret", "tradingview-secret-1")?;
+            let err = refused(source("a", "tv.secret", "") + &source("b", "same.secret", ""));
+            assert!(err.message.contains("share a secret"), "{err}");
+            let err = refused(source("a", "tv.secret", "max_age_secs = 0"));
+            assert_eq!(err.key, "`sources[0].max_age_secs`");
             Ok(())
         });
     }

@@ -600,6 +600,7 @@ mod tests {
                     allowed_senders: None,
                     idempotency_field: None,
                     client_certificate: None,
+                    max_age: None,
                 })
                 .collect(),
         )

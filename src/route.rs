@@ -77,6 +77,9 @@ pub struct RawSource {
     pub idempotency_field: Option<String>,
     #[serde(default)]
     pub client_certificate: Option<String>,
+    /// The maximum age of this source's deliveries, for routes that set none.
+    #[serde(default)]
+    pub max_age_secs: Option<u64>,
 }
 
 /// `[destinations.<name>]` as written in the TOML file.
@@ -176,6 +179,8 @@ pub struct Route {
 pub struct Routing {
     pub routes: Vec<Route>,
     pub destinations: BTreeMap<String, Destination>,
+    /// Sources' own maximum ages (`[[sources]] max_age_secs`), for routes without one.
+    pub source_max_age: BTreeMap<String, Duration>,
 }
 
 /// One delivery a processed alert owes.
@@ -294,6 +299,7 @@ impl Routing {
         Ok(Routing {
             routes: checked,
             destinations: built,
+            source_max_age: BTreeMap::new(),
         })
     }
 
@@ -306,10 +312,15 @@ impl Routing {
             }
             for name in &route.destinations {
                 let destination = &self.destinations[name];
+                // The route's own, else the source's, else the destination kind's.
+                let max_age = route
+                    .max_age
+                    .or_else(|| self.source_max_age.get(source).copied())
+                    .unwrap_or(destination.kind.default_max_age());
                 found.push(Match {
                     route,
                     destination,
-                    max_age: route.max_age.unwrap_or(destination.kind.default_max_age()),
+                    max_age,
                 });
             }
         }
@@ -631,6 +642,29 @@ mod tests {
             names(routing.matches("tradingview", &Signal::default())),
             ["all:chat:600"]
         );
+    }
+
+    #[test]
+    fn a_route_s_max_age_wins_over_its_source_s_which_wins_over_the_default() {
+        let destinations = BTreeMap::from([("chat".to_owned(), raw_destination(Kind::Telegram))]);
+        let mut timed = route("timed", &["chat"]);
+        timed.max_age_secs = Some(5);
+        let untimed = route("untimed", &["chat"]);
+        let sources = vec!["default".to_owned(), "tradingview".to_owned()];
+        let mut routing =
+            Routing::from_raw(&[timed, untimed], &destinations, &sources, None).unwrap();
+        routing
+            .source_max_age
+            .insert("tradingview".into(), Duration::from_secs(30));
+        let ages = |source: &str| {
+            routing
+                .matches(source, &signal("BTCUSDT", "buy"))
+                .iter()
+                .map(|m| m.max_age.as_secs())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ages("tradingview"), [5, 30]);
+        assert_eq!(ages("default"), [5, 600]);
     }
 
     #[test]

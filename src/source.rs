@@ -34,6 +34,8 @@ pub struct Source {
     pub idempotency_field: Option<String>,
     /// When set, the common name of the client certificate NGINX must have verified.
     pub client_certificate: Option<String>,
+    /// The maximum age of its deliveries, for routes that set none.
+    pub max_age: Option<std::time::Duration>,
 }
 
 /// What a request can show besides its secret.
@@ -82,6 +84,7 @@ impl Sources {
             allowed_senders: None,
             idempotency_field: None,
             client_certificate: None,
+            max_age: None,
         }])
     }
 
@@ -174,6 +177,7 @@ mod tests {
             allowed_senders: None,
             idempotency_field: None,
             client_certificate: None,
+            max_age: None,
         }
     }
 
