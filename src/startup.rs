@@ -299,6 +299,22 @@ async fn reach_stores(state: Arc<AppState>, stop: CancellationToken) {
     }
 }
 
+/// MongoDB, for a process that cannot work without it (pyron-worker, pyron-forwarder):
+/// connected and answering, however long that takes.
+pub async fn wait_for_mongo(config: &Config) -> Store {
+    wait_for("MongoDB", async || {
+        let store = Store::connect(
+            config.mongo.uri.expose(),
+            &config.mongo.db,
+            config.worker.write_timeout,
+        )
+        .await?;
+        store.ping().await?;
+        Ok::<_, StoreError>(store)
+    })
+    .await
+}
+
 /// Retries `attempt` until it succeeds, backing off up to two seconds, saying why it
 /// waits in the log and in systemd's status line.
 pub async fn wait_for<T, E: Display>(what: &str, attempt: impl AsyncFnMut() -> Result<T, E>) -> T {

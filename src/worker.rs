@@ -28,8 +28,7 @@ use crate::{
     config::Config,
     delivery::settle::{Retries, SettleError, Settler, Totals},
     queue::{Consumer, QueueError},
-    startup::wait_for,
-    store::{Store, StoreError},
+    startup::{wait_for, wait_for_mongo},
     systemd::Heartbeat,
 };
 
@@ -65,17 +64,7 @@ impl Worker {
             Ok::<_, QueueError>(consumer)
         })
         .await;
-        let store = wait_for("MongoDB", async || {
-            let store = Store::connect(
-                config.mongo.uri.expose(),
-                &config.mongo.db,
-                config.worker.write_timeout,
-            )
-            .await?;
-            store.ping().await?;
-            Ok::<_, StoreError>(store)
-        })
-        .await;
+        let store = wait_for_mongo(config).await;
         let heartbeat = Heartbeat::default();
         heartbeat.beat();
         Worker {

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     Job,
     outbox::{Entry, Outbox},
-    record::{Outcome, Recorder, Update},
+    record::{InHand, Outcome, Recorder, Update},
     render::{self, Renderer},
     send::{self, Attempt},
     sign::SigningKey,
@@ -33,8 +33,8 @@ use crate::{
     config::Config,
     queue::QueueError,
     route::{Destination, Routing},
-    startup::wait_for,
-    store::{Store, StoreError},
+    startup::{wait_for, wait_for_mongo},
+    store::Store,
     systemd::Heartbeat,
 };
 
@@ -42,6 +42,8 @@ use crate::{
 const IN_FLIGHT: usize = 20_000;
 /// Entries read per turn.
 const BATCH: usize = 500;
+/// How long one read waits for new entries.
+const READ_BLOCK: Duration = Duration::from_secs(1);
 /// The longest an open breaker stays open.
 const MAX_COOLDOWN: Duration = Duration::from_secs(300);
 /// First and longest wait between attempts, before jitter.
@@ -179,7 +181,7 @@ pub struct Forwarder {
     newest: Mutex<HashMap<LaneKey, i64>>,
     in_flight: Arc<Semaphore>,
     /// The stream entries in hand, kept claimed by this forwarder while they wait.
-    in_hand: Arc<Mutex<std::collections::HashSet<String>>>,
+    in_hand: InHand,
     recorder: Recorder,
     claim_idle: Duration,
     pub heartbeat: Heartbeat,
@@ -212,27 +214,19 @@ impl Forwarder {
         }
         let timeout = config.intake.store_timeout.max(Duration::from_secs(2));
         let outbox = wait_for("Redis", async || {
-            let conn = crate::queue::manager(config.redis.url.expose(), timeout).await?;
-            let reader =
-                crate::queue::manager(config.redis.url.expose(), timeout + Duration::from_secs(1))
-                    .await?;
-            let outbox = Outbox::new(conn, reader, timeout, &config.forwarder.consumer);
+            let outbox = Outbox::connect(
+                config.redis.url.expose(),
+                &config.forwarder.consumer,
+                timeout,
+                READ_BLOCK,
+            )
+            .await?;
             outbox.ensure_group().await?;
             Ok::<_, QueueError>(outbox)
         })
         .await;
-        let store = wait_for("MongoDB", async || {
-            let store = Store::connect(
-                config.mongo.uri.expose(),
-                &config.mongo.db,
-                config.worker.write_timeout,
-            )
-            .await?;
-            store.ping().await?;
-            Ok::<_, StoreError>(store)
-        })
-        .await;
-        let in_hand: Arc<Mutex<std::collections::HashSet<String>>> = Default::default();
+        let store = wait_for_mongo(config).await;
+        let in_hand = InHand::default();
         let recorder = Recorder::spawn(outbox.clone(), store.clone(), in_hand.clone());
         Ok(Arc::new(Forwarder {
             outbox,
@@ -312,7 +306,7 @@ impl Forwarder {
                 (self.outbox.claim(self.claim_idle, BATCH).await, true)
             } else {
                 tokio::select! {
-                    read = self.outbox.read(BATCH, Duration::from_secs(1), None) => (read, false),
+                    read = self.outbox.read(BATCH, READ_BLOCK, None) => (read, false),
                     () = stop.cancelled() => break,
                 }
             };

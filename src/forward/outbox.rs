@@ -126,18 +126,19 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    pub fn new(
-        conn: ConnectionManager,
-        reader: ConnectionManager,
-        timeout: Duration,
+    /// Connects; blocking reads get a connection of their own, as the worker's do.
+    pub async fn connect(
+        url: &str,
         name: &str,
-    ) -> Self {
-        Outbox {
-            conn,
-            reader,
+        timeout: Duration,
+        block: Duration,
+    ) -> Result<Self, QueueError> {
+        Ok(Outbox {
+            conn: crate::queue::manager(url, timeout).await?,
+            reader: crate::queue::manager(url, block + timeout).await?,
             timeout,
             name: name.to_owned(),
-        }
+        })
     }
 
     pub fn name(&self) -> &str {

@@ -85,6 +85,19 @@ async fn records(app: &App, filter: bson::Document, n: usize) -> Vec<bson::Docum
     found
 }
 
+/// `GET path` with the admin token, which must answer 200.
+async fn admin_get(app: &App, path: &str) -> reqwest::Response {
+    let response = app
+        .http
+        .get(app.url(path))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{path}");
+    response
+}
+
 /// Runs `pyron-forwarder <args>`, which must succeed; answers what it printed.
 fn forwarder_command(app: &App, args: &[&str]) -> String {
     let out = app.command("pyron-forwarder").args(args).output().unwrap();
@@ -656,13 +669,8 @@ async fn an_unexpanded_placeholder_is_never_sent_as_a_value() {
     // The dashboard shows the placeholder as it came, and the delivery's fate.
     app.wait_for_docs("jobs", doc! { "_id": &id }, 1).await;
     app.wait_for_docs("audit", doc! { "_id": &id }, 1).await;
-    let events: Value = app
-        .http
-        .get(app.url("/api/events?limit=5"))
-        .bearer_auth(ADMIN)
-        .send()
+    let events: Value = admin_get(&app, "/api/events?limit=5")
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -740,17 +748,7 @@ async fn the_dashboard_api_and_metrics_show_each_delivery_and_replay_a_dead_one(
         .to_owned();
     records(&app, doc! { "event": &refused, "status": "dead" }, 1).await;
     records(&app, doc! { "event": &delivered, "status": "delivered" }, 1).await;
-    let get = async |path: &str| -> Value {
-        let response = app
-            .http
-            .get(app.url(path))
-            .bearer_auth(ADMIN)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200, "{path}");
-        response.json().await.unwrap()
-    };
+    let get = async |path: &str| -> Value { admin_get(&app, path).await.json().await.unwrap() };
 
     // Each alert's row says what became of its deliveries.
     // Deliveries go before the records are written: wait for both alerts' records.
@@ -798,16 +796,7 @@ async fn the_dashboard_api_and_metrics_show_each_delivery_and_replay_a_dead_one(
     assert_eq!(dead[0]["status"], "dead");
 
     // Counts, attempts, breaker and latency in /metrics.
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = admin_get(&app, "/metrics").await.text().await.unwrap();
     for line in [
         "pyron_deliveries_total{destination=\"bridge\",status=\"delivered\"} 1",
         "pyron_deliveries_total{destination=\"bridge\",status=\"dead\"} 1",
@@ -822,16 +811,7 @@ async fn the_dashboard_api_and_metrics_show_each_delivery_and_replay_a_dead_one(
     }
 
     // The page lists the destination and the dead delivery with its two replays.
-    let page = app
-        .http
-        .get(app.url("/"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = admin_get(&app, "/").await.text().await.unwrap();
     assert!(
         page.contains("Deliveries per destination")
             && page.contains(&format!("data-redeliver=\"{dead_id}\"")),
@@ -839,23 +819,17 @@ async fn the_dashboard_api_and_metrics_show_each_delivery_and_replay_a_dead_one(
     );
 
     // Replay "as it was" through the API: delivered now.
-    let bad = app
-        .http
-        .post(app.url("/api/deliveries/replay"))
-        .bearer_auth(ADMIN)
-        .json(&json!({"ids": [dead_id], "mode": "later"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(bad.status(), 400);
-    let replay = app
-        .http
-        .post(app.url("/api/deliveries/replay"))
-        .bearer_auth(ADMIN)
-        .json(&json!({"ids": [dead_id], "mode": "as-it-was"}))
-        .send()
-        .await
-        .unwrap();
+    let replay = async |mode: &str| {
+        app.http
+            .post(app.url("/api/deliveries/replay"))
+            .bearer_auth(ADMIN)
+            .json(&json!({"ids": [dead_id], "mode": mode}))
+            .send()
+            .await
+            .unwrap()
+    };
+    assert_eq!(replay("later").await.status(), 400);
+    let replay = replay("as-it-was").await;
     assert_eq!(replay.status(), 202);
     assert_eq!(replay.json::<Value>().await.unwrap()["replayed"], 1);
     let replayed = records(&app, doc! { "event": &refused, "status": "delivered" }, 1).await;
