@@ -661,18 +661,7 @@ impl Consumer {
 
 impl Delivery {
     fn from_entry(entry: StreamId) -> Delivery {
-        let fields: Vec<(String, String)> = entry
-            .map
-            .into_iter()
-            .map(|(k, v)| {
-                let v = match v {
-                    RedisValue::BulkString(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-                    RedisValue::SimpleString(s) => s,
-                    other => format!("{other:?}"),
-                };
-                (k, v)
-            })
-            .collect();
+        let fields = entry_fields(&entry);
         let alert = read_job(&fields);
         let duplicate_of = fields
             .iter()
@@ -856,6 +845,22 @@ impl Group<'_> {
         .await?;
         Ok(reply.claimed)
     }
+}
+
+/// A stream entry's fields as text, in order.
+pub fn entry_fields(entry: &StreamId) -> Vec<(String, String)> {
+    entry
+        .map
+        .iter()
+        .map(|(k, v)| {
+            let v = match v {
+                RedisValue::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+                RedisValue::SimpleString(s) => s.clone(),
+                other => format!("{other:?}"),
+            };
+            (k.clone(), v)
+        })
+        .collect()
 }
 
 /// A connection manager whose commands give up after `response_timeout`.

@@ -15,7 +15,7 @@ use redis::{
 };
 
 use super::Job;
-use crate::queue::{Group, QueueError};
+use crate::queue::{Group, QueueError, entry_fields};
 
 pub const STREAM: &str = "webhook-deliveries";
 pub const GROUP: &str = "pyron-forwarders";
@@ -283,7 +283,7 @@ pub async fn dead_letters(
         .ids
         .into_iter()
         .map(|entry| {
-            let fields = fields(&entry);
+            let fields = entry_fields(&entry);
             let get = |k: &str| fields.iter().find(|(f, _)| f == k).map(|(_, v)| v.clone());
             DeadDelivery {
                 entry: entry.id.clone(),
@@ -333,24 +333,9 @@ pub async fn replay(
     Ok(moved)
 }
 
-fn fields(entry: &StreamId) -> Vec<(String, String)> {
-    entry
-        .map
-        .iter()
-        .map(|(k, v)| {
-            let v = match v {
-                RedisValue::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
-                RedisValue::SimpleString(s) => s.clone(),
-                other => format!("{other:?}"),
-            };
-            (k.clone(), v)
-        })
-        .collect()
-}
-
 impl Entry {
     fn from_stream(entry: StreamId) -> Entry {
-        let fields = fields(&entry);
+        let fields = entry_fields(&entry);
         let raw = fields
             .iter()
             .find(|(k, _)| k == FIELD)
