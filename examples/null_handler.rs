@@ -1,16 +1,20 @@
 //! The benchmark's ceiling: an HTTP server that answers every request with pyron-api's
 //! 202 and stores nothing. `scripts/bench.py` puts the same NGINX in front of it that it
-//! puts in front of Pyron, so the ratio of the two shows what storing costs.
+//! puts in front of Pyron, so the ratio of the two shows what storing costs; it is also
+//! the local sink the benchmark's route delivers to.
 //!
-//! usage: cargo run --release --example null_handler -- 127.0.0.1:9000
+//! usage: cargo run --release --example null_handler -- ADDR [ADDR ...]
+//! where each ADDR is host:port or unix:/path (default 127.0.0.1:9000).
 
 use axum::{Router, http::StatusCode, routing::post};
+use tokio::net::{TcpListener, UnixListener};
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:9000".into());
+    let mut addrs: Vec<String> = std::env::args().skip(1).collect();
+    if addrs.is_empty() {
+        addrs.push("127.0.0.1:9000".into());
+    }
     let answer = || async {
         (
             StatusCode::ACCEPTED,
@@ -21,6 +25,19 @@ async fn main() {
     let app = Router::new()
         .route("/webhook", post(answer))
         .route("/webhook/{token}", post(answer));
-    let listener = tokio::net::TcpListener::bind(&addr).await.expect("bind");
-    axum::serve(listener, app).await.expect("serve");
+    let mut servers = tokio::task::JoinSet::new();
+    for addr in addrs {
+        let app = app.clone();
+        if let Some(path) = addr.strip_prefix("unix:") {
+            let _ = std::fs::remove_file(path);
+            let listener = UnixListener::bind(path).expect("bind");
+            servers.spawn(async move { axum::serve(listener, app).await });
+        } else {
+            let listener = TcpListener::bind(&addr).await.expect("bind");
+            servers.spawn(async move { axum::serve(listener, app).await });
+        }
+    }
+    while let Some(served) = servers.join_next().await {
+        served.expect("server task").expect("serve");
+    }
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Pyron's benchmark: starts the whole stack on this machine (NGINX with TLS, pyron-api,
-pyron-worker, Redis with appendfsync always, the MongoDB wire server), drives it with oha
-through TLS, and prints one table (also written as JSON):
+pyron-worker, Redis with appendfsync always, the MongoDB wire server), wired as the NixOS
+module wires them (NGINX to pyron-api, and Pyron to Redis, over unix sockets; MongoDB on
+loopback TCP), drives it with oha through TLS, and prints one table (also written as JSON):
 
   1. the seed's target load (1,000 requests a minute) for 60 s: avg, p95, p99, errors;
   2. the highest sustained rate with p99 <= 50 ms and no errors;
@@ -50,6 +51,22 @@ BODY = json.dumps({
 
 def say(message):
     print(f"==> {message}", file=sys.stderr, flush=True)
+
+
+def wait_socket(path, what, proc, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"{what} exited with {proc.returncode}")
+        try:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(str(path))
+            # NGINX's workers run as another user when the benchmark runs as root.
+            os.chmod(path, 0o666)
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"{what} did not listen on {path}")
 
 
 def free_port():
@@ -335,15 +352,21 @@ def main():
                     "--quiet"], cwd=ROOT, check=True)
 
     work = Path(tempfile.mkdtemp(prefix="pyron-bench-"))
+    work.chmod(0o755)
     stack = Stack(work)
     try:
         cert, key = work / "cert.pem", work / "key.pem"
         subprocess.run([str(ROOT / "scripts/dev-cert.sh"), str(work)], check=True,
                        capture_output=True)
-        redis_port, mongo_port, api_port, null_port = (free_port() for _ in range(4))
+        redis_port, mongo_port, null_port = (free_port() for _ in range(3))
         (work / "redis").mkdir()
+        # As the NixOS module deploys it: pyron-api behind NGINX on a unix socket, Redis
+        # reached on its unix socket (the port stays open for redis-cli).
+        redis_socket, api_socket, null_socket = (work / "redis.sock", work / "api.sock",
+                                                  work / "null.sock")
         redis = stack.spawn("redis", ["redis-server", str(ROOT / "dev/redis.conf"), "--port",
-                                      str(redis_port), "--dir", str(work / "redis")])
+                                      str(redis_port), "--unixsocket", str(redis_socket),
+                                      "--unixsocketperm", "700", "--dir", str(work / "redis")])
         wait_port(redis_port, "redis", redis)
         (work / "mongo").mkdir()
         if shutil.which("mongod"):
@@ -363,24 +386,26 @@ def main():
                 f"url = \"http://127.0.0.1:{null_port}/webhook/sink\"\n"
                 f"secret_file = \"{work / 'signing'}\"\n\n"
                 "[[routes]]\nname = \"all\"\ndestinations = [\"sink\"]\n")
-        env = {"PATH": os.environ["PATH"], "PYRON_BIND": f"127.0.0.1:{api_port}",
-               "REDIS_PORT": str(redis_port), "MONGO_URI": f"mongodb://127.0.0.1:{mongo_port}",
+        env = {"PATH": os.environ["PATH"], "PYRON_BIND": f"unix:{api_socket}",
+               "PYRON_REDIS_URL": f"redis+unix://{redis_socket}", "MONGO_URI": f"mongodb://127.0.0.1:{mongo_port}",
                "PYRON_WEBHOOK_TOKEN": TOKEN, "PYRON_LOG": "warn", **{k: v for k, v in os.environ.items() if k.startswith("PYRON_WORKER_")}}
         if args.route:
             env["PYRON_CONFIG"] = str(work / "pyron.toml")
         api = stack.spawn("pyron-api", [str(ROOT / "target/release/pyron-api")], env)
-        wait_port(api_port, "pyron-api", api)
+        wait_socket(api_socket, "pyron-api", api)
         worker = stack.spawn("pyron-worker", [str(ROOT / "target/release/pyron-worker")], env)
+        # The ceiling's handler on a unix socket as pyron-api is; the route's sink on TCP.
         null = stack.spawn("null-handler", [str(ROOT / "target/release/examples/null_handler"),
-                                            f"127.0.0.1:{null_port}"])
+                                            f"unix:{null_socket}", f"127.0.0.1:{null_port}"])
         wait_port(null_port, "null handler", null)
+        wait_socket(null_socket, "null handler", null)
         if args.route:
             # Info level: its line per delivery carries the receipt-to-delivery time.
             stack.spawn("pyron-forwarder", [str(ROOT / "target/release/pyron-forwarder")],
                         {**env, "PYRON_LOG": "warn,pyron::forward::record=info",
                          "PYRON_LOG_FORMAT": "json"})
-        pyron_tls = stack.nginx("nginx-pyron", f"127.0.0.1:{api_port}", cert, key)
-        null_tls = stack.nginx("nginx-null", f"127.0.0.1:{null_port}", cert, key)
+        pyron_tls = stack.nginx("nginx-pyron", f"unix:{api_socket}", cert, key)
+        null_tls = stack.nginx("nginx-null", f"unix:{null_socket}", cert, key)
         pyron_url = f"https://localhost:{pyron_tls}/webhook/{TOKEN}"
         null_url = f"https://localhost:{null_tls}/webhook/{TOKEN}"
         time.sleep(1)
