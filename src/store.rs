@@ -463,7 +463,7 @@ impl Store {
     pub async fn recent(&self, limit: i64) -> Result<Vec<EventRow>, StoreError> {
         use futures_util::TryStreamExt;
         let audit: Collection<Document> = self.db.collection(AUDIT);
-        let projection = doc! { "_id": 1, "received_at": 1, "status": 1, "kind": 1, "duplicate_of": 1, "json": 1, "body": 1, "source": 1 };
+        let projection = doc! { "_id": 1, "received_at": 1, "status": 1, "kind": 1, "duplicate_of": 1, "body": 1, "source": 1 };
         let cursor = self
             .bounded(
                 audit
@@ -490,11 +490,14 @@ impl Store {
                 let job = jobs.iter().find(|j| j.get_str("_id") == Ok(id));
                 let signal = job.and_then(|j| j.get_document("signal").ok());
                 // A dead alert has no signal: show what its body said.
-                let body = a.get_document("json").ok();
+                let body = match signal {
+                    Some(_) => None,
+                    None => body_json(a),
+                };
                 let text = |k: &str| {
                     signal
                         .and_then(|s| s.get_str(k).ok())
-                        .or_else(|| body.and_then(|b| b.get_str(k).ok()))
+                        .or_else(|| body.as_ref().and_then(|b| b.get(k)?.as_str()))
                         .map(str::to_owned)
                 };
                 let ticker = text("ticker");
@@ -868,6 +871,21 @@ fn alert_from_audit(record: &Document) -> Option<Alert> {
     })
 }
 
+/// The JSON object an audit record's body is or holds, read again for display.
+fn body_json(audit: &Document) -> Option<Value> {
+    let body = audit.get_str("body").ok()?;
+    match audit.get_str("kind").ok()? {
+        "json" => serde_json::from_str(body).ok(),
+        _ => crate::ingest::embedded_json(body)
+            .ok()
+            .flatten()
+            .map(|(_, v)| v),
+    }
+}
+
+/// The audit record: the alert as received. Its fields, parsed, are in its `jobs`
+/// record's `signal` (`extra` holding those Pyron does not name), so the parsed body is
+/// not kept twice.
 fn audit_record(alert: &Alert, arrival: &Arrival) -> Document {
     let mut record = doc! {
         "_id": alert.id.to_string(),
@@ -886,16 +904,6 @@ fn audit_record(alert: &Alert, arrival: &Arrival) -> Document {
             record.insert("duplicate_of", first);
         }
         Arrival::Queued { entry: None } | Arrival::KeptInMongo => {}
-    }
-    if let Some(json) = &alert.json {
-        match to_bson(json, 0) {
-            Ok(value) => {
-                record.insert("json", value);
-            }
-            Err(why) => {
-                record.insert("json_note", format!("parsed JSON kept in body only: {why}"));
-            }
-        }
     }
     if let Some(sender) = &alert.sender {
         record.insert("sender", sender);

@@ -261,14 +261,17 @@ async fn json_the_store_cannot_hold_as_a_document_is_kept_whole_in_the_body() {
     let id = ack["id"].as_str().unwrap();
     let jobs = app.wait_for_docs("jobs", doc! { "_id": id }, 1).await;
     assert_eq!(str_at(&jobs[0], "ticker"), "BTCUSDT");
-    let audit = app.docs("audit", doc! { "_id": id }).await;
-    assert!(!audit[0].contains_key("json"));
     assert!(
-        audit[0]
-            .get_str("json_note")
+        jobs[0]
+            .get_document("signal")
             .unwrap()
-            .contains("array inside an array")
+            .get_str("extra_note")
+            .unwrap()
+            .contains("array inside an array"),
+        "{}",
+        jobs[0]
     );
+    let audit = app.docs("audit", doc! { "_id": id }).await;
     let stored: Value = serde_json::from_str(audit[0].get_str("body").unwrap()).unwrap();
     assert_eq!(stored["levels"], serde_json::json!([[1, 2], [3, 4]]));
     assert_eq!(stored["passphrase"], "[redacted]");

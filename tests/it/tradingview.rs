@@ -117,9 +117,9 @@ async fn json_sent_as_text_plain_is_accepted_by_its_passphrase_and_kept_as_text_
         body.replace(TOKEN, "[redacted]"),
         "the text as received, newline and all, without the secret"
     );
-    assert_eq!(
-        audit.get_document("json").unwrap(),
-        &doc! { "ticker": "ETHUSDT", "action": "buy", "price": 3601.2 }
+    assert!(
+        !signal.contains_key("extra"),
+        "nothing but the signal's fields: {signal}"
     );
 
     // Words around the JSON do not hide it either.
