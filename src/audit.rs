@@ -2,10 +2,12 @@
 //!
 //! Once Redis has an alert's job, the audit record is a convenience (the worker writes it
 //! from the job if it is missing), so pyron-api hands it to this writer and answers. The
-//! writer inserts whatever has gathered, up to `BATCH` records per insert, without waiting
-//! to fill a batch: under light load each record goes at once, under heavy load many go
-//! per insert. The queue is bounded: when MongoDB falls behind, records past `QUEUE` are
-//! left to the worker instead of piling up in memory.
+//! writer inserts whatever has gathered, up to `BATCH` records per insert. Under light
+//! load (the last insert held one record) each record goes at once; under load the writer
+//! gathers for `WINDOW` first, so that MongoDB takes a few large inserts rather than
+//! many small ones: each insert has a cost of its own, whatever it holds. The queue is
+//! bounded: when MongoDB falls behind, records past `QUEUE` are left to the worker
+//! instead of piling up in memory.
 //!
 //! After each batch the writer marks the alerts it wrote in Redis (see `queue`), and the
 //! worker writes the audit records of the jobs it finds unmarked: whatever this writer
@@ -24,6 +26,9 @@ use crate::{
 
 const QUEUE: usize = 4096;
 const BATCH: usize = 256;
+/// Under load, how long records gather before an insert. The worker leaves a fresh job's
+/// audit record to this writer for longer (`delivery::settle::AUDIT_GRACE`).
+pub const WINDOW: Duration = Duration::from_millis(20);
 /// How long shutdown waits for the last batch.
 const DRAIN: Duration = Duration::from_secs(10);
 
@@ -63,6 +68,7 @@ async fn run(
     stop: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
+    let mut loaded = false;
     loop {
         tokio::select! {
             received = rx.recv_many(&mut batch, BATCH) => {
@@ -78,7 +84,31 @@ async fn run(
                 return;
             }
         }
+        if loaded {
+            gather(&mut rx, &mut batch, &stop).await;
+        }
+        loaded = batch.len() > 1;
         write(&store, &mut batch).await;
+    }
+}
+
+/// Adds what arrives within `WINDOW` to the batch, until it is full or the writer stops.
+async fn gather(
+    rx: &mut mpsc::Receiver<(Alert, Arrival)>,
+    batch: &mut Vec<(Alert, Arrival)>,
+    stop: &CancellationToken,
+) {
+    let more = async {
+        while batch.len() < BATCH {
+            let room = BATCH - batch.len();
+            if rx.recv_many(batch, room).await == 0 {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::time::timeout(WINDOW, more) => {}
+        () = stop.cancelled() => {}
     }
 }
 

@@ -37,6 +37,8 @@ const OUTAGE_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Durati
 
 /// How often the worker writes its heartbeat to Redis, for the dashboard.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
+/// Under load, how long a batch gathers from one read to the next.
+const BATCH_WINDOW: Duration = Duration::from_millis(20);
 
 pub struct Worker {
     consumer: Consumer,
@@ -121,6 +123,8 @@ impl Worker {
         let mut retries = Retries::default();
         let mut outage = Backoff::new(OUTAGE_BACKOFF.0, OUTAGE_BACKOFF.1);
         let mut last_beat: Option<Instant> = None;
+        // When the last read was made, and how many entries it brought.
+        let mut last_read: Option<(Instant, usize)> = None;
         while !shutdown.is_cancelled() {
             self.heartbeat.beat();
             if last_beat.is_none_or(|at| at.elapsed() >= HEARTBEAT_EVERY) {
@@ -133,6 +137,31 @@ impl Worker {
                 .totals
                 .waiting
                 .store(retries.waiting() as u64, Ordering::Relaxed);
+            if let Err(err) = self
+                .settler
+                .settle_held(&self.consumer, &mut retries, false)
+                .await
+            {
+                let wait = outage.next_wait();
+                tracing::warn!(error = %err, retry_in_ms = wait.as_millis() as u64, "held jobs not settled; will retry");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    () = shutdown.cancelled() => break,
+                }
+                continue;
+            }
+            // Under load (the last read brought several entries but not a full batch),
+            // the next batch gathers for a moment: MongoDB takes a few large writes
+            // rather than many small ones. One entry at a time is read at once.
+            if let Some((at, read)) = last_read
+                && read > 1
+                && read < self.batch_size
+            {
+                tokio::select! {
+                    _ = tokio::time::sleep_until((at + BATCH_WINDOW).into()) => {}
+                    () = shutdown.cancelled() => break,
+                }
+            }
             let now = Instant::now();
             let read = if let Some(after) = &pending {
                 self.consumer
@@ -144,7 +173,10 @@ impl Worker {
             } else {
                 let due = retries.take_due(now, self.batch_size);
                 if due.is_empty() {
-                    let until = retries.next_due().unwrap_or(next_claim).min(next_claim);
+                    let until = [retries.next_due(), retries.next_held_due()]
+                        .into_iter()
+                        .flatten()
+                        .fold(next_claim, Instant::min);
                     let block = until.saturating_duration_since(now).min(self.block);
                     if block < Duration::from_millis(1) {
                         continue;
@@ -163,6 +195,7 @@ impl Worker {
                     Ok(due)
                 }
             };
+            last_read = Some((now, read.as_ref().map_or(0, Vec::len)));
             let result = match read {
                 Ok(batch) if batch.is_empty() => {
                     pending = None;
@@ -190,6 +223,15 @@ impl Worker {
                     }
                 }
             }
+        }
+        // Jobs held for their audit records are recorded: settle them before leaving
+        // (those that cannot be stay pending, for this consumer's next start).
+        if let Err(err) = self
+            .settler
+            .settle_held(&self.consumer, &mut retries, true)
+            .await
+        {
+            tracing::warn!(error = %err, "held jobs left pending");
         }
         tracing::info!(consumer = self.consumer.name(), "worker stopped");
     }

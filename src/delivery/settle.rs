@@ -5,10 +5,14 @@
 //! deliveries its routes ask for are queued first (`forward`: they rest on the job, not
 //! on the record, and MongoDB's write is the slowest step of a batch), then the batch's
 //! `jobs` records are written, then the audit records pyron-api did not mark as
-//! written (the markers are read after the jobs write, which gives the api's writer the
-//! time to finish its batch), and only then are the entries acknowledged and their
-//! markers cleared. Acknowledging after the writes makes processing at-least-once; the
-//! `jobs` record keyed by event id makes a second delivery rewrite the same record.
+//! written, and only then are the entries acknowledged and their markers cleared. A job
+//! not marked yet that arrived less than `AUDIT_GRACE` ago is held instead (its `jobs`
+//! record written, its deliveries queued): the api's writer gathers records for a moment
+//! before each insert under load, and would otherwise race the worker to write the same
+//! record. Once the grace is over, the worker writes what is still unmarked and
+//! acknowledges the held entries (`settle_held`). Acknowledging after the writes makes
+//! processing at-least-once; the `jobs` record keyed by event id makes a second delivery
+//! rewrite the same record.
 //!
 //! A store that cannot be reached fails the whole batch (`Err`): nothing is the jobs'
 //! fault, and the worker reads them again once it is back. MongoDB refusing one job's
@@ -44,6 +48,11 @@ pub enum SettleError {
 
 /// Longest wait between two attempts at a failing job.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
+
+/// How long after its arrival a job's audit record is left to pyron-api: its writer's
+/// gathering window, and time for the insert. An unmarked job younger than this is held
+/// (not acknowledged) until it is this old.
+pub const AUDIT_GRACE: Duration = Duration::from_millis(250);
 
 /// How a worker settles batches.
 pub struct Settler {
@@ -96,17 +105,37 @@ impl BatchCounts {
     }
 }
 
-/// Jobs that failed and wait for their next attempt, by stream entry.
+/// Jobs the worker holds between batches, by stream entry: those that failed and wait
+/// for their next attempt, and those whose audit record pyron-api may still be writing.
 #[derive(Default)]
 pub struct Retries {
     attempts: HashMap<String, u32>,
     waiting: HashMap<String, (Delivery, Instant)>,
+    held: HashMap<String, Held>,
+}
+
+/// A recorded job, not yet acknowledged: its audit record is not marked written yet.
+struct Held {
+    delivery: Delivery,
+    record: Record,
+    /// When its grace is over.
+    due: Instant,
 }
 
 impl Retries {
     /// How many jobs wait for a retry.
     pub fn waiting(&self) -> usize {
         self.waiting.len()
+    }
+
+    /// Whether the entry is in hand already: waiting for a retry, or held.
+    fn in_hand(&self, entry: &str) -> bool {
+        self.waiting.contains_key(entry) || self.held.contains_key(entry)
+    }
+
+    /// When the first held job's grace is over.
+    pub fn next_held_due(&self) -> Option<Instant> {
+        self.held.values().map(|h| h.due).min()
     }
 
     pub fn take_due(&mut self, now: Instant, limit: usize) -> Vec<Delivery> {
@@ -142,8 +171,8 @@ impl Settler {
         let mut deliveries: Vec<Delivery> = Vec::with_capacity(batch.len());
         let mut unreadable = Vec::new();
         for delivery in batch {
-            if retries.waiting.contains_key(&delivery.entry) {
-                continue; // its retry is scheduled; a pending re-read does not hasten it
+            if retries.in_hand(&delivery.entry) {
+                continue; // its retry is scheduled, or it is held: a re-read does not hasten it
             }
             match &delivery.alert {
                 Ok(alert) => {
@@ -172,11 +201,14 @@ impl Settler {
             .flatten()
             .collect();
         consumer.fan_out(&fan_out).await?;
-        let verdicts = self.write(consumer, &records).await?;
+        let (verdicts, young) = self.write(consumer, &records).await?;
 
         let mut done: Vec<&str> = Vec::with_capacity(records.len());
+        let mut hold: Vec<usize> = Vec::new();
         let mut counted = BatchCounts::default();
-        for ((record, delivery), refused) in records.iter().zip(&deliveries).zip(&verdicts) {
+        for (i, ((record, delivery), refused)) in
+            records.iter().zip(&deliveries).zip(&verdicts).enumerate()
+        {
             if let Some(error) = refused {
                 let dead = self
                     .failed(consumer, delivery, &record.alert, error, retries)
@@ -189,7 +221,11 @@ impl Settler {
                 continue;
             }
             let attempts = retries.attempts.remove(&delivery.entry).unwrap_or(0) + 1;
+            if young[i] {
+                hold.push(i);
+            }
             match record.outcome.as_ref().map(|o| (o, &o.result)) {
+                None if young[i] => {}
                 None => done.push(&delivery.entry),
                 Some((o, Err(error))) => {
                     counted.add(Tallied::Dead);
@@ -209,7 +245,9 @@ impl Settler {
                         lag_ms = (o.processed_at - o.received_at).num_milliseconds(),
                         "alert processed"
                     );
-                    done.push(&delivery.entry);
+                    if !young[i] {
+                        done.push(&delivery.entry);
+                    }
                 }
             }
         }
@@ -218,14 +256,34 @@ impl Settler {
             tracing::error!(entry = %delivery.entry, reason = %reason, "unreadable stream entry moved to dead letters");
             consumer.dead_letter(delivery, reason, 1).await?;
         }
-        // Markers go with the entries settled here; a job waiting for a retry keeps its own.
+        // Markers go with the entries settled here; a job waiting for a retry, or held,
+        // keeps its own.
         let settled: Vec<&Alert> = records
             .iter()
             .zip(&deliveries)
-            .filter(|(_, d)| !retries.waiting.contains_key(&d.entry))
-            .map(|(r, _)| &r.alert)
+            .enumerate()
+            .filter(|(i, (_, d))| !young[*i] && !retries.waiting.contains_key(&d.entry))
+            .map(|(_, (r, _))| &r.alert)
             .collect();
         consumer.ack(&done, &settled).await?;
+        let now = Instant::now();
+        let mut records: Vec<Option<Record>> = records.into_iter().map(Some).collect();
+        for i in hold {
+            let (Some(record), delivery) = (records[i].take(), &deliveries[i]) else {
+                continue;
+            };
+            let age = (Utc::now() - record.alert.received_at)
+                .to_std()
+                .unwrap_or_default();
+            retries.held.insert(
+                delivery.entry.clone(),
+                Held {
+                    delivery: delivery.clone(),
+                    record,
+                    due: now + AUDIT_GRACE.saturating_sub(age),
+                },
+            );
+        }
         self.totals.absorb(&counted);
         let events: Vec<(Tallied, u64)> = counted.events.into_iter().collect();
         if let Err(err) = consumer.stats().count(&events, &counted.lags).await {
@@ -235,13 +293,14 @@ impl Settler {
     }
 
     /// Writes a batch's `jobs` records, then the audit records pyron-api has not marked
-    /// as written. The markers are read after the jobs write, which gives the api's audit
-    /// writer, racing this worker for fresh alerts, the time to finish its batch.
+    /// as written, except those of jobs younger than `AUDIT_GRACE` that would be settled
+    /// now (processed, or duplicates): the api's writer may be gathering them still.
+    /// Answers the verdicts, and which records are so young (to be held).
     async fn write(
         &self,
         consumer: &Consumer,
         records: &[Record],
-    ) -> Result<Verdicts, SettleError> {
+    ) -> Result<(Verdicts, Vec<bool>), SettleError> {
         let jobs = self.store.record_jobs(records).await?;
         let alerts: Vec<&Alert> = records.iter().map(|r| &r.alert).collect();
         let marked = match consumer.audited(&alerts).await {
@@ -251,9 +310,93 @@ impl Settler {
                 vec![false; records.len()]
             }
         };
-        let unmarked: Vec<bool> = marked.iter().map(|m| !m).collect();
+        let now = Utc::now();
+        let young: Vec<bool> = records
+            .iter()
+            .zip(&marked)
+            .zip(&jobs)
+            .map(|((record, marked), refused)| {
+                !marked
+                    && refused.is_none()
+                    && record.outcome.as_ref().is_none_or(|o| o.result.is_ok())
+                    && (now - record.alert.received_at)
+                        .to_std()
+                        .is_ok_and(|age| age < AUDIT_GRACE)
+            })
+            .collect();
+        let unmarked: Vec<bool> = marked.iter().zip(&young).map(|(m, y)| !m && !y).collect();
         let audits = self.store.record_audits(records, &unmarked).await?;
-        Ok(jobs.into_iter().zip(audits).map(|(j, a)| j.or(a)).collect())
+        let verdicts = jobs.into_iter().zip(audits).map(|(j, a)| j.or(a)).collect();
+        Ok((verdicts, young))
+    }
+
+    /// Settles the held jobs once the first one's grace is over, with those whose grace
+    /// is nearly over (all of them with `all`, at shutdown): writes the audit records
+    /// pyron-api has still not marked, then acknowledges them.
+    /// `Err` when a store is unreachable: they stay held, and pending in the stream.
+    pub async fn settle_held(
+        &self,
+        consumer: &Consumer,
+        retries: &mut Retries,
+        all: bool,
+    ) -> Result<(), SettleError> {
+        let now = Instant::now();
+        if !all && retries.next_held_due().is_none_or(|due| due > now) {
+            return Ok(());
+        }
+        // Those due soon go with it: a few large writes rather than many small ones.
+        let soon = now + AUDIT_GRACE / 2;
+        let due: Vec<String> = retries
+            .held
+            .iter()
+            .filter(|(_, held)| all || held.due <= soon)
+            .map(|(entry, _)| entry.clone())
+            .collect();
+        let held: Vec<Held> = due
+            .iter()
+            .filter_map(|entry| retries.held.remove(entry))
+            .collect();
+        let records: Vec<Record> = held.iter().map(|h| h.record.clone()).collect();
+        let written = async {
+            let alerts: Vec<&Alert> = records.iter().map(|r| &r.alert).collect();
+            let unmarked: Vec<bool> = match consumer.audited(&alerts).await {
+                Ok(marked) => marked.iter().map(|m| !m).collect(),
+                Err(err) => return Err(SettleError::from(err)),
+            };
+            let verdicts = self.store.record_audits(&records, &unmarked).await?;
+            tracing::debug!(
+                held = records.len(),
+                written_here = unmarked.iter().filter(|u| **u).count(),
+                "held jobs settled; the audit records pyron-api had not marked written here"
+            );
+            Ok(verdicts)
+        };
+        let verdicts = match written.await {
+            Ok(verdicts) => verdicts,
+            Err(err) => {
+                for held in held {
+                    retries.held.insert(held.delivery.entry.clone(), held);
+                }
+                return Err(err);
+            }
+        };
+        let mut done: Vec<&str> = Vec::with_capacity(held.len());
+        let mut settled: Vec<&Alert> = Vec::with_capacity(held.len());
+        for (held, refused) in held.iter().zip(&verdicts) {
+            match refused {
+                // Its audit record refused: the job is tried again, as any refused write.
+                Some(error) => {
+                    self.failed(consumer, &held.delivery, &held.record.alert, error, retries)
+                        .await?;
+                }
+                None => {
+                    done.push(&held.delivery.entry);
+                    settled.push(&held.record.alert);
+                }
+            }
+        }
+        consumer.ack(&done, &settled).await?;
+        Ok(())
     }
 
     /// A job whose write MongoDB refused: schedule its next attempt, or dead-letter it

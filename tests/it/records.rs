@@ -166,6 +166,108 @@ async fn the_api_marks_the_audit_records_it_wrote_and_the_worker_skips_and_clear
     }
 }
 
+/// Adds a text alert's job as pyron-api queues it, received now, without writing or
+/// marking its audit record (as if the api's writer were still gathering it).
+async fn add_fresh_job(app: &App, id: &str, body: &str) {
+    let job = serde_json::json!({
+        "id": id,
+        "source": "default",
+        "received_at": chrono::Utc::now().timestamp_millis(),
+        "kind": "text",
+        "content_type": "text/plain",
+        "body": body,
+    });
+    let mut conn = app.stores.redis().await;
+    let _: String = redis::cmd("XADD")
+        .arg(STREAM)
+        .arg("*")
+        .arg("job")
+        .arg(job.to_string())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
+/// A log line without the colour codes of a terminal's log.
+fn without_colours(line: &str) -> String {
+    let mut parts = line.split('\x1b');
+    let first = parts.next().unwrap_or_default().to_owned();
+    parts.fold(first, |plain, part| {
+        plain + part.split_once('m').map_or(part, |(_, rest)| rest)
+    })
+}
+
+/// Waits until the stream holds nothing, pending entries included.
+async fn wait_until_settled(app: &App) {
+    crate::helpers::wait_until("the stream settled", async || {
+        app.redis_state().await.0 == 0 && audit_markers(app).await.is_empty()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_fresh_job_not_marked_is_held_until_its_grace_is_over_then_its_record_written() {
+    let _load = crate::helpers::beside_others().await;
+    let mut app = App::stores_only(&[]);
+    app.start_worker();
+    // Fresh and unmarked: the worker records the job, then leaves its audit record to
+    // pyron-api's writer for a while before writing it itself and acknowledging.
+    let id = "01a22500-0000-7000-8000-0000000000b1";
+    add_fresh_job(&app, id, "fresh and unmarked").await;
+    let jobs = app.wait_for_docs("jobs", doc! { "_id": id }, 1).await;
+    assert_eq!(jobs[0].get_str("status").unwrap(), "processed");
+    let audit = app.wait_for_docs("audit", doc! { "_id": id }, 1).await;
+    assert_eq!(audit[0].get_str("body").unwrap(), "fresh and unmarked");
+    assert!(audit[0].get_str("entry").is_ok(), "{}", audit[0]);
+    wait_until_settled(&app).await;
+    let log = app.worker_log();
+    let settled = log
+        .lines()
+        .find(|line| line.contains("held jobs settled"))
+        .unwrap_or_else(|| panic!("no held job settled: {log}"));
+    let settled = without_colours(settled);
+    assert!(settled.contains("held=1 written_here=1"), "{settled}");
+
+    // Marked meanwhile (the api's writer finished): held the same, and not written twice.
+    let marked = "01a22500-0000-7000-8000-0000000000b2";
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut conn = app.stores.redis().await;
+    let _: i64 = redis::cmd("SADD")
+        .arg(format!("{AUDITED_PREFIX}{}", now / 60_000))
+        .arg(marked)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    add_fresh_job(&app, marked, "fresh and marked").await;
+    app.wait_for_docs("jobs", doc! { "_id": marked }, 1).await;
+    wait_until_settled(&app).await;
+    assert_eq!(
+        app.docs("audit", doc! { "_id": marked }).await.len(),
+        0,
+        "the worker wrote an audit record pyron-api had marked as written"
+    );
+}
+
+#[tokio::test]
+async fn a_worker_stopping_settles_the_jobs_it_holds() {
+    let _load = crate::helpers::beside_others().await;
+    let mut app = App::stores_only(&[]);
+    app.start_worker();
+    let ids: Vec<String> = (0..5)
+        .map(|i| format!("01a22500-0000-7000-8000-0000000000c{i}"))
+        .collect();
+    for id in &ids {
+        add_fresh_job(&app, id, "held at shutdown").await;
+    }
+    app.wait_for_docs("jobs", doc! {}, ids.len()).await;
+    // Stopped at once, within the grace (or just after it): either way nothing is left
+    // pending, and every alert has its audit record.
+    let status = app.worker.as_mut().unwrap().terminate();
+    assert!(status.success(), "{status}");
+    assert_eq!(app.docs("audit", doc! {}).await.len(), ids.len());
+    assert_eq!(app.redis_state().await.0, 0, "entries left in the stream");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_alerts_sharing_a_pipeline_each_get_their_own_answer() {
     let _load = crate::helpers::beside_others().await;
