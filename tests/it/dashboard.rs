@@ -700,7 +700,9 @@ async fn metrics_parse_as_prometheus_text_and_count_what_was_sent() {
                 "pyron_alerts_total",
                 Some(("outcome", "duplicate")),
             ) >= 1.0
-            && sample(&scrape, "pyron_alerts_total", Some(("outcome", "rejected"))) >= 3.0;
+            && sample(&scrape, "pyron_alerts_total", Some(("outcome", "rejected"))) >= 3.0
+            // Fresh jobs are acknowledged once their audit record's grace is over.
+            && sample(&scrape, "pyron_queue_depth", None) == 0.0;
         if settled || Instant::now() > deadline {
             eprintln!("metrics: {} samples", scrape.samples.len());
             break scrape;
