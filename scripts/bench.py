@@ -19,7 +19,9 @@ usage: scripts/bench.py [--quick] [--json PATH]
        scripts/bench.py --rate N [--seconds S] [--route]
 --quick shortens every run (for trying the script, not for figures).
 --rate runs the same stack at one fixed rate instead (60 s unless --seconds), and prints
-its latency, its end-to-end lag and the CPU per process: for capacity planning.
+its latency, its end-to-end lag and the CPU per process: for capacity planning. Then the
+floor: the same rate to the 202-only handler behind the same NGINX, with the CPU of
+both (what an axum server that stores nothing costs per request, beside NGINX).
 --route adds pyron-forwarder and one route of every alert to a local HTTP sink (the
 202-only handler, signed deliveries), and prints deliveries per second and the time from
 receipt to delivery, p50 and p99, of every alert of the run (the issue's figure is
@@ -285,6 +287,19 @@ def lag_run(redis_port, url, rate, seconds, meter):
     return run, lag
 
 
+def floor_run(stack, url, rate, seconds):
+    """The same fixed rate against the handler that answers 202 and stores nothing (the
+    same framework, runtime and NGINX as pyron-api): what receiving alone costs, per
+    request, beside NGINX's cost."""
+    meter = CpuMeter([(n, p) for n, p in stack.procs if n in ("nginx-null", "null-handler")])
+    meter.start()
+    run = oha(url, seconds, rate, 64)
+    run["cpu"] = meter.stop(run["ok"])
+    handler, nginx = (run["cpu"][n]["cpu_s"] for n in ("null-handler", "nginx-null"))
+    run["handler_cpu_to_nginx_cpu"] = round(handler / nginx, 2) if nginx else None
+    return run
+
+
 def deliveries(log, expected, seconds, timeout=300):
     """Receipt-to-delivery times of the run's deliveries, from the forwarder's line per
     delivery (`lag_ms=`), once all `expected` are in (or the timeout passed)."""
@@ -420,6 +435,10 @@ def main():
             if args.route:
                 result["deliveries"] = deliveries(work / "pyron-forwarder.log", run["ok"],
                                                   args.seconds)
+            else:
+                say("   the floor: the same rate through the same NGINX to a handler that "
+                    "stores nothing")
+                result["floor"] = floor_run(stack, null_url, args.rate, args.seconds)
             print(json.dumps(result, indent=2))
             return
 
