@@ -133,6 +133,19 @@ impl Retries {
         self.waiting.contains_key(entry) || self.held.contains_key(entry)
     }
 
+    /// Holds a recorded job until `due`.
+    fn hold(&mut self, delivery: Delivery, record: Record, due: Instant) {
+        let entry = delivery.entry.clone();
+        self.held.insert(
+            entry,
+            Held {
+                delivery,
+                record,
+                due,
+            },
+        );
+    }
+
     /// When the first held job's grace is over.
     pub fn next_held_due(&self) -> Option<Instant> {
         self.held.values().map(|h| h.due).min()
@@ -201,14 +214,14 @@ impl Settler {
             .flatten()
             .collect();
         consumer.fan_out(&fan_out).await?;
-        let (verdicts, young) = self.write(consumer, &records).await?;
+        let (verdicts, held_until) = self.write(consumer, &records).await?;
 
         let mut done: Vec<&str> = Vec::with_capacity(records.len());
-        let mut hold: Vec<usize> = Vec::new();
         let mut counted = BatchCounts::default();
         for (i, ((record, delivery), refused)) in
             records.iter().zip(&deliveries).zip(&verdicts).enumerate()
         {
+            let held = held_until[i].is_some();
             if let Some(error) = refused {
                 let dead = self
                     .failed(consumer, delivery, &record.alert, error, retries)
@@ -221,11 +234,8 @@ impl Settler {
                 continue;
             }
             let attempts = retries.attempts.remove(&delivery.entry).unwrap_or(0) + 1;
-            if young[i] {
-                hold.push(i);
-            }
             match record.outcome.as_ref().map(|o| (o, &o.result)) {
-                None if young[i] => {}
+                None if held => {}
                 None => done.push(&delivery.entry),
                 Some((o, Err(error))) => {
                     counted.add(Tallied::Dead);
@@ -245,7 +255,7 @@ impl Settler {
                         lag_ms = (o.processed_at - o.received_at).num_milliseconds(),
                         "alert processed"
                     );
-                    if !young[i] {
+                    if !held {
                         done.push(&delivery.entry);
                     }
                 }
@@ -262,27 +272,16 @@ impl Settler {
             .iter()
             .zip(&deliveries)
             .enumerate()
-            .filter(|(i, (_, d))| !young[*i] && !retries.waiting.contains_key(&d.entry))
+            .filter(|(i, (_, d))| {
+                held_until[*i].is_none() && !retries.waiting.contains_key(&d.entry)
+            })
             .map(|(_, (r, _))| &r.alert)
             .collect();
         consumer.ack(&done, &settled).await?;
-        let now = Instant::now();
-        let mut records: Vec<Option<Record>> = records.into_iter().map(Some).collect();
-        for i in hold {
-            let (Some(record), delivery) = (records[i].take(), &deliveries[i]) else {
-                continue;
-            };
-            let age = (Utc::now() - record.alert.received_at)
-                .to_std()
-                .unwrap_or_default();
-            retries.held.insert(
-                delivery.entry.clone(),
-                Held {
-                    delivery: delivery.clone(),
-                    record,
-                    due: now + AUDIT_GRACE.saturating_sub(age),
-                },
-            );
+        for ((record, delivery), due) in records.into_iter().zip(deliveries).zip(held_until) {
+            if let Some(due) = due {
+                retries.hold(delivery, record, due);
+            }
         }
         self.totals.absorb(&counted);
         let events: Vec<(Tallied, u64)> = counted.events.into_iter().collect();
@@ -295,12 +294,13 @@ impl Settler {
     /// Writes a batch's `jobs` records, then the audit records pyron-api has not marked
     /// as written, except those of jobs younger than `AUDIT_GRACE` that would be settled
     /// now (processed, or duplicates): the api's writer may be gathering them still.
-    /// Answers the verdicts, and which records are so young (to be held).
+    /// Answers the verdicts, and for each record so young (to be held) when its grace is
+    /// over.
     async fn write(
         &self,
         consumer: &Consumer,
         records: &[Record],
-    ) -> Result<(Verdicts, Vec<bool>), SettleError> {
+    ) -> Result<(Verdicts, Vec<Option<Instant>>), SettleError> {
         let jobs = self.store.record_jobs(records).await?;
         let alerts: Vec<&Alert> = records.iter().map(|r| &r.alert).collect();
         let marked = match consumer.audited(&alerts).await {
@@ -310,24 +310,27 @@ impl Settler {
                 vec![false; records.len()]
             }
         };
-        let now = Utc::now();
-        let young: Vec<bool> = records
+        let (now, clock) = (Utc::now(), Instant::now());
+        let held_until: Vec<Option<Instant>> = records
             .iter()
             .zip(&marked)
             .zip(&jobs)
             .map(|((record, marked), refused)| {
-                !marked
+                let holdable = !marked
                     && refused.is_none()
-                    && record.outcome.as_ref().is_none_or(|o| o.result.is_ok())
-                    && (now - record.alert.received_at)
-                        .to_std()
-                        .is_ok_and(|age| age < AUDIT_GRACE)
+                    && record.outcome.as_ref().is_none_or(|o| o.result.is_ok());
+                let age = (now - record.alert.received_at).to_std().ok()?;
+                (holdable && age < AUDIT_GRACE).then(|| clock + (AUDIT_GRACE - age))
             })
             .collect();
-        let unmarked: Vec<bool> = marked.iter().zip(&young).map(|(m, y)| !m && !y).collect();
+        let unmarked: Vec<bool> = marked
+            .iter()
+            .zip(&held_until)
+            .map(|(m, until)| !m && until.is_none())
+            .collect();
         let audits = self.store.record_audits(records, &unmarked).await?;
         let verdicts = jobs.into_iter().zip(audits).map(|(j, a)| j.or(a)).collect();
-        Ok((verdicts, young))
+        Ok((verdicts, held_until))
     }
 
     /// Settles the held jobs once the first one's grace is over, with those whose grace
@@ -352,11 +355,11 @@ impl Settler {
             .filter(|(_, held)| all || held.due <= soon)
             .map(|(entry, _)| entry.clone())
             .collect();
-        let held: Vec<Held> = due
+        let (records, rest): (Vec<Record>, Vec<(Delivery, Instant)>) = due
             .iter()
             .filter_map(|entry| retries.held.remove(entry))
-            .collect();
-        let records: Vec<Record> = held.iter().map(|h| h.record.clone()).collect();
+            .map(|held| (held.record, (held.delivery, held.due)))
+            .unzip();
         let written = async {
             let alerts: Vec<&Alert> = records.iter().map(|r| &r.alert).collect();
             let unmarked: Vec<bool> = match consumer.audited(&alerts).await {
@@ -374,24 +377,24 @@ impl Settler {
         let verdicts = match written.await {
             Ok(verdicts) => verdicts,
             Err(err) => {
-                for held in held {
-                    retries.held.insert(held.delivery.entry.clone(), held);
+                for (record, (delivery, due)) in records.into_iter().zip(rest) {
+                    retries.hold(delivery, record, due);
                 }
                 return Err(err);
             }
         };
-        let mut done: Vec<&str> = Vec::with_capacity(held.len());
-        let mut settled: Vec<&Alert> = Vec::with_capacity(held.len());
-        for (held, refused) in held.iter().zip(&verdicts) {
+        let mut done: Vec<&str> = Vec::with_capacity(records.len());
+        let mut settled: Vec<&Alert> = Vec::with_capacity(records.len());
+        for ((record, (delivery, _)), refused) in records.iter().zip(&rest).zip(&verdicts) {
             match refused {
                 // Its audit record refused: the job is tried again, as any refused write.
                 Some(error) => {
-                    self.failed(consumer, &held.delivery, &held.record.alert, error, retries)
+                    self.failed(consumer, delivery, &record.alert, error, retries)
                         .await?;
                 }
                 None => {
-                    done.push(&held.delivery.entry);
-                    settled.push(&held.record.alert);
+                    done.push(&delivery.entry);
+                    settled.push(&record.alert);
                 }
             }
         }
