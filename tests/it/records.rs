@@ -53,6 +53,18 @@ async fn add_old_style_job(app: &App, id: &str, body: &str, extra: &[(&str, &str
         .unwrap();
 }
 
+/// Marks an alert received at `received_ms` as having its audit record written, as
+/// pyron-api does (`pyron:audited:<minute>`).
+async fn mark_audited(app: &App, id: &str, received_ms: i64) {
+    let mut conn = app.stores.redis().await;
+    let _: i64 = redis::cmd("SADD")
+        .arg(format!("{AUDITED_PREFIX}{}", received_ms / 60_000))
+        .arg(id)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
 /// Every `pyron:audited:*` member, as (set, event id).
 async fn audit_markers(app: &App) -> Vec<(String, String)> {
     let mut conn = app.stores.redis().await;
@@ -126,12 +138,7 @@ async fn the_api_marks_the_audit_records_it_wrote_and_the_worker_skips_and_clear
     // show it, a marker for an alert whose record is (artificially) not there.
     let trusted = "01a22500-0000-7000-8000-0000000000aa";
     let received_ms: i64 = 1_795_915_106_149;
-    let _: i64 = redis::cmd("SADD")
-        .arg(format!("pyron:audited:{}", received_ms / 60_000))
-        .arg(trusted)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    mark_audited(&app, trusted, received_ms).await;
     let _: String = redis::cmd("XADD")
         .arg(STREAM)
         .arg("*")
@@ -230,14 +237,7 @@ async fn a_fresh_job_not_marked_is_held_until_its_grace_is_over_then_its_record_
 
     // Marked meanwhile (the api's writer finished): held the same, and not written twice.
     let marked = "01a22500-0000-7000-8000-0000000000b2";
-    let now = chrono::Utc::now().timestamp_millis();
-    let mut conn = app.stores.redis().await;
-    let _: i64 = redis::cmd("SADD")
-        .arg(format!("{AUDITED_PREFIX}{}", now / 60_000))
-        .arg(marked)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    mark_audited(&app, marked, chrono::Utc::now().timestamp_millis()).await;
     add_fresh_job(&app, marked, "fresh and marked").await;
     app.wait_for_docs("jobs", doc! { "_id": marked }, 1).await;
     wait_until_settled(&app).await;
