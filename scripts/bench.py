@@ -55,39 +55,38 @@ def say(message):
     print(f"==> {message}", file=sys.stderr, flush=True)
 
 
-def wait_socket(path, what, proc, timeout=30):
+def wait_listening(connect, where, what, proc, timeout=30):
+    """Waits until `connect()` succeeds; exits if `proc` ends or `timeout` s pass first."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
             sys.exit(f"{what} exited with {proc.returncode}")
         try:
-            with socket.socket(socket.AF_UNIX) as s:
-                s.connect(str(path))
-            # NGINX's workers run as another user when the benchmark runs as root.
-            os.chmod(path, 0o666)
+            connect()
             return
         except OSError:
             time.sleep(0.05)
-    sys.exit(f"{what} did not listen on {path}")
+    sys.exit(f"{what} did not listen on {where}")
+
+
+def wait_port(port, what, proc):
+    wait_listening(lambda: socket.create_connection(("127.0.0.1", port), timeout=0.2).close(),
+                   port, what, proc)
+
+
+def wait_socket(path, what, proc):
+    def connect():
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(path))
+    wait_listening(connect, path, what, proc)
+    # NGINX's workers run as another user when the benchmark runs as root.
+    os.chmod(path, 0o666)
 
 
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_port(port, what, proc, timeout=30):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"{what} exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit(f"{what} did not listen on {port}")
 
 
 class Stack:
