@@ -58,6 +58,8 @@ pkgs.testers.runNixOSTest {
         inherit database;
         webhookTokenFile = "/etc/pyron-test/webhook-token";
         adminTokenFile = "/etc/pyron-test/admin-token";
+        # Each alert's own line too, which the journal check below looks for.
+        settings.log = "info,pyron::alerts=debug";
       }
       // pkgs.lib.optionalAttrs full {
         sources.tradingview.secretFile = "/etc/pyron-test/tradingview";

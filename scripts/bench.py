@@ -402,7 +402,7 @@ def main():
                 "[[routes]]\nname = \"all\"\ndestinations = [\"sink\"]\n")
         env = {"PATH": os.environ["PATH"], "PYRON_BIND": f"unix:{api_socket}",
                "PYRON_REDIS_URL": f"redis+unix://{redis_socket}", "MONGO_URI": f"mongodb://127.0.0.1:{mongo_port}",
-               "PYRON_WEBHOOK_TOKEN": TOKEN, "PYRON_LOG": "warn", **{k: v for k, v in os.environ.items() if k.startswith("PYRON_WORKER_")}}
+               "PYRON_WEBHOOK_TOKEN": TOKEN, "PYRON_LOG": "info", **{k: v for k, v in os.environ.items() if k.startswith("PYRON_WORKER_")}}
         if args.route:
             env["PYRON_CONFIG"] = str(work / "pyron.toml")
         api = stack.spawn("pyron-api", [str(ROOT / "target/release/pyron-api")], env)
@@ -414,9 +414,9 @@ def main():
         wait_port(null_port, "null handler", null)
         wait_socket(null_socket, "null handler", null)
         if args.route:
-            # Info level: its line per delivery carries the receipt-to-delivery time.
+            # Its debug line per delivery (`pyron::alerts`) carries the receipt-to-delivery time.
             stack.spawn("pyron-forwarder", [str(ROOT / "target/release/pyron-forwarder")],
-                        {**env, "PYRON_LOG": "warn,pyron::forward::record=info",
+                        {**env, "PYRON_LOG": "info,pyron::alerts=debug",
                          "PYRON_LOG_FORMAT": "json"})
         pyron_tls = stack.nginx("nginx-pyron", f"unix:{api_socket}", cert, key)
         null_tls = stack.nginx("nginx-null", f"unix:{null_socket}", cert, key)

@@ -3,6 +3,12 @@
 //! (`EVENT_ID`, `TICKER`, `STATUS`, `LAG_MS`, `CODE`, ...), so that
 //! `journalctl -u pyron-worker EVENT_ID=<id>` finds an alert's story. Otherwise, lines on
 //! stdout: human-readable, or JSON with `PYRON_LOG_FORMAT=json`. `PYRON_LOG` filters both.
+//!
+//! The line each alert leaves in each process when all goes well (accepted, processed,
+//! delivered) is a debug line of its own target, `ALERTS`: the default `info` logs what
+//! went wrong or changed, and `PYRON_LOG=info,pyron::alerts=debug` adds every alert's
+//! story. At thousands of alerts a second, those lines cost more CPU than the rest of a
+//! process's logging together, and each alert's story is in MongoDB already.
 
 use std::os::{fd::AsFd, unix::fs::MetadataExt};
 
@@ -10,6 +16,9 @@ use tracing_journald::{Priority, PriorityMappings};
 use tracing_subscriber::{EnvFilter, fmt, layer::SubscriberExt, util::SubscriberInitExt};
 
 use crate::config::{Config, LogFormat};
+
+/// The target of the line each alert leaves when all goes well, at debug.
+pub const ALERTS: &str = "pyron::alerts";
 
 /// Where the log goes, as chosen at start-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -95,7 +95,8 @@ impl Acceptor {
             },
             _ => Receipt::Queued { id: alert.id },
         };
-        tracing::info!(
+        tracing::debug!(
+            target: crate::telemetry::ALERTS,
             event_id = %alert.id,
             kind = alert.kind.as_str(),
             status = arrival.status(),

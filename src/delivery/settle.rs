@@ -247,7 +247,8 @@ impl Settler {
                     counted
                         .lags
                         .push((o.processed_at - o.received_at).num_milliseconds());
-                    tracing::info!(
+                    tracing::debug!(
+                        target: crate::telemetry::ALERTS,
                         event_id = %o.id,
                         status = "processed",
                         ticker = signal.ticker.as_deref(),

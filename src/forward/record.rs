@@ -253,7 +253,7 @@ fn log(entry: &Entry, outcome: Option<&Outcome>) {
             took,
             at,
         }) => {
-            tracing::info!(delivery = %job.id, destination = %job.destination, status = "delivered", attempts, code, took_ms = took.as_millis() as u64, lag_ms = at - job.received_at, "delivered");
+            tracing::debug!(target: crate::telemetry::ALERTS, delivery = %job.id, destination = %job.destination, status = "delivered", attempts, code, took_ms = took.as_millis() as u64, lag_ms = at - job.received_at, "delivered");
         }
         Some(Outcome::Expired {
             attempts, error, ..

@@ -1,6 +1,7 @@
 //! Running the binaries: readiness as the stores come and go, listening on a unix socket,
 //! configuration errors and `--check-config`, stopping on SIGTERM, Redis over a unix
-//! socket, a redelivered batch, JSON the store cannot hold as a document.
+//! socket, a redelivered batch, JSON the store cannot hold as a document, what the default
+//! log level logs of an alert.
 
 use std::time::Duration;
 
@@ -189,6 +190,36 @@ async fn both_binaries_stop_cleanly_on_sigterm() {
     let stopped = app.worker_log();
     assert!(stopped.contains("worker stopped"), "{stopped}");
     assert!(matches!(jobs[0].get("status"), Some(Bson::String(s)) if s == "processed"));
+}
+
+#[tokio::test]
+async fn at_the_default_info_level_an_alert_that_goes_well_leaves_no_line_and_a_refusal_does() {
+    let _load = crate::helpers::beside_others().await;
+    let mut app = App::start_with(&[("PYRON_LOG", "info")]).await;
+    let (status, ack) = json(
+        app.post(
+            &format!("/webhook/{TOKEN}"),
+            "application/json",
+            r#"{"ticker":"BTCUSDT","action":"buy"}"#,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 202);
+    let id = ack["id"].as_str().unwrap();
+    let refused = app.post("/webhook/not-the-token", "text/plain", "x").await;
+    assert_eq!(refused.status(), 401);
+    let jobs = app.wait_for_docs("jobs", doc! { "_id": id }, 1).await;
+    assert_eq!(jobs.len(), 1);
+    // Stopped, so that every line either wrote is in its log.
+    for process in [app.api.as_mut().unwrap(), app.worker.as_mut().unwrap()] {
+        assert!(process.terminate().success());
+    }
+    let (api, worker) = (app.api_log(), app.worker_log());
+    assert!(api.contains("alert rejected"), "{api}");
+    assert!(!api.contains(id), "{api}");
+    assert!(!worker.contains(id), "{worker}");
+    assert!(api.contains("invalid_secret"), "{api}");
 }
 
 #[tokio::test]

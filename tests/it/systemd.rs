@@ -423,7 +423,7 @@ async fn under_systemd_the_logs_go_to_journald_with_an_alerts_fields() {
     assert_eq!(accepted["SYSLOG_IDENTIFIER"], "pyron-api");
     assert_eq!(accepted["MESSAGE"], "alert accepted");
     assert_eq!(accepted["STATUS"], "queued");
-    assert_eq!(accepted["PRIORITY"], "6", "info");
+    assert_eq!(accepted["PRIORITY"], "7", "debug, in pyron::alerts");
     let refused = wait_for_entry(api_pid, |e| e["CODE"] == "invalid_secret");
     assert!(refused.iter().any(|e| e["MESSAGE"] == "alert rejected"));
 

@@ -19,11 +19,12 @@ use bson::{Document, doc};
 use pyron::queue::{DEAD_LETTERS, GROUP, STREAM};
 use serde_json::{Value, json};
 
-/// The settings every test here runs with: a quick reclaim, and quick retries.
+/// The settings every test here runs with: a quick reclaim, quick retries, and each
+/// alert's line, which some look for.
 const FAST: [(&str, &str); 3] = [
     ("PYRON_WORKER_CLAIM_IDLE_MS", "2000"),
     ("PYRON_WORKER_RETRY_BASE_MS", "200"),
-    ("PYRON_LOG", "info"),
+    ("PYRON_LOG", "info,pyron::alerts=debug"),
 ];
 
 fn settings<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
