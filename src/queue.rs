@@ -190,10 +190,14 @@ type Batched = (redis::Cmd, oneshot::Sender<Result<RedisValue, QueueError>>);
 /// Most enqueues in one pipeline.
 const PIPELINE_MAX: usize = 256;
 
-/// Sends the enqueues of concurrent requests to Redis together: whatever has gathered
-/// while the previous pipeline was out goes in the next, so under load many alerts share
-/// one round trip (and, with `appendfsync always`, one fsync), while a lone alert goes at
-/// once and waits for at most the pipeline ahead of it.
+/// Under load, how long the first enqueue of a pipeline waits for others to join it.
+pub const GATHER: Duration = Duration::from_millis(2);
+
+/// Sends the enqueues of concurrent requests to Redis together, so that under load many
+/// alerts share one round trip (and, with `appendfsync always`, one fsync): whatever
+/// has gathered while the previous pipeline was out goes in the next, and when an enqueue
+/// follows the one before it by less than `GATHER` (some 500 alerts a second or more), the
+/// pipeline also waits for what arrives within `GATHER` of it. A lone alert goes at once.
 async fn send_batches(
     conn: ConnectionManager,
     script: Script,
@@ -201,7 +205,21 @@ async fn send_batches(
     mut rx: mpsc::Receiver<Batched>,
 ) {
     let mut batch: Vec<Batched> = Vec::with_capacity(PIPELINE_MAX);
+    let mut last = tokio::time::Instant::now() - GATHER;
     while rx.recv_many(&mut batch, PIPELINE_MAX).await > 0 {
+        let first = tokio::time::Instant::now();
+        if first - last < GATHER || batch.len() > 1 {
+            let more = async {
+                while batch.len() < PIPELINE_MAX {
+                    let room = PIPELINE_MAX - batch.len();
+                    if rx.recv_many(&mut batch, room).await == 0 {
+                        return;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout_at(first + GATHER, more).await;
+        }
+        last = tokio::time::Instant::now();
         let mut pipe = redis::pipe();
         // Cheap, not written to the AOF, and spares a NOSCRIPT round after a restart.
         pipe.load_script(&script).ignore();
