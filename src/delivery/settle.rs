@@ -6,11 +6,11 @@
 //! on the record, and MongoDB's write is the slowest step of a batch), then the batch's
 //! `jobs` records are written, then the audit records pyron-api did not mark as
 //! written, and only then are the entries acknowledged and their markers cleared. A job
-//! not marked yet that arrived less than `AUDIT_GRACE` ago is held instead (its `jobs`
-//! record written, its deliveries queued): the api's writer gathers records for a moment
-//! before each insert under load, and would otherwise race the worker to write the same
-//! record. Once the grace is over, the worker writes what is still unmarked and
-//! acknowledges the held entries (`settle_held`). Acknowledging after the writes makes
+//! that arrived less than `AUDIT_GRACE` ago is held instead (its `jobs` record written,
+//! its deliveries queued), its marker not even read: the api's writer gathers records for
+//! a moment before each insert under load, and would otherwise race the worker to write
+//! the same record. Once the grace is over, the worker reads the held jobs' markers,
+//! writes what is still unmarked and acknowledges the held entries (`settle_held`). Acknowledging after the writes makes
 //! processing at-least-once; the `jobs` record keyed by event id makes a second delivery
 //! rewrite the same record.
 //!
@@ -50,8 +50,8 @@ pub enum SettleError {
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
 
 /// How long after its arrival a job's audit record is left to pyron-api: its writer's
-/// gathering window, and time for the insert. An unmarked job younger than this is held
-/// (not acknowledged) until it is this old.
+/// gathering window, and time for the insert. A job younger than this that would be
+/// settled is held (not acknowledged) until it is this old.
 pub const AUDIT_GRACE: Duration = Duration::from_millis(250);
 
 /// How a worker settles batches.
@@ -294,7 +294,8 @@ impl Settler {
 
     /// Writes a batch's `jobs` records, then the audit records pyron-api has not marked
     /// as written, except those of jobs younger than `AUDIT_GRACE` that would be settled
-    /// now (processed, or duplicates): the api's writer may be gathering them still.
+    /// now (processed, or duplicates): the api's writer may be gathering them still, so
+    /// they are held without asking (their markers are read when the grace is over).
     /// Answers the verdicts, and for each record so young (to be held) when its grace is
     /// over.
     async fn write(
@@ -303,31 +304,35 @@ impl Settler {
         records: &[Record],
     ) -> Result<(Verdicts, Vec<Option<Instant>>), SettleError> {
         let jobs = self.store.record_jobs(records).await?;
-        let alerts: Vec<&Alert> = records.iter().map(|r| &r.alert).collect();
-        let marked = match consumer.audited(&alerts).await {
-            Ok(marked) => marked,
-            Err(err) => {
-                tracing::debug!(error = %err, "audit markers not read; writing every audit record");
-                vec![false; records.len()]
-            }
-        };
         let (now, clock) = (Utc::now(), Instant::now());
         let held_until: Vec<Option<Instant>> = records
             .iter()
-            .zip(&marked)
             .zip(&jobs)
-            .map(|((record, marked), refused)| {
-                let holdable = !marked
-                    && refused.is_none()
-                    && record.outcome.as_ref().is_none_or(|o| o.result.is_ok());
+            .map(|(record, refused)| {
+                let holdable =
+                    refused.is_none() && record.outcome.as_ref().is_none_or(|o| o.result.is_ok());
                 let age = (now - record.alert.received_at).to_std().ok()?;
                 (holdable && age < AUDIT_GRACE).then(|| clock + (AUDIT_GRACE - age))
             })
             .collect();
-        let unmarked: Vec<bool> = marked
+        // Only the markers of the jobs settled now are read.
+        let settled_now: Vec<&Alert> = records
             .iter()
             .zip(&held_until)
-            .map(|(m, until)| !m && until.is_none())
+            .filter(|(_, until)| until.is_none())
+            .map(|(r, _)| &r.alert)
+            .collect();
+        let marked = match consumer.audited(&settled_now).await {
+            Ok(marked) => marked,
+            Err(err) => {
+                tracing::debug!(error = %err, "audit markers not read; writing every audit record");
+                vec![false; settled_now.len()]
+            }
+        };
+        let mut marked = marked.into_iter();
+        let unmarked: Vec<bool> = held_until
+            .iter()
+            .map(|until| until.is_none() && !marked.next().unwrap_or(false))
             .collect();
         let audits = self.store.record_audits(records, &unmarked).await?;
         let verdicts = jobs.into_iter().zip(audits).map(|(j, a)| j.or(a)).collect();
