@@ -402,7 +402,7 @@ in
       example = {
         log = "info,pyron=debug";
         body_limit = 131072;
-        worker_batch_size = 200;
+        worker_batch_size = 500;
       };
       description = ''
         Pyron's configuration, written to /etc/pyron/pyron.toml; keys are those of the

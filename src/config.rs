@@ -131,7 +131,7 @@ impl Default for Raw {
             log: "info".into(),
             log_format: LogFormat::Text,
             store_timeout_ms: 800,
-            worker_batch_size: 100,
+            worker_batch_size: 200,
             worker_block_ms: 1000,
             worker_write_timeout_ms: 10_000,
             worker_consumer: None,
