@@ -197,7 +197,10 @@ pub const GATHER: Duration = Duration::from_millis(2);
 /// alerts share one round trip (and, with `appendfsync always`, one fsync): whatever
 /// has gathered while the previous pipeline was out goes in the next, and when an enqueue
 /// follows the one before it by less than `GATHER` (some 500 alerts a second or more), the
-/// pipeline also waits for what arrives within `GATHER` of it. A lone alert goes at once.
+/// pipeline also waits for what arrives within `GATHER` of it. A lone alert goes at once,
+/// and so do those of a sender that waits for each answer before it sends the next: once
+/// a wait gathered nothing, the pipeline stops waiting until enqueues come together again
+/// (several in hand at once).
 async fn send_batches(
     conn: ConnectionManager,
     script: Script,
@@ -206,9 +209,12 @@ async fn send_batches(
 ) {
     let mut batch: Vec<Batched> = Vec::with_capacity(PIPELINE_MAX);
     let mut last = tokio::time::Instant::now() - GATHER;
+    let mut fruitless = false;
     while rx.recv_many(&mut batch, PIPELINE_MAX).await > 0 {
         let first = tokio::time::Instant::now();
-        if first - last < GATHER || batch.len() > 1 {
+        let together = batch.len() > 1;
+        if together || (first - last < GATHER && !fruitless) {
+            let before = batch.len();
             let more = async {
                 while batch.len() < PIPELINE_MAX {
                     let room = PIPELINE_MAX - batch.len();
@@ -218,6 +224,7 @@ async fn send_batches(
                 }
             };
             let _ = tokio::time::timeout_at(first + GATHER, more).await;
+            fruitless = batch.len() == before && !together;
         }
         last = tokio::time::Instant::now();
         let mut pipe = redis::pipe();

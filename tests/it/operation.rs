@@ -1,7 +1,7 @@
 //! Running the binaries: readiness as the stores come and go, listening on a unix socket,
 //! configuration errors and `--check-config`, stopping on SIGTERM, Redis over a unix
 //! socket, a redelivered batch, JSON the store cannot hold as a document, what the default
-//! log level logs of an alert.
+//! log level logs of an alert, alerts sharing Redis pipelines.
 
 use std::time::Duration;
 
@@ -278,6 +278,62 @@ async fn a_redelivered_batch_rewrites_the_same_records_without_stalling() {
             .iter()
             .all(|j| j.get_document("signal").unwrap().get_str("text").unwrap() == "again")
     );
+}
+
+/// How many pipelines pyron-api has sent Redis: each begins with a `SCRIPT LOAD`.
+async fn pipelines(app: &App) -> u64 {
+    let mut redis = app.stores.redis().await;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    // `cmdstat_script|load` since Redis 7, `cmdstat_script` before.
+    info.lines()
+        .find_map(|line| {
+            line.strip_prefix("cmdstat_script|load:calls=")
+                .or_else(|| line.strip_prefix("cmdstat_script:calls="))
+        })
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |calls| calls.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_that_come_close_together_share_redis_pipelines_and_a_lone_one_goes_alone() {
+    let _load = crate::helpers::beside_others().await;
+    let app = std::sync::Arc::new(App::start().await);
+    let post = |app: std::sync::Arc<App>, i: usize| async move {
+        let body = format!(r#"{{"ticker":"T{i}","action":"buy"}}"#);
+        let url = format!("/webhook/{TOKEN}");
+        app.post(&url, "application/json", body).await.status()
+    };
+    let before = pipelines(&app).await;
+    assert_eq!(post(app.clone(), 0).await, 202);
+    assert_eq!(
+        pipelines(&app).await - before,
+        1,
+        "a lone alert, one pipeline"
+    );
+
+    // 40 alerts a millisecond apart, none waiting for another's answer: alone, most would
+    // go in a pipeline of their own.
+    const N: usize = 40;
+    let before = pipelines(&app).await;
+    let mut sent = Vec::with_capacity(N);
+    for i in 0..N {
+        sent.push(tokio::spawn(post(app.clone(), i)));
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for answer in sent {
+        assert_eq!(answer.await.unwrap(), 202);
+    }
+    let used = pipelines(&app).await - before;
+    assert!(
+        used <= N as u64 / 2,
+        "{N} alerts 1 ms apart took {used} pipelines"
+    );
+    app.wait_for_docs("jobs", doc! {}, N + 1).await;
+    assert_eq!(app.count("jobs").await, N as u64 + 1);
 }
 
 #[tokio::test]
