@@ -98,16 +98,9 @@ async fn gather(
     batch: &mut Vec<(Alert, Arrival)>,
     stop: &CancellationToken,
 ) {
-    let more = async {
-        while batch.len() < BATCH {
-            let room = BATCH - batch.len();
-            if rx.recv_many(batch, room).await == 0 {
-                return;
-            }
-        }
-    };
+    let until = tokio::time::Instant::now() + WINDOW;
     tokio::select! {
-        _ = tokio::time::timeout(WINDOW, more) => {}
+        () = crate::batch::gather(rx, batch, BATCH, until) => {}
         () = stop.cancelled() => {}
     }
 }

@@ -215,15 +215,7 @@ async fn send_batches(
         let together = batch.len() > 1;
         if together || (first - last < GATHER && !fruitless) {
             let before = batch.len();
-            let more = async {
-                while batch.len() < PIPELINE_MAX {
-                    let room = PIPELINE_MAX - batch.len();
-                    if rx.recv_many(&mut batch, room).await == 0 {
-                        return;
-                    }
-                }
-            };
-            let _ = tokio::time::timeout_at(first + GATHER, more).await;
+            crate::batch::gather(&mut rx, &mut batch, PIPELINE_MAX, first + GATHER).await;
             fruitless = batch.len() == before && !together;
         }
         last = tokio::time::Instant::now();

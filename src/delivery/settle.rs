@@ -10,9 +10,9 @@
 //! its deliveries queued), its marker not even read: the api's writer gathers records for
 //! a moment before each insert under load, and would otherwise race the worker to write
 //! the same record. Once the grace is over, the worker reads the held jobs' markers,
-//! writes what is still unmarked and acknowledges the held entries (`settle_held`). Acknowledging after the writes makes
-//! processing at-least-once; the `jobs` record keyed by event id makes a second delivery
-//! rewrite the same record.
+//! writes what is still unmarked and acknowledges the held entries (`settle_held`).
+//! Acknowledging after the writes makes processing at-least-once; the `jobs` record keyed
+//! by event id makes a second delivery rewrite the same record.
 //!
 //! A store that cannot be reached fails the whole batch (`Err`): nothing is the jobs'
 //! fault, and the worker reads them again once it is back. MongoDB refusing one job's
@@ -218,10 +218,13 @@ impl Settler {
 
         let mut done: Vec<&str> = Vec::with_capacity(records.len());
         let mut counted = BatchCounts::default();
-        for (i, ((record, delivery), refused)) in
-            records.iter().zip(&deliveries).zip(&verdicts).enumerate()
+        for (((record, delivery), refused), until) in records
+            .iter()
+            .zip(&deliveries)
+            .zip(&verdicts)
+            .zip(&held_until)
         {
-            let held = held_until[i].is_some();
+            let held = until.is_some();
             if let Some(error) = refused {
                 let dead = self
                     .failed(consumer, delivery, &record.alert, error, retries)
@@ -272,11 +275,9 @@ impl Settler {
         let settled: Vec<&Alert> = records
             .iter()
             .zip(&deliveries)
-            .enumerate()
-            .filter(|(i, (_, d))| {
-                held_until[*i].is_none() && !retries.waiting.contains_key(&d.entry)
-            })
-            .map(|(_, (r, _))| &r.alert)
+            .zip(&held_until)
+            .filter(|((_, d), until)| until.is_none() && !retries.waiting.contains_key(&d.entry))
+            .map(|((r, _), _)| &r.alert)
             .collect();
         consumer.ack(&done, &settled).await?;
         for ((record, delivery), due) in records.into_iter().zip(deliveries).zip(held_until) {
@@ -368,10 +369,8 @@ impl Settler {
             .unzip();
         let written = async {
             let alerts: Vec<&Alert> = records.iter().map(|r| &r.alert).collect();
-            let unmarked: Vec<bool> = match consumer.audited(&alerts).await {
-                Ok(marked) => marked.iter().map(|m| !m).collect(),
-                Err(err) => return Err(SettleError::from(err)),
-            };
+            let marked = consumer.audited(&alerts).await?;
+            let unmarked: Vec<bool> = marked.iter().map(|m| !m).collect();
             let verdicts = self.store.record_audits(&records, &unmarked).await?;
             tracing::debug!(
                 held = records.len(),
