@@ -18,7 +18,7 @@
 
 use std::time::Duration;
 
-use bson::{Bson, Document, doc};
+use bson::{Bson, Document, RawArrayBuf, RawBson, RawDocumentBuf, doc};
 use chrono::{DateTime, Utc};
 use mongodb::{
     Client, Collection, Database,
@@ -321,7 +321,7 @@ impl Store {
     /// abandon it mid-flight (which FerretDB's SQLite backend handles badly).
     pub async fn insert_audit(&self, alert: &Alert, arrival: Arrival) -> Result<(), StoreError> {
         let record = audit_record(alert, &arrival);
-        let audit: Collection<Document> = self.db.collection(AUDIT);
+        let audit: Collection<RawDocumentBuf> = self.db.collection(AUDIT);
         let insert = audit
             .insert_one(record)
             .write_concern(self.durable.concern());
@@ -335,10 +335,7 @@ impl Store {
     /// left as they are. Answers, for each record in order, whether this insert wrote it
     /// (false: it was there already).
     pub async fn insert_audits(&self, batch: &[(Alert, Arrival)]) -> Result<Vec<bool>, StoreError> {
-        let documents = batch
-            .iter()
-            .map(|(a, arrival)| audit_record(a, arrival))
-            .collect();
+        let documents = batch.iter().map(|(a, arrival)| audit_record(a, arrival));
         let errors = self.insert_many(AUDIT, documents, None).await?;
         if let Some((_, e)) = errors.iter().find(|(_, e)| !e.duplicate) {
             return Err(StoreError::Refused(e.message.clone()));
@@ -379,7 +376,7 @@ impl Store {
             .iter()
             .filter_map(|&i| batch[i].outcome.as_ref().map(|o| (i, o)))
             .collect();
-        let documents = outcomes.iter().map(|(_, o)| job_document(o)).collect();
+        let documents = outcomes.iter().map(|(_, o)| job_document(o));
         let mut refused = Vec::new();
         let durable = Some(self.durable.document());
         for (position, error) in self.insert_many(JOBS, documents, durable).await? {
@@ -410,8 +407,7 @@ impl Store {
         let refused = together_then_one_by_one(&which, |which| async move {
             let documents = which
                 .iter()
-                .map(|&i| audit_record(&batch[i].alert, &batch[i].arrival))
-                .collect();
+                .map(|&i| audit_record(&batch[i].alert, &batch[i].arrival));
             let durable = Some(self.durable.document());
             let errors = self.insert_many(AUDIT, documents, durable).await?;
             Ok(errors
@@ -639,6 +635,11 @@ impl Store {
         updates: Vec<Document>,
     ) -> Result<(), StoreError> {
         let durable = Some(self.durable.document());
+        let documents = documents
+            .iter()
+            .map(RawDocumentBuf::from_document)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| StoreError::Refused(format!("a deliveries record: {err}")))?;
         let mut again = Vec::new();
         for (position, error) in self.insert_many(DELIVERIES, documents, durable).await? {
             if !error.duplicate {
@@ -746,22 +747,28 @@ impl Store {
     }
 
     /// Inserts documents unordered, with `write_concern` when given; returns the write
-    /// errors by document index.
+    /// errors by document index. The documents come as BSON already, so that the
+    /// command is written out once, without a `Document` of each record on the way.
     async fn insert_many(
         &self,
         collection: &str,
-        documents: Vec<Document>,
+        documents: impl IntoIterator<Item = RawDocumentBuf>,
         write_concern: Option<Document>,
     ) -> Result<Vec<(usize, WriteErrorInfo)>, StoreError> {
-        let mut command = doc! {
-            "insert": collection,
-            "documents": documents,
-            "ordered": false,
-        };
-        if let Some(concern) = write_concern {
-            command.insert("writeConcern", concern);
+        let mut array = RawArrayBuf::new();
+        for document in documents {
+            array.push(document);
         }
-        let reply = self.bounded(self.db.run_command(command)).await?;
+        let mut command = RawDocumentBuf::new();
+        command.append_ref("insert", collection);
+        command.append_ref("documents", &array);
+        command.append_ref("ordered", false);
+        if let Some(concern) = write_concern {
+            let concern = RawDocumentBuf::from_document(&concern)
+                .map_err(|err| StoreError::Refused(format!("a write concern: {err}")))?;
+            command.append_ref("writeConcern", &concern);
+        }
+        let reply = self.bounded(self.db.run_raw_command(command)).await?;
         unconfirmed(&reply)?;
         let errors = write_errors(&reply)
             .iter()
@@ -886,30 +893,28 @@ fn body_json(audit: &Document) -> Option<Value> {
 /// The audit record: the alert as received. Its fields, parsed, are in its `jobs`
 /// record's `signal` (`extra` holding those Pyron does not name), so the parsed body is
 /// not kept twice.
-fn audit_record(alert: &Alert, arrival: &Arrival) -> Document {
-    let mut record = doc! {
-        "_id": alert.id.to_string(),
-        "received_at": bson::DateTime::from_chrono(alert.received_at),
-        "kind": alert.kind.as_str(),
-        "source": &alert.source,
-        "content_type": &alert.content_type,
-        "body": &alert.body,
-        "status": arrival.status(),
-    };
+fn audit_record(alert: &Alert, arrival: &Arrival) -> RawDocumentBuf {
+    let mut record = RawDocumentBuf::new();
+    record.append("_id", alert.id.to_string());
+    record.append_ref(
+        "received_at",
+        bson::DateTime::from_chrono(alert.received_at),
+    );
+    record.append_ref("kind", alert.kind.as_str());
+    record.append_ref("source", alert.source.as_str());
+    record.append_ref("content_type", alert.content_type.as_str());
+    record.append_ref("body", alert.body.as_str());
+    record.append_ref("status", arrival.status());
     match arrival {
-        Arrival::Queued { entry: Some(entry) } => {
-            record.insert("entry", entry);
-        }
-        Arrival::Duplicate { first } => {
-            record.insert("duplicate_of", first);
-        }
+        Arrival::Queued { entry: Some(entry) } => record.append_ref("entry", entry.as_str()),
+        Arrival::Duplicate { first } => record.append_ref("duplicate_of", first.as_str()),
         Arrival::Queued { entry: None } | Arrival::KeptInMongo => {}
     }
     if let Some(sender) = &alert.sender {
-        record.insert("sender", sender);
+        record.append_ref("sender", sender.as_str());
     }
     if let Some(key) = &alert.dedup_key {
-        record.insert("dedup_key", key);
+        record.append_ref("dedup_key", key.as_str());
     }
     record
 }
@@ -936,51 +941,59 @@ fn write_errors(reply: &Document) -> &[Bson] {
 }
 
 /// The `jobs` record of a first delivery.
-fn job_document(outcome: &Outcome) -> Document {
-    let mut document = job_fields(outcome);
-    document.insert("_id", outcome.id.to_string());
-    document.insert("attempts", 1_i64);
+fn job_document(outcome: &Outcome) -> RawDocumentBuf {
+    let mut document = RawDocumentBuf::new();
+    document.append("_id", outcome.id.to_string());
+    job_fields(outcome, &mut document);
+    document.append_ref("attempts", 1_i64);
     match &outcome.result {
-        Ok(signal) => document.insert("signal", signal_document(signal)),
-        Err(error) => document.insert("error", error),
+        Ok(signal) => document.append_ref("signal", &signal_document(signal)),
+        Err(error) => document.append_ref("error", error.as_str()),
     };
     document
 }
 
-fn job_fields(outcome: &Outcome) -> Document {
-    doc! {
-        "status": outcome.status().as_str(),
-        "source": &outcome.source,
-        "received_at": bson::DateTime::from_chrono(outcome.received_at),
-        "processed_at": bson::DateTime::from_chrono(outcome.processed_at),
-        "lag_ms": (outcome.processed_at - outcome.received_at).num_milliseconds(),
-        "entry": &outcome.entry,
-        "worker": &outcome.worker,
-    }
+fn job_fields(outcome: &Outcome, document: &mut RawDocumentBuf) {
+    document.append_ref("status", outcome.status().as_str());
+    document.append_ref("source", outcome.source.as_str());
+    document.append_ref(
+        "received_at",
+        bson::DateTime::from_chrono(outcome.received_at),
+    );
+    document.append_ref(
+        "processed_at",
+        bson::DateTime::from_chrono(outcome.processed_at),
+    );
+    let lag = (outcome.processed_at - outcome.received_at).num_milliseconds();
+    document.append_ref("lag_ms", lag);
+    document.append_ref("entry", outcome.entry.as_str());
+    document.append_ref("worker", outcome.worker.as_str());
 }
 
 /// The update statement that rewrites a redelivered job's record in place.
 fn job_update(outcome: &Outcome) -> Document {
-    let mut set = job_fields(outcome);
+    let mut set = RawDocumentBuf::new();
+    job_fields(outcome, &mut set);
     let mut unset = doc! { "next_attempt_at": "" };
     match &outcome.result {
         Ok(signal) => {
-            set.insert("signal", signal_document(signal));
+            set.append_ref("signal", &signal_document(signal));
             unset.insert("error", "");
             unset.insert("last_error", "");
         }
         Err(error) => {
-            set.insert("error", error);
+            set.append_ref("error", error.as_str());
             unset.insert("signal", "");
         }
     }
+    let set = set.to_document().expect("a document built here reads back");
     let update = doc! { "$set": set, "$unset": unset, "$inc": { "attempts": 1_i64 } };
     doc! { "q": { "_id": outcome.id.to_string() }, "u": update, "upsert": true }
 }
 
 /// The signal with its time as a BSON date, so it sorts and filters as one.
-fn signal_document(signal: &Signal) -> Document {
-    let mut document = Document::new();
+fn signal_document(signal: &Signal) -> RawDocumentBuf {
+    let mut document = RawDocumentBuf::new();
     let strings = [
         ("ticker", &signal.ticker),
         ("exchange", &signal.exchange),
@@ -995,7 +1008,7 @@ fn signal_document(signal: &Signal) -> Document {
     ];
     for (key, value) in strings {
         if let Some(value) = value {
-            document.insert(key, value);
+            document.append_ref(key, value.as_str());
         }
     }
     let numbers = [
@@ -1010,56 +1023,63 @@ fn signal_document(signal: &Signal) -> Document {
     ];
     for (key, value) in numbers {
         if let Some(value) = value {
-            document.insert(key, value);
+            document.append_ref(key, value);
         }
     }
     if let Some(time) = signal.alert_time {
-        document.insert("alert_time", bson::DateTime::from_chrono(time));
+        document.append_ref("alert_time", bson::DateTime::from_chrono(time));
     }
     if !signal.extra.is_empty() {
-        match to_bson(&Value::Object(signal.extra.clone()), 0) {
-            Ok(extra) => {
-                document.insert("extra", extra);
-            }
-            Err(why) => {
-                document.insert(
-                    "extra_note",
-                    format!("extra fields kept in the audit body only: {why}"),
-                );
-            }
+        match json_document(&signal.extra) {
+            Ok(extra) => document.append_ref("extra", &extra),
+            Err(why) => document.append(
+                "extra_note",
+                format!("extra fields kept in the audit body only: {why}"),
+            ),
         }
     }
     document
 }
 
-/// JSON to BSON within what every MongoDB-compatible server stores.
-fn to_bson(value: &Value, array_depth: usize) -> Result<Bson, String> {
+/// A JSON object as a BSON document, within what every MongoDB-compatible server stores.
+fn json_document(map: &serde_json::Map<String, Value>) -> Result<RawDocumentBuf, String> {
+    let mut document = RawDocumentBuf::new();
+    for (key, value) in map {
+        if key.starts_with('$') || key.contains('.') {
+            return Err(format!("the key {key:?} starts with '$' or holds '.'"));
+        }
+        if key.contains('\0') {
+            return Err(format!("the key {key:?} holds a NUL character"));
+        }
+        match value {
+            Value::String(s) => document.append_ref(key, s.as_str()),
+            other => document.append(key, to_bson(other, false)?),
+        }
+    }
+    Ok(document)
+}
+
+/// A JSON value as BSON (see `json_document`); `in_array` when it is an array's item.
+fn to_bson(value: &Value, in_array: bool) -> Result<RawBson, String> {
     Ok(match value {
-        Value::Null => Bson::Null,
-        Value::Bool(b) => Bson::Boolean(*b),
+        Value::Null => RawBson::Null,
+        Value::Bool(b) => RawBson::Boolean(*b),
         Value::Number(n) => match n.as_i64() {
-            Some(i) => Bson::Int64(i),
-            None => Bson::Double(n.as_f64().unwrap_or(f64::NAN)),
+            Some(i) => RawBson::Int64(i),
+            None => RawBson::Double(n.as_f64().unwrap_or(f64::NAN)),
         },
-        Value::String(s) => Bson::String(s.clone()),
+        Value::String(s) => RawBson::String(s.clone()),
         Value::Array(items) => {
-            if array_depth > 0 {
+            if in_array {
                 return Err("an array inside an array".into());
             }
-            let items: Result<Vec<Bson>, String> =
-                items.iter().map(|v| to_bson(v, array_depth + 1)).collect();
-            Bson::Array(items?)
-        }
-        Value::Object(map) => {
-            let mut document = Document::new();
-            for (key, value) in map {
-                if key.starts_with('$') || key.contains('.') {
-                    return Err(format!("the key {key:?} starts with '$' or holds '.'"));
-                }
-                document.insert(key.clone(), to_bson(value, 0)?);
+            let mut array = RawArrayBuf::new();
+            for item in items {
+                array.push(to_bson(item, true)?);
             }
-            Bson::Document(document)
+            RawBson::Array(array)
         }
+        Value::Object(map) => RawBson::Document(json_document(map)?),
     })
 }
 
@@ -1078,22 +1098,30 @@ mod tests {
 
     #[test]
     fn portable_json_becomes_a_document() {
-        let value = json!({"a": 1, "b": [1, {"c": [2]}], "big": 18446744073709551615_u64});
-        let bson = to_bson(&value, 0).unwrap();
-        let doc = bson.as_document().unwrap();
+        let value =
+            json!({"a": 1, "b": [1, {"c": [2]}], "big": 18446744073709551615_u64, "s": "x"});
+        let doc = json_document(value.as_object().unwrap())
+            .unwrap()
+            .to_document()
+            .unwrap();
         assert_eq!(doc.get_i64("a").unwrap(), 1);
         assert!(matches!(doc.get("big"), Some(Bson::Double(_))));
+        assert_eq!(doc.get_str("s").unwrap(), "x");
+        let b = doc.get_array("b").unwrap();
+        assert_eq!(b[0], Bson::Int64(1));
+        assert_eq!(
+            b[1].as_document().unwrap().get_array("c").unwrap(),
+            &vec![Bson::Int64(2)]
+        );
     }
 
     #[test]
     fn unportable_json_is_refused_with_a_reason() {
-        assert!(to_bson(&json!({"a.b": 1}), 0).unwrap_err().contains("a.b"));
-        assert!(to_bson(&json!({"x": {"$where": 1}}), 0).is_err());
-        assert!(
-            to_bson(&json!({"m": [[1, 2]]}), 0)
-                .unwrap_err()
-                .contains("array inside")
-        );
+        let refused = |value: Value| json_document(value.as_object().unwrap()).unwrap_err();
+        assert!(refused(json!({"a.b": 1})).contains("a.b"));
+        assert!(refused(json!({"x": {"$where": 1}})).contains("$where"));
+        assert!(refused(json!({"m": [[1, 2]]})).contains("array inside"));
+        assert!(refused(json!({"n\0ul": 1})).contains("NUL"));
     }
 
     #[tokio::test]
