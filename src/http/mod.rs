@@ -39,6 +39,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_target_length_is_that_of_the_target_written_out() {
+        for target in [
+            "/webhook",
+            "/webhook/secret?x=1&y=%20",
+            "/",
+            "*",
+            "http://example.com/webhook?a=b",
+            "https://user@example.com:8443",
+            "example.com:443",
+        ] {
+            let uri: axum::http::Uri = target.parse().unwrap();
+            assert_eq!(target_len(&uri), uri.to_string().len(), "{target}");
+        }
+    }
+
+    #[test]
     fn a_tripped_breaker_stays_open_for_its_window_then_closes() {
         let breaker = Breaker::new(Duration::from_millis(50));
         assert!(!breaker.is_open());
@@ -193,7 +209,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// Refuses requests whose target and headers together pass `header_limit`, in the same
 /// JSON shape as every other error (hyper's own, much higher, limit answers bare).
 async fn limit_headers(State(app): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    let size = request.uri().to_string().len()
+    let size = target_len(request.uri())
         + request
             .headers()
             .iter()
@@ -211,6 +227,16 @@ async fn limit_headers(State(app): State<Arc<AppState>>, request: Request, next:
         .into_response();
     }
     next.run(request).await
+}
+
+/// The length of the request target as sent, without writing it out.
+fn target_len(uri: &axum::http::Uri) -> usize {
+    let origin = uri.path_and_query().map_or(0, |p| p.as_str().len());
+    match (uri.scheme_str(), uri.authority()) {
+        (Some(scheme), Some(authority)) => scheme.len() + 3 + authority.as_str().len() + origin,
+        (None, Some(authority)) => authority.as_str().len() + origin,
+        _ => origin,
+    }
 }
 
 /// The direct peer of a connection: an address for TCP, nothing for a unix socket (where

@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration, time::Instant};
 use axum::{
     Json,
     body::Body,
-    extract::{ConnectInfo, Path, State},
+    extract::{ConnectInfo, Path, Request, State},
     http::{HeaderMap, StatusCode, header},
 };
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -48,23 +48,25 @@ impl From<Unavailable> for ApiError {
     }
 }
 
+// The request is taken whole, not as `HeaderMap` and `Body`: axum's `HeaderMap` extractor
+// clones every header.
 pub async fn receive(
     State(app): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Result<(StatusCode, Json<Ack>), ApiError> {
-    handle(&app, &peer, None, &headers, body).await
+    let (parts, body) = request.into_parts();
+    handle(&app, &peer, None, &parts.headers, body).await
 }
 
 pub async fn receive_with_token(
     State(app): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     Path(token): Path<String>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Result<(StatusCode, Json<Ack>), ApiError> {
-    handle(&app, &peer, Some(&token), &headers, body).await
+    let (parts, body) = request.into_parts();
+    handle(&app, &peer, Some(&token), &parts.headers, body).await
 }
 
 async fn handle(
