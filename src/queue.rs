@@ -25,8 +25,7 @@ use redis::{
     AsyncCommands, Client, RedisError, Script, Value as RedisValue,
     aio::{ConnectionManager, ConnectionManagerConfig},
     streams::{
-        StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamRangeReply,
-        StreamReadOptions, StreamReadReply,
+        StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamRangeReply, StreamReadOptions,
     },
 };
 use sha2::{Digest, Sha256};
@@ -677,25 +676,21 @@ impl Consumer {
 }
 
 impl Delivery {
-    fn from_entry(entry: StreamId) -> Delivery {
-        let fields = entry_fields(&entry);
-        let alert = read_job(&fields);
-        let duplicate_of = fields
-            .iter()
-            .find(|(k, _)| k == "duplicate_of")
-            .map(|(_, v)| v.clone());
+    fn from_entry(entry: StreamEntry) -> Delivery {
+        let alert = read_job(&entry.fields);
+        let duplicate_of = entry.field("duplicate_of").map(str::to_owned);
         Delivery {
             entry: entry.id,
             alert,
             duplicate_of,
-            fields,
+            fields: entry.fields,
         }
     }
 }
 
 impl DeadLetter {
     fn from_entry(entry: StreamId) -> DeadLetter {
-        let delivery = Delivery::from_entry(entry);
+        let delivery = Delivery::from_entry(entry.into());
         let find = |name: &str| {
             delivery
                 .fields
@@ -821,7 +816,7 @@ impl Group<'_> {
         count: usize,
         block: Duration,
         pending: Option<&str>,
-    ) -> Result<Vec<StreamId>, QueueError> {
+    ) -> Result<Vec<StreamEntry>, QueueError> {
         let mut options = StreamReadOptions::default()
             .group(self.group, self.consumer)
             .count(count);
@@ -829,16 +824,12 @@ impl Group<'_> {
             options = options.block(block.as_millis() as usize);
         }
         let start = pending.unwrap_or(">");
-        let reply: Option<StreamReadReply> = bounded(
+        let reply: RedisValue = bounded(
             block + self.timeout,
             conn.xread_options(&[self.stream], &[start], &options),
         )
         .await?;
-        Ok(reply
-            .into_iter()
-            .flat_map(|r| r.keys)
-            .flat_map(|k| k.ids)
-            .collect())
+        read_reply(reply)
     }
 
     /// Takes over entries another consumer has held unacknowledged for `min_idle`.
@@ -847,7 +838,7 @@ impl Group<'_> {
         conn: &mut ConnectionManager,
         min_idle: Duration,
         count: usize,
-    ) -> Result<Vec<StreamId>, QueueError> {
+    ) -> Result<Vec<StreamEntry>, QueueError> {
         let reply: StreamAutoClaimReply = bounded(
             self.timeout,
             conn.xautoclaim_options(
@@ -860,24 +851,105 @@ impl Group<'_> {
             ),
         )
         .await?;
-        Ok(reply.claimed)
+        Ok(reply.claimed.into_iter().map(StreamEntry::from).collect())
     }
 }
 
-/// A stream entry's fields as text, in order.
-pub fn entry_fields(entry: &StreamId) -> Vec<(String, String)> {
-    entry
-        .map
-        .iter()
-        .map(|(k, v)| {
-            let v = match v {
-                RedisValue::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
-                RedisValue::SimpleString(s) => s.clone(),
-                other => format!("{other:?}"),
+/// A stream entry as read: its id, and its fields in order with their values as text.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamEntry {
+    pub id: String,
+    pub fields: Vec<(String, String)>,
+}
+
+impl StreamEntry {
+    /// The value of the field `name`, if the entry has it.
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl From<StreamId> for StreamEntry {
+    fn from(entry: StreamId) -> StreamEntry {
+        StreamEntry {
+            id: entry.id,
+            fields: entry.map.into_iter().map(|(k, v)| (k, text(v))).collect(),
+        }
+    }
+}
+
+/// A value of an entry's field as text: taken as it is when it is UTF-8, as it always is
+/// for what Pyron writes.
+fn text(value: RedisValue) -> String {
+    match value {
+        RedisValue::BulkString(bytes) => String::from_utf8(bytes)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        RedisValue::SimpleString(s) => s,
+        other => format!("{other:?}"),
+    }
+}
+
+/// The entries of an `XREADGROUP` reply of one stream, read from the reply as it came
+/// (RESP2's array or RESP3's map; nil when the wait ended with nothing), moving the
+/// values rather than copying them: the reply holds every job of the batch, bodies and
+/// all. An entry deleted while pending comes with no fields.
+fn read_reply(reply: RedisValue) -> Result<Vec<StreamEntry>, QueueError> {
+    let unexpected = |what: &str| QueueError::Reply(format!("XREADGROUP: {what}"));
+    let streams = match reply {
+        RedisValue::Nil => return Ok(Vec::new()),
+        RedisValue::Array(streams) => streams
+            .into_iter()
+            .map(|stream| match stream {
+                RedisValue::Array(pair) if pair.len() == 2 => {
+                    Ok(pair.into_iter().nth(1).unwrap_or(RedisValue::Nil))
+                }
+                _ => Err(unexpected("a stream is not a name and its entries")),
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        RedisValue::Map(streams) => streams.into_iter().map(|(_, entries)| entries).collect(),
+        _ => return Err(unexpected("not an array of streams")),
+    };
+    let mut read = Vec::new();
+    for entries in streams {
+        let RedisValue::Array(entries) = entries else {
+            return Err(unexpected("a stream's entries are not an array"));
+        };
+        read.reserve(entries.len());
+        for entry in entries {
+            let RedisValue::Array(entry) = entry else {
+                return Err(unexpected("an entry is not an array"));
             };
-            (k.clone(), v)
-        })
-        .collect()
+            let mut entry = entry.into_iter();
+            let id = match entry.next() {
+                Some(RedisValue::BulkString(id)) => {
+                    String::from_utf8(id).map_err(|_| unexpected("an entry id is not text"))?
+                }
+                Some(RedisValue::SimpleString(id)) => id,
+                _ => return Err(unexpected("an entry has no id")),
+            };
+            let fields = match entry.next() {
+                Some(RedisValue::Array(values)) => {
+                    let mut fields = Vec::with_capacity(values.len() / 2);
+                    let mut values = values.into_iter();
+                    while let (Some(name), Some(value)) = (values.next(), values.next()) {
+                        fields.push((text(name), text(value)));
+                    }
+                    fields
+                }
+                Some(RedisValue::Map(pairs)) => pairs
+                    .into_iter()
+                    .map(|(name, value)| (text(name), text(value)))
+                    .collect(),
+                Some(RedisValue::Nil) | None => Vec::new(),
+                Some(_) => return Err(unexpected("an entry's fields are not an array")),
+            };
+            read.push(StreamEntry { id, fields });
+        }
+    }
+    Ok(read)
 }
 
 /// A connection manager whose commands give up after `response_timeout`.
@@ -907,6 +979,66 @@ async fn bounded<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn bulk(text: &str) -> RedisValue {
+        RedisValue::BulkString(text.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn a_read_reply_gives_its_entries_with_their_fields_in_order() {
+        let entry = |id: &str, fields: RedisValue| RedisValue::Array(vec![bulk(id), fields]);
+        let fields = || {
+            RedisValue::Array(vec![
+                bulk("job"),
+                bulk("{}"),
+                bulk("duplicate_of"),
+                bulk("x"),
+            ])
+        };
+        let entries = RedisValue::Array(vec![
+            entry("1-0", fields()),
+            // Deleted while pending: the id alone.
+            entry("2-0", RedisValue::Nil),
+        ]);
+        let expected = vec![
+            StreamEntry {
+                id: "1-0".into(),
+                fields: vec![
+                    ("job".into(), "{}".into()),
+                    ("duplicate_of".into(), "x".into()),
+                ],
+            },
+            StreamEntry {
+                id: "2-0".into(),
+                fields: vec![],
+            },
+        ];
+        let resp2 = RedisValue::Array(vec![RedisValue::Array(vec![bulk(STREAM), entries.clone()])]);
+        assert_eq!(read_reply(resp2).unwrap(), expected);
+        let resp3 = RedisValue::Map(vec![(bulk(STREAM), entries)]);
+        assert_eq!(read_reply(resp3).unwrap(), expected);
+        assert_eq!(read_reply(RedisValue::Nil).unwrap(), vec![]);
+        assert_eq!(expected[0].field("duplicate_of"), Some("x"));
+    }
+
+    #[test]
+    fn a_read_reply_of_another_shape_is_an_error_that_says_so() {
+        for reply in [
+            RedisValue::Int(1),
+            RedisValue::Array(vec![bulk(STREAM)]),
+            RedisValue::Array(vec![RedisValue::Array(vec![
+                bulk(STREAM),
+                RedisValue::Int(1),
+            ])]),
+            RedisValue::Array(vec![RedisValue::Array(vec![
+                bulk(STREAM),
+                RedisValue::Array(vec![RedisValue::Array(vec![])]),
+            ])]),
+        ] {
+            let err = read_reply(reply).unwrap_err();
+            assert!(err.to_string().contains("XREADGROUP"), "{err}");
+        }
+    }
 
     #[test]
     fn dedup_keys_are_fixed_length_hashes() {

@@ -9,13 +9,11 @@
 use std::time::Duration;
 
 use redis::{
-    AsyncCommands, Script, Value as RedisValue,
-    aio::ConnectionManager,
-    streams::{StreamId, StreamRangeReply},
+    AsyncCommands, Script, Value as RedisValue, aio::ConnectionManager, streams::StreamRangeReply,
 };
 
 use super::Job;
-use crate::queue::{Group, QueueError, entry_fields};
+use crate::queue::{Group, QueueError, StreamEntry};
 
 pub const STREAM: &str = "webhook-deliveries";
 pub const GROUP: &str = "pyron-forwarders";
@@ -283,8 +281,8 @@ pub async fn dead_letters(
         .ids
         .into_iter()
         .map(|entry| {
-            let fields = entry_fields(&entry);
-            let get = |k: &str| fields.iter().find(|(f, _)| f == k).map(|(_, v)| v.clone());
+            let entry = StreamEntry::from(entry);
+            let get = |k: &str| entry.field(k).map(str::to_owned);
             DeadDelivery {
                 entry: entry.id.clone(),
                 id: get("id"),
@@ -334,23 +332,17 @@ pub async fn replay(
 }
 
 impl Entry {
-    fn from_stream(entry: StreamId) -> Entry {
-        let fields = entry_fields(&entry);
-        let raw = fields
-            .iter()
-            .find(|(k, _)| k == FIELD)
-            .map(|(_, v)| v.clone());
-        let replay = fields
-            .iter()
-            .find(|(k, _)| k == "replay")
-            .map(|(_, v)| v.clone());
+    fn from_stream(entry: StreamEntry) -> Entry {
+        let raw = entry.field(FIELD).map(str::to_owned);
+        let replay = entry.field("replay");
         let job = match &raw {
             None => Err("the entry has no job field".to_owned()),
             Some(raw) => serde_json::from_str::<Job>(raw)
                 .map_err(|e| format!("the job does not read: {e}"))
                 .map(|mut job| {
-                    job.replay = replay
-                        .and_then(|r| serde_json::from_value(serde_json::Value::String(r)).ok());
+                    job.replay = replay.and_then(|r| {
+                        serde_json::from_value(serde_json::Value::String(r.to_owned())).ok()
+                    });
                     job
                 }),
         };
