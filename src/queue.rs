@@ -58,15 +58,15 @@ const REQUEUED_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Event ids grouped by the audit-marker set of their minute of arrival.
 fn by_minute<'a>(alerts: impl IntoIterator<Item = &'a Alert>) -> Vec<(String, Vec<String>)> {
-    let mut groups: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    let mut groups: std::collections::BTreeMap<i64, Vec<String>> = Default::default();
     for alert in alerts {
         let minute = alert.received_at.timestamp().div_euclid(60);
-        groups
-            .entry(format!("{AUDITED_PREFIX}{minute}"))
-            .or_default()
-            .push(alert.id.to_string());
+        groups.entry(minute).or_default().push(alert.id.to_string());
     }
-    groups.into_iter().collect()
+    groups
+        .into_iter()
+        .map(|(minute, ids)| (format!("{AUDITED_PREFIX}{minute}"), ids))
+        .collect()
 }
 
 /// Sets the key to the alert's id and adds the job, in one step. When the key already

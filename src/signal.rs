@@ -107,10 +107,7 @@ impl Signal {
             // A JSON scalar or array carries no named fields; keep it readable as text.
             return Ok(Signal::from_text(&value.to_string()));
         };
-        let mut reader = Reader {
-            root,
-            taken: HashSet::new(),
-        };
+        let mut reader = Reader::new(root);
         let mut ticker = reader.string(TICKER);
         let mut exchange = reader.string(EXCHANGE);
         // "NASDAQ:AAPL" names the exchange too.
@@ -153,23 +150,42 @@ impl Signal {
 
 /// Looks fields up in an alert, noting which top-level keys it took.
 struct Reader<'a> {
-    root: &'a Map<String, Value>,
+    /// The alert's objects by depth: the alert itself, the objects in its fields, the
+    /// objects in theirs, and so on.
+    levels: Vec<Vec<&'a Map<String, Value>>>,
     taken: HashSet<&'a str>,
 }
 
 impl<'a> Reader<'a> {
+    fn new(root: &'a Map<String, Value>) -> Reader<'a> {
+        let mut levels = vec![vec![root]];
+        loop {
+            let next: Vec<&'a Map<String, Value>> = levels[levels.len() - 1]
+                .iter()
+                .flat_map(|o| o.values())
+                .filter_map(Value::as_object)
+                .collect();
+            if next.is_empty() {
+                break;
+            }
+            levels.push(next);
+        }
+        Reader {
+            levels,
+            taken: HashSet::new(),
+        }
+    }
+
     /// The first scalar under any of `keys`, breadth first: all of one level before the
     /// next, and within a level, keys in the order given.
     fn find(&mut self, keys: &[&str]) -> Option<&'a Value> {
-        let mut level: Vec<&'a Map<String, Value>> = vec![self.root];
-        let mut top = true;
-        while !level.is_empty() {
+        for (depth, level) in self.levels.iter().enumerate() {
             for key in keys {
-                for object in &level {
+                for object in level {
                     match object.get_key_value(*key) {
                         Some((_, Value::Object(_) | Value::Array(_) | Value::Null)) | None => {}
                         Some((name, scalar)) => {
-                            if top {
+                            if depth == 0 {
                                 self.taken.insert(name.as_str());
                             }
                             return Some(scalar);
@@ -177,12 +193,6 @@ impl<'a> Reader<'a> {
                     }
                 }
             }
-            level = level
-                .iter()
-                .flat_map(|o| o.values())
-                .filter_map(Value::as_object)
-                .collect();
-            top = false;
         }
         None
     }
