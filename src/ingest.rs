@@ -575,10 +575,14 @@ impl<'de> Visitor<'de> for StrictValue<'_> {
                 return Err(self.fail(Rejection::NulInKey));
             }
             let value = map.next_value_seed(self.nested())?;
-            if object.contains_key(&key) {
-                return Err(self.fail(Rejection::DuplicateKey(key)));
+            match object.entry(key) {
+                serde_json::map::Entry::Vacant(vacant) => {
+                    vacant.insert(value);
+                }
+                serde_json::map::Entry::Occupied(occupied) => {
+                    return Err(self.fail(Rejection::DuplicateKey(occupied.key().clone())));
+                }
             }
-            object.insert(key, value);
         }
         Ok(Value::Object(object))
     }

@@ -168,7 +168,13 @@ async fn read_body(
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(Rejection::TooLarge { limit }.into());
     }
-    let read = tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await;
+    // Behind NGINX (which buffers request bodies) the body is in hand with the headers:
+    // a timer is set only for a body still on its way.
+    let mut collect = std::pin::pin!(Limited::new(body, limit).collect());
+    let read = match futures_util::poll!(collect.as_mut()) {
+        std::task::Poll::Ready(read) => Ok(read),
+        std::task::Poll::Pending => tokio::time::timeout(timeout, collect).await,
+    };
     let Ok(read) = read else {
         return Err(ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
