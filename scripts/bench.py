@@ -430,7 +430,9 @@ def main():
             say(f"{args.rate} alerts/s for {args.seconds} s through TLS"
                 + (", each delivered to a local HTTP sink" if args.route else ""))
             run, lag = lag_run(redis_port, pyron_url, args.rate, args.seconds, meter)
-            result = {"machine": {**machine(), "wire_server": wire}, "run": run, "lag": lag}
+            result = {"machine": {**machine(), "wire_server": wire}, "run": run, "lag": lag,
+                      "peak_memory": {"pyron_api_mib": vm_hwm(api.pid),
+                                      "pyron_worker_mib": vm_hwm(worker.pid)}}
             if args.route:
                 result["deliveries"] = deliveries(work / "pyron-forwarder.log", run["ok"],
                                                   args.seconds)
