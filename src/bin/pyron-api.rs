@@ -1,9 +1,5 @@
 //! pyron-api: receives alerts on `POST /webhook` and answers 202 once they are durable.
 
-/// A fifth of the CPU per alert went to glibc's malloc and free (README, Performance).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::process::ExitCode;
 
 use pyron::{

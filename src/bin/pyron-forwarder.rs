@@ -6,10 +6,6 @@
 //! again: as they were (whatever their age), or re-checked against the routes with a new
 //! deadline.
 
-/// A fifth of the CPU per alert went to glibc's malloc and free (README, Performance).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::{process::ExitCode, time::Duration};
 
 use pyron::{

@@ -4,10 +4,6 @@
 //! `pyron-worker replay <event-id>...` or `pyron-worker replay --all` moves them back to the
 //! work stream, for a running worker to process.
 
-/// A fifth of the CPU per alert went to glibc's malloc and free (README, Performance).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::{process::ExitCode, sync::Arc, time::Duration};
 
 use pyron::{
