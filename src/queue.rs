@@ -691,13 +691,7 @@ impl Delivery {
 impl DeadLetter {
     fn from_entry(entry: StreamId) -> DeadLetter {
         let delivery = Delivery::from_entry(entry.into());
-        let find = |name: &str| {
-            delivery
-                .fields
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
-        };
+        let find = |name: &str| field(&delivery.fields, name).map(str::to_owned);
         let reason = find("reason").unwrap_or_default();
         match &delivery.alert {
             Ok(alert) => DeadLetter {
@@ -723,8 +717,8 @@ impl DeadLetter {
 
 /// The alert a stream entry carries.
 fn read_job(fields: &[(String, String)]) -> Result<Alert, String> {
-    match fields.iter().find(|(k, _)| k == JOB) {
-        Some((_, job)) => {
+    match field(fields, JOB) {
+        Some(job) => {
             serde_json::from_str::<Alert>(job).map_err(|e| format!("job is not readable: {e}"))
         }
         // Queued by a Pyron from before jobs were one field: still read, so that an
@@ -735,7 +729,7 @@ fn read_job(fields: &[(String, String)]) -> Result<Alert, String> {
 
 /// A job queued as a field per attribute, as Pyron did before `job`.
 fn alert_from_fields(fields: &[(String, String)]) -> Result<Alert, String> {
-    let find = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+    let find = |name: &str| field(fields, name);
     let get = |name: &str| find(name).ok_or_else(|| format!("job has no field {name:?}"));
     let id = get("id")?
         .parse::<EventId>()
@@ -753,11 +747,11 @@ fn alert_from_fields(fields: &[(String, String)]) -> Result<Alert, String> {
         id,
         received_at,
         kind,
-        content_type: get("content_type")?.clone(),
-        body: get("body")?.clone(),
+        content_type: get("content_type")?.to_owned(),
+        body: get("body")?.to_owned(),
         json: None,
-        sender: find("sender").cloned(),
-        dedup_key: find("dedup_key").cloned(),
+        sender: find("sender").map(str::to_owned),
+        dedup_key: find("dedup_key").map(str::to_owned),
     })
 }
 
@@ -865,11 +859,16 @@ pub struct StreamEntry {
 impl StreamEntry {
     /// The value of the field `name`, if the entry has it.
     pub fn field(&self, name: &str) -> Option<&str> {
-        self.fields
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        field(&self.fields, name)
     }
+}
+
+/// The value of the field `name` among an entry's fields, if it has it.
+fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    fields
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }
 
 impl From<StreamId> for StreamEntry {
