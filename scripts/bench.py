@@ -188,15 +188,17 @@ def highest_rate(url, seconds, start=250, connections=64):
     return best
 
 
-def drain(redis_port, timeout):
-    """Waits until the work stream is empty; False if it is not within `timeout` s."""
+def drain(redis_port, timeout, streams=("webhook-jobs",)):
+    """Waits until the streams are empty (the work stream, and with a route the deliveries
+    stream, whose entries go once settled); False if they are not within `timeout` s."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        length = subprocess.run(["redis-cli", "-p", str(redis_port), "XLEN", "webhook-jobs"],
-                                check=True, capture_output=True, text=True).stdout.strip()
-        if length == "0":
+        lengths = [subprocess.run(["redis-cli", "-p", str(redis_port), "XLEN", stream],
+                                  check=True, capture_output=True, text=True).stdout.strip()
+                   for stream in streams]
+        if all(length == "0" for length in lengths):
             return True
-        time.sleep(1)
+        time.sleep(0.2)
     return False
 
 
@@ -260,15 +262,18 @@ def lag_quantile(buckets, count, q):
     return None
 
 
-def lag_run(redis_port, url, rate, seconds, meter):
+def lag_run(redis_port, url, rate, seconds, meter, route=False):
     """One fixed-rate run: its answers, the end-to-end lag of every alert it sent (from the
-    worker's lag histogram), and the CPU each process used, the worker's until it has
-    drained what the run queued."""
+    worker's lag histogram), and the CPU each process used, the worker's (and with a
+    route the forwarder's) until it has drained what the run queued. With a route, also
+    the run's deliveries (`deliveries`)."""
     before, count_before = lag_histogram(redis_port)
+    sent_before = delivery_counts(redis_port) if route else None
     meter.start()
     started = time.time()
     run = oha(url, seconds, rate, 64)
-    drained = drain(redis_port, timeout=300)
+    streams = ("webhook-jobs", "webhook-deliveries") if route else ("webhook-jobs",)
+    drained = drain(redis_port, timeout=300, streams=streams)
     run["drain_s_after_run"] = round(time.time() - started - seconds, 1)
     run["cpu"] = meter.stop(run["ok"])
     # Pyron's own processes against the NGINX in front of them, in the same run: a ratio
@@ -283,6 +288,9 @@ def lag_run(redis_port, url, rate, seconds, meter):
            "p50_ms": lag_quantile(buckets, count, 0.5),
            "p99_ms": lag_quantile(buckets, count, 0.99),
            "within_1s": buckets[LAG_BOUNDS_S.index(1.0)] / count if count else None}
+    if route:
+        lag["deliveries"] = deliveries(sent_before, delivery_counts(redis_port), run["ok"],
+                                       seconds)
     return run, lag
 
 
@@ -299,32 +307,34 @@ def floor_run(stack, url, rate, seconds):
     return run
 
 
-def deliveries(log, expected, seconds, timeout=300):
-    """Receipt-to-delivery times of the run's deliveries, from the forwarder's line per
-    delivery (`lag_ms=`), once all `expected` are in (or the timeout passed)."""
-    deadline = time.time() + timeout
-    while True:
-        lags, other = [], 0
-        for line in Path(log).read_text(errors="replace").splitlines():
-            try:
-                record = json.loads(line)
-                fields = record.get("fields", record)
-            except ValueError:
-                continue
-            if fields.get("status") == "delivered":
-                lags.append(int(fields["lag_ms"]))
-            elif fields.get("status") in ("expired", "dead"):
-                other += 1
-        if len(lags) + other >= expected or time.time() > deadline:
-            break
-        time.sleep(1)
-    lags.sort()
+def delivery_counts(redis_port):
+    """The forwarders' counters (pyron:deliveries:counts): settled deliveries by status,
+    and the cumulative receipt-to-delivery histogram with its count."""
+    raw = subprocess.run(["redis-cli", "-p", str(redis_port), "HGETALL",
+                          "pyron:deliveries:counts"],
+                         check=True, capture_output=True, text=True).stdout.split()
+    fields = dict(zip(raw[::2], (int(v) for v in raw[1::2])))
+    status = {s: sum(v for k, v in fields.items()
+                     if not k.startswith("~") and k.endswith(f":{s}"))
+              for s in ("delivered", "expired", "dead")}
+    return (status, [fields.get(f"~latency:le_{b:g}", 0) for b in LAG_BOUNDS_S],
+            fields.get("~latency:count", 0))
 
-    def q(p):
-        return lags[min(len(lags) - 1, int(p * len(lags)))] if lags else None
-    return {"delivered": len(lags), "expected": expected, "expired_or_dead": other,
-            "per_second": round(len(lags) / seconds, 1),
-            "p50_ms": q(0.50), "p99_ms": q(0.99), "max_ms": lags[-1] if lags else None}
+
+def deliveries(before, after, expected, seconds):
+    """The run's deliveries, from the forwarders' counters before and after it (read from
+    Redis, as the dashboard does: the forwarder logs at its default level while measured):
+    how many, and their receipt-to-delivery time, p50 and p99."""
+    (status0, buckets0, count0), (status1, buckets1, count1) = before, after
+    settled = {s: status1[s] - status0[s] for s in status1}
+    buckets = [a - b for a, b in zip(buckets1, buckets0)]
+    count = count1 - count0
+    return {"delivered": settled["delivered"], "expected": expected,
+            "expired_or_dead": settled["expired"] + settled["dead"],
+            "per_second": round(settled["delivered"] / seconds, 1),
+            "p50_ms": lag_quantile(buckets, count, 0.5),
+            "p99_ms": lag_quantile(buckets, count, 0.99),
+            "within_1s": buckets[LAG_BOUNDS_S.index(1.0)] / count if count else None}
 
 
 def machine():
@@ -414,10 +424,9 @@ def main():
         wait_port(null_port, "null handler", null)
         wait_socket(null_socket, "null handler", null)
         if args.route:
-            # Its debug line per delivery (`pyron::alerts`) carries the receipt-to-delivery time.
-            stack.spawn("pyron-forwarder", [str(ROOT / "target/release/pyron-forwarder")],
-                        {**env, "PYRON_LOG": "info,pyron::alerts=debug",
-                         "PYRON_LOG_FORMAT": "json"})
+            # At the default level, as a user runs it: the delivery figures come from the
+            # forwarder's counters in Redis, not from a log line per delivery.
+            stack.spawn("pyron-forwarder", [str(ROOT / "target/release/pyron-forwarder")], env)
         pyron_tls = stack.nginx("nginx-pyron", f"unix:{api_socket}", cert, key)
         null_tls = stack.nginx("nginx-null", f"unix:{null_socket}", cert, key)
         pyron_url = f"https://localhost:{pyron_tls}/webhook/{TOKEN}"
@@ -429,13 +438,12 @@ def main():
         if args.rate:
             say(f"{args.rate} alerts/s for {args.seconds} s through TLS"
                 + (", each delivered to a local HTTP sink" if args.route else ""))
-            run, lag = lag_run(redis_port, pyron_url, args.rate, args.seconds, meter)
+            run, lag = lag_run(redis_port, pyron_url, args.rate, args.seconds, meter, args.route)
             result = {"machine": {**machine(), "wire_server": wire}, "run": run, "lag": lag,
                       "peak_memory": {"pyron_api_mib": vm_hwm(api.pid),
                                       "pyron_worker_mib": vm_hwm(worker.pid)}}
             if args.route:
-                result["deliveries"] = deliveries(work / "pyron-forwarder.log", run["ok"],
-                                                  args.seconds)
+                result["deliveries"] = lag.pop("deliveries")
             else:
                 say("   the floor: the same rate through the same NGINX to a handler that "
                     "stores nothing")
