@@ -146,7 +146,8 @@ pub struct RawRoute {
 pub struct Destination {
     pub name: String,
     pub kind: Kind,
-    pub url: Option<String>,
+    /// An `http` destination's URL, parsed.
+    pub url: Option<reqwest::Url>,
     pub chat_id: Option<String>,
     pub base_url: String,
     pub secret: Option<Secret>,
@@ -375,25 +376,29 @@ fn destination(
     raw: &RawDestination,
     secret: Option<SecretReader<'_>>,
 ) -> Result<Destination, Invalid> {
-    let url = |what: &str, url: &str| -> Result<(), Invalid> {
-        if url.starts_with("https://") || url.starts_with("http://") {
-            Ok(())
-        } else {
-            Err(invalid(
+    // Parsed here, once: a URL that does not parse is refused at start, not found out
+    // at every attempt. The error never repeats the URL (Discord's and Slack's are
+    // secrets).
+    let url = |what: &str, url: &str| -> Result<reqwest::Url, Invalid> {
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            return Err(invalid(
                 format!("{key}.{what}"),
                 "must be an http:// or https:// URL",
-            ))
+            ));
         }
+        reqwest::Url::parse(url)
+            .map_err(|e| invalid(format!("{key}.{what}"), format!("is not a valid URL: {e}")))
     };
+    let mut endpoint = None;
     match raw.kind {
         Kind::Http => {
-            let Some(endpoint) = &raw.url else {
+            let Some(given) = &raw.url else {
                 return Err(invalid(
                     format!("{key}.url"),
                     "an http destination needs a url",
                 ));
             };
-            url("url", endpoint)?;
+            endpoint = Some(url("url", given)?);
         }
         Kind::Telegram => {
             if raw.chat_id.as_deref().is_none_or(str::is_empty) {
@@ -510,7 +515,9 @@ fn destination(
                     crate::forward::sign::SigningKey::parse(value.expose())
                         .map_err(|e| invalid(format!("{key}.secret_file"), e))?;
                 }
-                Kind::Discord | Kind::Slack => url("secret_file", value.expose())?,
+                Kind::Discord | Kind::Slack => {
+                    url("secret_file", value.expose())?;
+                }
                 Kind::Telegram => {}
             }
             Some(value)
@@ -519,7 +526,7 @@ fn destination(
     Ok(Destination {
         name: name.to_owned(),
         kind: raw.kind,
-        url: raw.url.clone(),
+        url: endpoint,
         chat_id: raw.chat_id.clone(),
         base_url: base_url.trim_end_matches('/').to_owned(),
         secret,
@@ -707,6 +714,15 @@ mod tests {
         assert_eq!(
             refused(&[], &BTreeMap::from([("h".to_owned(), no_url)])).key,
             "destinations.h.url"
+        );
+        let mut unparsable = raw_destination(Kind::Http);
+        unparsable.url = Some("https://bridge example/hook".into());
+        let refusal = refused(&[], &BTreeMap::from([("h".to_owned(), unparsable)]));
+        assert_eq!(refusal.key, "destinations.h.url");
+        assert!(
+            refusal.message.starts_with("is not a valid URL"),
+            "{}",
+            refusal.message
         );
         let mut signed_by_us = raw_destination(Kind::Http);
         signed_by_us

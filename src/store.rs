@@ -625,32 +625,26 @@ impl Store {
         self.update(command).await
     }
 
-    /// Writes deliveries' outcomes: each a new record (`documents[i]`) in one unordered
-    /// insert, journaled; a delivery that has a record already (it was retried, or
-    /// replayed) gets `updates[i]` instead. Inserting is the common case and costs
-    /// MongoDB far less than an upsert (FerretDB most of all).
-    pub async fn record_outcomes(
+    /// Writes deliveries' outcomes, each a new record, in one unordered insert,
+    /// journaled. Inserting is the common case and costs MongoDB far less than an upsert
+    /// (FerretDB most of all). Answers the positions of the deliveries that have a record
+    /// already (they were retried, or replayed): the caller updates those instead.
+    pub async fn insert_outcomes(
         &self,
-        documents: Vec<Document>,
-        updates: Vec<Document>,
-    ) -> Result<(), StoreError> {
+        documents: &[RawDocumentBuf],
+    ) -> Result<Vec<usize>, StoreError> {
         let durable = Some(self.durable.document());
-        let documents = documents
-            .iter()
-            .map(RawDocumentBuf::from_document)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|err| StoreError::Refused(format!("a deliveries record: {err}")))?;
-        let mut again = Vec::new();
-        for (position, error) in self.insert_many(DELIVERIES, documents, durable).await? {
+        let mut existing = Vec::new();
+        for (position, error) in self
+            .insert_many(DELIVERIES, documents.iter().cloned(), durable)
+            .await?
+        {
             if !error.duplicate {
                 return Err(StoreError::Refused(error.message));
             }
-            again.push(updates[position].clone());
+            existing.push(position);
         }
-        if again.is_empty() {
-            return Ok(());
-        }
-        self.record_deliveries(again, true).await
+        Ok(existing)
     }
 
     /// Which of these delivery ids `deliveries` records as delivered.

@@ -433,7 +433,11 @@ impl Forwarder {
 
     /// Every attempt at one delivery, until it is delivered, expired or dead.
     async fn deliver(&self, entry: &Entry) -> Outcome {
-        let mut job = entry.job.clone().expect("dispatched only when readable");
+        let Ok(job) = &entry.job else {
+            unreachable!("dispatched only when readable")
+        };
+        // Borrowed: only a replay changes it.
+        let mut job = std::borrow::Cow::Borrowed(job);
         let Some(gate) = self.gates.get(&job.destination) else {
             return Outcome::Dead {
                 attempts: 0,
@@ -446,9 +450,9 @@ impl Forwarder {
         };
         match job.replay {
             // The operator's call: sent now, whatever its age.
-            Some(super::Replay::AsItWas) => job.deadline = None,
+            Some(super::Replay::AsItWas) => job.to_mut().deadline = None,
             Some(super::Replay::Now) => match self.recheck(&job) {
-                Ok(deadline) => job.deadline = Some(deadline),
+                Ok(deadline) => job.to_mut().deadline = Some(deadline),
                 Err(outcome) => return outcome,
             },
             None => {}
@@ -575,7 +579,7 @@ impl Forwarder {
                     }
                     tracing::warn!(delivery = %job.id, destination = %job.destination, attempts, error, retry_in_ms = pause.as_millis() as u64, "delivery failed; will retry");
                     self.recorder.update(Update {
-                        job: job.clone(),
+                        job: job.as_ref().clone(),
                         attempts,
                         code,
                         error: error.clone(),

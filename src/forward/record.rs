@@ -9,14 +9,17 @@
 
 use std::time::Duration;
 
-use bson::{Document, doc};
+use bson::{Document, RawDocumentBuf, doc};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use super::{
     Job,
     outbox::{Entry, Outbox},
 };
-use crate::{backoff::Backoff, store::Store};
+use crate::{
+    backoff::Backoff,
+    store::{Store, StoreError},
+};
 
 /// How a delivery ended.
 #[derive(Debug, Clone)]
@@ -124,20 +127,18 @@ async fn run(
     in_hand: InHand,
 ) {
     let mut buffer = Vec::with_capacity(BATCH);
+    let latency_fields: Vec<String> = crate::stats::LAG_BUCKETS
+        .iter()
+        .map(|bound| format!("~latency:le_{bound}"))
+        .collect();
     while rx.recv_many(&mut buffer, BATCH).await > 0 {
         let mut finished = Vec::new();
-        let mut statements = Vec::new();
         let mut progress = Vec::new();
         let mut breakers = Vec::new();
         for message in buffer.drain(..) {
             match message {
                 Message::Finished(entry, outcome, permit, at) => {
-                    if let Ok(job) = &entry.job
-                        && !matches!(outcome, Outcome::Unreadable { .. })
-                    {
-                        statements.push(outcome_statement(job, &outcome, at));
-                    }
-                    finished.push((entry, Some(outcome), permit));
+                    finished.push((entry, Some((outcome, at)), permit))
                 }
                 Message::Recorded(entry, permit) => finished.push((entry, None, permit)),
                 Message::Retrying(update, at) => progress.push(retry_statement(&update, at)),
@@ -173,17 +174,29 @@ async fn run(
         // Outcomes are the promise: written, then settled, however long MongoDB and
         // Redis take to come back.
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        if !statements.is_empty() {
-            let (documents, updates): (Vec<Document>, Vec<Document>) =
-                statements.into_iter().unzip();
-            while let Err(err) = store
-                .record_outcomes(documents.clone(), updates.clone())
-                .await
-            {
-                tracing::warn!(error = %err, "delivery outcomes not recorded; retrying");
-                tokio::time::sleep(backoff.next_wait()).await;
-            }
+        let outcomes: Vec<(&Job, &Outcome, chrono::DateTime<chrono::Utc>)> = finished
+            .iter()
+            .filter_map(|(entry, outcome, _)| match (&entry.job, outcome) {
+                (Ok(job), Some((outcome, at)))
+                    if !matches!(outcome, Outcome::Unreadable { .. }) =>
+                {
+                    Some((job, outcome, *at))
+                }
+                _ => None,
+            })
+            .collect();
+        let records: Vec<RawDocumentBuf> = outcomes
+            .iter()
+            .map(|(job, outcome, at)| outcome_record(job, outcome, *at))
+            .collect();
+        while let Err(err) = write_outcomes(&store, &outcomes, &records).await {
+            tracing::warn!(error = %err, "delivery outcomes not recorded; retrying");
+            tokio::time::sleep(backoff.next_wait()).await;
         }
+        let finished: Vec<_> = finished
+            .into_iter()
+            .map(|(entry, outcome, permit)| (entry, outcome.map(|(outcome, _)| outcome), permit))
+            .collect();
         let delivered: Vec<&str> = finished
             .iter()
             .filter(|(_, o, _)| matches!(o, None | Some(Outcome::Delivered { .. })))
@@ -203,6 +216,7 @@ async fn run(
             })
             .collect();
         let mut counts: std::collections::BTreeMap<String, i64> = Default::default();
+        let mut latency = Latency::default();
         for (entry, outcome, _) in &finished {
             if let (Ok(job), Some(outcome)) = (&entry.job, outcome) {
                 *counts
@@ -218,14 +232,16 @@ async fn run(
                     .entry(format!("{}:attempts", job.destination))
                     .or_default() += i64::from(attempts);
                 if let Outcome::Delivered { at, .. } = outcome {
-                    let ms = at - job.received_at;
-                    *counts.entry("~latency:count".to_owned()).or_default() += 1;
-                    *counts.entry("~latency:sum_ms".to_owned()).or_default() += ms.max(0);
-                    for bound in crate::stats::LAG_BUCKETS {
-                        if ms as f64 <= bound * 1000.0 {
-                            *counts.entry(format!("~latency:le_{bound}")).or_default() += 1;
-                        }
-                    }
+                    latency.add(at - job.received_at);
+                }
+            }
+        }
+        if latency.count > 0 {
+            counts.insert("~latency:count".to_owned(), latency.count);
+            counts.insert("~latency:sum_ms".to_owned(), latency.sum_ms);
+            for (field, n) in latency_fields.iter().zip(latency.at_or_below) {
+                if n > 0 {
+                    counts.insert(field.clone(), n);
                 }
             }
         }
@@ -269,31 +285,82 @@ fn log(entry: &Entry, outcome: Option<&Outcome>) {
     }
 }
 
-fn fixed(job: &Job) -> Document {
-    let mut fields = doc! {
-        "event": &job.event,
-        "route": &job.route,
-        "destination": &job.destination,
-        "source": &job.source,
-        "received_at": bson::DateTime::from_millis(job.received_at),
-    };
+/// A batch's receipt-to-delivery times, as the histogram in `stats::DELIVERY_COUNTS`
+/// counts them (`LAG_BUCKETS`, cumulative).
+#[derive(Default)]
+struct Latency {
+    count: i64,
+    sum_ms: i64,
+    at_or_below: [i64; crate::stats::LAG_BUCKETS.len()],
+}
+
+impl Latency {
+    fn add(&mut self, ms: i64) {
+        self.count += 1;
+        self.sum_ms += ms.max(0);
+        for (bound, n) in crate::stats::LAG_BUCKETS.iter().zip(&mut self.at_or_below) {
+            if ms as f64 <= bound * 1000.0 {
+                *n += 1;
+            }
+        }
+    }
+}
+
+/// Writes a batch's outcomes: `records[i]` is `outcomes[i]` as a new record; those that
+/// have a record already are updated instead.
+async fn write_outcomes(
+    store: &Store,
+    outcomes: &[(&Job, &Outcome, chrono::DateTime<chrono::Utc>)],
+    records: &[RawDocumentBuf],
+) -> Result<(), StoreError> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let existing = store.insert_outcomes(records).await?;
+    if existing.is_empty() {
+        return Ok(());
+    }
+    let updates = existing
+        .into_iter()
+        .map(|i| {
+            let (job, outcome, at) = outcomes[i];
+            outcome_update(job, outcome, at)
+        })
+        .collect();
+    store.record_deliveries(updates, true).await
+}
+
+/// The fields every record of the delivery holds from the start.
+fn fixed(job: &Job) -> RawDocumentBuf {
+    let mut fields = RawDocumentBuf::new();
+    fields.append_ref("event", job.event.as_str());
+    fields.append_ref("route", job.route.as_str());
+    fields.append_ref("destination", job.destination.as_str());
+    fields.append_ref("source", job.source.as_str());
+    fields.append_ref("received_at", bson::DateTime::from_millis(job.received_at));
     if let Some(ticker) = &job.ticker {
-        fields.insert("ticker", ticker);
+        fields.append_ref("ticker", ticker.as_str());
     }
     if let Some(deadline) = job.deadline {
-        fields.insert("deadline", bson::DateTime::from_millis(deadline));
+        fields.append_ref("deadline", bson::DateTime::from_millis(deadline));
     }
     fields
 }
 
-/// An outcome as a new record, and as the update of an existing one.
-fn outcome_statement(
+fn document(raw: &RawDocumentBuf) -> Document {
+    raw.to_document().expect("a document built here reads back")
+}
+
+/// What an outcome sets on the delivery's record, and what it removes of a retry's.
+fn outcome_fields(
     job: &Job,
     outcome: &Outcome,
     at: chrono::DateTime<chrono::Utc>,
-) -> (Document, Document) {
+) -> (RawDocumentBuf, Document) {
     let at = bson::DateTime::from_chrono(at);
-    let mut set = doc! { "status": outcome.status(), "finished_at": at };
+    let mut set = RawDocumentBuf::new();
+    set.append_ref("status", outcome.status());
+    set.append_ref("finished_at", at);
     let mut unset = doc! { "next_attempt_at": "" };
     let attempts = match outcome {
         Outcome::Delivered {
@@ -302,9 +369,9 @@ fn outcome_statement(
             took,
             at: answered,
         } => {
-            set.insert("last_code", i32::from(*code));
-            set.insert("send_ms", took.as_millis() as i64);
-            set.insert("latency_ms", answered - job.received_at);
+            set.append_ref("last_code", i32::from(*code));
+            set.append_ref("send_ms", took.as_millis() as i64);
+            set.append_ref("latency_ms", answered - job.received_at);
             unset.insert("last_error", "");
             *attempts
         }
@@ -318,30 +385,48 @@ fn outcome_statement(
             code,
             error,
         } => {
-            set.insert("last_error", error);
+            set.append_ref("last_error", error.as_str());
             if let Some(code) = code {
-                set.insert("last_code", i32::from(*code));
+                set.append_ref("last_code", i32::from(*code));
             }
             *attempts
         }
         Outcome::Unreadable { .. } => 0,
     };
-    set.insert("attempts", i64::from(attempts));
+    set.append_ref("attempts", i64::from(attempts));
     if attempts > 0 {
-        set.insert("last_attempt_at", at);
+        set.append_ref("last_attempt_at", at);
     }
     if let Some(replay) = job.replay {
-        set.insert("replay", replay.as_str());
+        set.append_ref("replay", replay.as_str());
     }
-    let mut document = fixed(job);
-    document.insert("_id", &job.id);
-    document.extend(set.clone());
-    let update = doc! {
+    (set, unset)
+}
+
+/// An outcome as a new record.
+fn outcome_record(
+    job: &Job,
+    outcome: &Outcome,
+    at: chrono::DateTime<chrono::Utc>,
+) -> RawDocumentBuf {
+    let mut record = fixed(job);
+    record.append_ref("_id", job.id.as_str());
+    let (set, _) = outcome_fields(job, outcome, at);
+    for element in set.iter() {
+        let (key, value) = element.expect("a document built here reads back");
+        record.append_ref(key, value);
+    }
+    record
+}
+
+/// An outcome as the update of the record a retry or an earlier outcome left.
+fn outcome_update(job: &Job, outcome: &Outcome, at: chrono::DateTime<chrono::Utc>) -> Document {
+    let (set, unset) = outcome_fields(job, outcome, at);
+    doc! {
         "q": { "_id": &job.id },
-        "u": { "$set": set, "$unset": unset, "$setOnInsert": fixed(job) },
+        "u": { "$set": document(&set), "$unset": unset, "$setOnInsert": document(&fixed(job)) },
         "upsert": true,
-    };
-    (document, update)
+    }
 }
 
 fn retry_statement(update: &Update, at: chrono::DateTime<chrono::Utc>) -> Document {
@@ -357,7 +442,86 @@ fn retry_statement(update: &Update, at: chrono::DateTime<chrono::Utc>) -> Docume
     }
     doc! {
         "q": { "_id": &update.job.id },
-        "u": { "$set": set, "$setOnInsert": fixed(&update.job) },
+        "u": { "$set": set, "$setOnInsert": document(&fixed(&update.job)) },
         "upsert": true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job() -> Job {
+        Job {
+            id: "0193a8d2-7c1e-7000-8000-000000000001:btc:sink".into(),
+            event: "0193a8d2-7c1e-7000-8000-000000000001".into(),
+            route: "btc".into(),
+            destination: "sink".into(),
+            source: "tradingview".into(),
+            ticker: Some("BTCUSDT".into()),
+            received_at: 1_764_400_000_000,
+            deadline: Some(1_764_400_060_000),
+            signal: serde_json::json!({"ticker": "BTCUSDT"}),
+            alert: serde_json::json!({"ticker": "BTCUSDT"}),
+            replay: None,
+        }
+    }
+
+    /// The record an insert writes is the record the upsert would write on an empty
+    /// collection: the two ways an outcome is recorded say the same.
+    #[test]
+    fn a_new_record_holds_what_the_upsert_would_write() {
+        let at = chrono::DateTime::from_timestamp_millis(1_764_400_000_250).unwrap();
+        let mut replayed = job();
+        replayed.replay = Some(super::super::Replay::Now);
+        let outcomes = [
+            (
+                job(),
+                Outcome::Delivered {
+                    attempts: 2,
+                    code: 202,
+                    took: Duration::from_millis(12),
+                    at: 1_764_400_000_240,
+                },
+            ),
+            (
+                replayed,
+                Outcome::Expired {
+                    attempts: 0,
+                    code: None,
+                    error: "not sent within its maximum age".into(),
+                },
+            ),
+            (
+                job(),
+                Outcome::Dead {
+                    attempts: 5,
+                    code: Some(500),
+                    error: "answered 500".into(),
+                },
+            ),
+        ];
+        for (job, outcome) in &outcomes {
+            let record = outcome_record(job, outcome, at).to_document().unwrap();
+            let update = outcome_update(job, outcome, at);
+            let u = update.get_document("u").unwrap();
+            let mut upserted = Document::new();
+            upserted.insert(
+                "_id",
+                update.get_document("q").unwrap().get_str("_id").unwrap(),
+            );
+            upserted.extend(u.get_document("$setOnInsert").unwrap().clone());
+            upserted.extend(u.get_document("$set").unwrap().clone());
+            let sorted = |d: &Document| {
+                let mut pairs: Vec<(String, bson::Bson)> = d.clone().into_iter().collect();
+                pairs.sort_by(|a, b| a.0.cmp(&b.0));
+                pairs
+            };
+            assert_eq!(sorted(&record), sorted(&upserted), "{outcome:?}");
+            assert_eq!(record.get_str("status").unwrap(), outcome.status());
+            for unset in u.get_document("$unset").unwrap().keys() {
+                assert!(!record.contains_key(unset), "{unset} in {record}");
+            }
+        }
     }
 }

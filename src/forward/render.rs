@@ -50,6 +50,8 @@ pub fn check(template: &str) -> Result<(), String> {
 /// Every template of the routing, compiled once.
 pub struct Renderer {
     env: Environment<'static>,
+    /// The routes and destinations that have a template.
+    templated: std::collections::HashSet<String>,
 }
 
 /// A rendered delivery.
@@ -63,34 +65,42 @@ pub struct Rendered {
 impl Renderer {
     pub fn new(routing: &Routing) -> Result<Renderer, String> {
         let mut env = environment();
-        for route in &routing.routes {
-            if let Some(template) = &route.template {
-                env.add_template_owned(format!("route:{}", route.name), template.clone())
+        let mut templated = std::collections::HashSet::new();
+        let routes = routing
+            .routes
+            .iter()
+            .map(|r| (format!("route:{}", r.name), &r.template));
+        let destinations = routing
+            .destinations
+            .values()
+            .map(|d| (format!("destination:{}", d.name), &d.template));
+        for (name, template) in routes.chain(destinations) {
+            if let Some(template) = template {
+                env.add_template_owned(name.clone(), template.clone())
                     .map_err(|e| e.to_string())?;
+                templated.insert(name);
             }
         }
-        for destination in routing.destinations.values() {
-            if let Some(template) = &destination.template {
-                env.add_template_owned(
-                    format!("destination:{}", destination.name),
-                    template.clone(),
-                )
-                .map_err(|e| e.to_string())?;
-            }
+        Ok(Renderer { env, templated })
+    }
+
+    /// The route's template, else the destination's, if either has one.
+    fn template(&self, job: &Job) -> Option<minijinja::Template<'_, '_>> {
+        if self.templated.is_empty() {
+            return None;
         }
-        Ok(Renderer { env })
+        [
+            format!("route:{}", job.route),
+            format!("destination:{}", job.destination),
+        ]
+        .into_iter()
+        .find(|name| self.templated.contains(name))
+        .and_then(|name| self.env.get_template(&name).ok())
     }
 
     /// The body or message of `job` for a destination of `kind`.
     pub fn render(&self, job: &Job, kind: Kind) -> Result<Rendered, String> {
-        let template = self
-            .env
-            .get_template(&format!("route:{}", job.route))
-            .or_else(|_| {
-                self.env
-                    .get_template(&format!("destination:{}", job.destination))
-            })
-            .ok();
+        let template = self.template(job);
         let text = match template {
             Some(template) => {
                 let text = template
@@ -106,7 +116,7 @@ impl Renderer {
             }
             None if kind == Kind::Http => {
                 return Ok(Rendered {
-                    body: default_body(job).to_string(),
+                    body: default_body(job),
                     json: true,
                 });
             }
@@ -145,15 +155,25 @@ fn received_at(job: &Job) -> String {
 }
 
 /// The JSON an `http` destination gets without a template.
-fn default_body(job: &Job) -> Value {
-    json!({
-        "id": job.id,
-        "event_id": job.event,
-        "source": job.source,
-        "route": job.route,
-        "received_at": received_at(job),
-        "signal": job.signal,
+fn default_body(job: &Job) -> String {
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        id: &'a str,
+        event_id: &'a str,
+        source: &'a str,
+        route: &'a str,
+        received_at: String,
+        signal: &'a Value,
+    }
+    serde_json::to_string(&Body {
+        id: &job.id,
+        event_id: &job.event,
+        source: &job.source,
+        route: &job.route,
+        received_at: received_at(job),
+        signal: &job.signal,
     })
+    .expect("JSON values always serialize")
 }
 
 /// `BUY BTCUSDT @ 96412.5`, then quantity, interval, strategy and position, then the
@@ -322,6 +342,27 @@ mod tests {
         assert_eq!(
             value,
             json!({"pair": "ETH\"USDT", "side": "SELL", "note": "from \"tv\""})
+        );
+    }
+
+    #[test]
+    fn an_http_destination_gets_the_signal_with_the_names_by_default() {
+        let renderer = Renderer::new(&routing(None)).unwrap();
+        let job = job(
+            json!({"ticker": "BTCUSDT", "action": "buy", "price": 96412.5,
+            "extra": {"note": "a \"quoted\" word"}}),
+        );
+        let rendered = renderer.render(&job, Kind::Http).unwrap();
+        assert!(rendered.json);
+        assert_eq!(
+            rendered.body,
+            concat!(
+                r#"{"id":"0193a8d2-7c1e-7000-8000-000000000001:btc:chat","#,
+                r#""event_id":"0193a8d2-7c1e-7000-8000-000000000001","source":"tradingview","#,
+                r#""route":"btc","received_at":"2025-11-29T07:06:40.000Z","#,
+                r#""signal":{"ticker":"BTCUSDT","action":"buy","price":96412.5,"#,
+                r#""extra":{"note":"a \"quoted\" word"}}}"#
+            )
         );
     }
 

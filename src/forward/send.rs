@@ -71,7 +71,10 @@ pub async fn send(
         .unwrap_or_default();
     let request = match destination.kind {
         Kind::Http => {
-            let url = destination.url.as_deref().unwrap_or_default();
+            let Some(url) = destination.url.clone() else {
+                let error = "the destination has no url".to_owned();
+                return (Attempt::Permanent { code: None, error }, Duration::ZERO);
+            };
             let timestamp = chrono::Utc::now().timestamp();
             let mut request = client.post(url).body(rendered.body.clone()).header(
                 header::CONTENT_TYPE,
