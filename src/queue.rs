@@ -629,7 +629,7 @@ impl Consumer {
     }
 
     /// Queues the deliveries of processed alerts, once each (`forward::outbox`).
-    pub async fn fan_out(&self, jobs: &[crate::forward::Job]) -> Result<usize, QueueError> {
+    pub async fn fan_out(&self, jobs: &[crate::forward::Queued]) -> Result<usize, QueueError> {
         let mut conn = self.conn.clone();
         crate::forward::outbox::fan_out(&mut conn, jobs, self.timeout).await
     }

@@ -199,12 +199,12 @@ impl Settler {
         // Redis keeps until the batch is acknowledged, not on the record, and MongoDB's
         // write is the slowest step of a batch. Queued once each, so a batch read again
         // after a failure queues none twice.
-        let fan_out: Vec<crate::forward::Job> = records
+        let fan_out: Vec<crate::forward::Queued> = records
             .iter()
             .filter_map(|record| match &record.outcome {
                 Some(Outcome {
                     result: Ok(signal), ..
-                }) => Some(crate::forward::Job::for_matches(
+                }) => Some(crate::forward::Job::queue(
                     &record.alert,
                     signal,
                     &self.routing.matches(&record.alert.source, signal),

@@ -69,32 +69,77 @@ pub struct Job {
     pub replay: Option<Replay>,
 }
 
+/// A delivery as the worker queues it: its id, and its job as the stream carries it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Queued {
+    pub id: String,
+    pub job: String,
+}
+
+/// A `Job` as it is written, borrowing from the alert: the same JSON, without copying
+/// the signal and the alert into a job first.
+#[derive(Serialize)]
+struct Outgoing<'a> {
+    id: &'a str,
+    event: &'a str,
+    route: &'a str,
+    destination: &'a str,
+    source: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ticker: Option<&'a str>,
+    received_at: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deadline: Option<i64>,
+    signal: &'a Signal,
+    alert: Carried<'a>,
+}
+
+/// What the alert carried: its JSON, or its text.
+#[derive(Clone, Copy)]
+enum Carried<'a> {
+    Json(&'a Value),
+    Text(&'a str),
+}
+
+impl Serialize for Carried<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Carried::Json(value) => value.serialize(serializer),
+            Carried::Text(text) => serializer.serialize_str(text),
+        }
+    }
+}
+
 impl Job {
-    /// The deliveries a processed alert owes.
-    pub fn for_matches(alert: &Alert, signal: &Signal, matches: &[Match<'_>]) -> Vec<Job> {
+    /// The deliveries a processed alert owes, ready to queue.
+    pub fn queue(alert: &Alert, signal: &Signal, matches: &[Match<'_>]) -> Vec<Queued> {
         if matches.is_empty() {
             return Vec::new();
         }
-        let signal_json = signal.to_json();
-        let alert_json = match &alert.json {
-            Some(json) => json.clone(),
-            None => Value::String(alert.body.clone()),
+        let event = alert.id.to_string();
+        let carried = match &alert.json {
+            Some(json) => Carried::Json(json),
+            None => Carried::Text(&alert.body),
         };
         let received_at = alert.received_at.timestamp_millis();
         matches
             .iter()
-            .map(|m| Job {
-                id: format!("{}:{}:{}", alert.id, m.route.name, m.destination.name),
-                event: alert.id.to_string(),
-                route: m.route.name.clone(),
-                destination: m.destination.name.clone(),
-                source: alert.source.clone(),
-                ticker: signal.ticker.clone(),
-                received_at,
-                deadline: Some(received_at + m.max_age.as_millis() as i64),
-                signal: signal_json.clone(),
-                alert: alert_json.clone(),
-                replay: None,
+            .map(|m| {
+                let id = format!("{event}:{}:{}", m.route.name, m.destination.name);
+                let job = serde_json::to_string(&Outgoing {
+                    id: &id,
+                    event: &event,
+                    route: &m.route.name,
+                    destination: &m.destination.name,
+                    source: &alert.source,
+                    ticker: signal.ticker.as_deref(),
+                    received_at,
+                    deadline: Some(received_at + m.max_age.as_millis() as i64),
+                    signal,
+                    alert: carried,
+                })
+                .expect("a job always serializes");
+                Queued { id, job }
             })
             .collect()
     }
@@ -107,5 +152,86 @@ impl Job {
             self.source.clone(),
             self.ticker.clone().unwrap_or_default(),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::{
+        domain::{AlertKind, EventId},
+        route::{Kind, RawDestination, RawRoute, Routing},
+    };
+
+    fn alert(json: Option<Value>, body: &str) -> Alert {
+        Alert {
+            id: EventId::new(),
+            source: "tradingview".into(),
+            received_at: chrono::DateTime::from_timestamp_millis(1_764_400_000_123).unwrap(),
+            kind: if json.is_some() {
+                AlertKind::Json
+            } else {
+                AlertKind::Text
+            },
+            content_type: "application/json".into(),
+            body: body.into(),
+            json,
+            dedup_key: None,
+            sender: None,
+        }
+    }
+
+    /// The job the forwarder reads is the alert's, field for field.
+    #[test]
+    fn a_queued_job_reads_back_as_the_alert_and_route_made_it() {
+        let routing = Routing::from_raw(
+            &[RawRoute::example("btc", &["chat", "hook"])],
+            &BTreeMap::from([
+                ("chat".to_owned(), RawDestination::example(Kind::Telegram)),
+                ("hook".to_owned(), RawDestination::example(Kind::Http)),
+            ]),
+            &["tradingview".to_owned()],
+            None,
+        )
+        .unwrap();
+        let body = r#"{"ticker": "BTCUSDT", "action": "buy", "price": 96412.5, "note": "a \"b\""}"#;
+        let json: Value = serde_json::from_str(body).unwrap();
+        for alert in [
+            alert(Some(json), body),
+            alert(None, "BTCUSDT crossed 96,000"),
+        ] {
+            let signal = match &alert.json {
+                Some(json) => Signal::from_json(json).unwrap(),
+                None => Signal::from_text(&alert.body),
+            };
+            let matches = routing.matches(&alert.source, &signal);
+            assert_eq!(matches.len(), 2);
+            let queued = Job::queue(&alert, &signal, &matches);
+            assert_eq!(queued.len(), 2);
+            for (q, m) in queued.iter().zip(&matches) {
+                let read: Job = serde_json::from_str(&q.job).unwrap();
+                let received_at = alert.received_at.timestamp_millis();
+                let expected = Job {
+                    id: format!("{}:{}:{}", alert.id, m.route.name, m.destination.name),
+                    event: alert.id.to_string(),
+                    route: m.route.name.clone(),
+                    destination: m.destination.name.clone(),
+                    source: alert.source.clone(),
+                    ticker: signal.ticker.clone(),
+                    received_at,
+                    deadline: Some(received_at + m.max_age.as_millis() as i64),
+                    signal: signal.to_json(),
+                    alert: alert
+                        .json
+                        .clone()
+                        .unwrap_or_else(|| Value::String(alert.body.clone())),
+                    replay: None,
+                };
+                assert_eq!(read, expected);
+                assert_eq!(q.id, expected.id);
+            }
+        }
     }
 }
