@@ -96,6 +96,13 @@ impl Sources {
         }
     }
 
+    /// The sources' own idempotency fields.
+    pub fn idempotency_fields(&self) -> impl Iterator<Item = &str> {
+        self.sources
+            .iter()
+            .filter_map(|s| s.idempotency_field.as_deref())
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &Source> {
         self.sources.iter()
     }
