@@ -221,20 +221,44 @@ def tree_cpu_seconds(pid):
     return total
 
 
+def context_switches(pid):
+    """Context switches so far (voluntary, mostly sleeps until the next wake-up, and
+    involuntary) of every thread of a process and of its children (NGINX workers)."""
+    pids = [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        pids += [int(c) for c in children.read_text().split()]
+    total = 0
+    for p in pids:
+        try:
+            for task in Path(f"/proc/{p}/task").iterdir():
+                for line in (task / "status").read_text().splitlines():
+                    if "ctxt_switches:" in line:
+                        total += int(line.split()[1])
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return total
+
+
 class CpuMeter:
-    """CPU used by each named process between start() and stop()."""
+    """CPU used by each named process between start() and stop(), and how often it was
+    switched out (each a sleep and a wake-up, or a preemption)."""
 
     def __init__(self, procs):
         self.procs = procs
 
     def start(self):
-        self.before = {name: tree_cpu_seconds(p.pid) for name, p in self.procs}
+        self.before = {name: (tree_cpu_seconds(p.pid), context_switches(p.pid))
+                       for name, p in self.procs}
 
     def stop(self, alerts):
-        used = {name: tree_cpu_seconds(p.pid) - self.before[name] for name, p in self.procs}
+        used = {name: (tree_cpu_seconds(p.pid) - self.before[name][0],
+                       context_switches(p.pid) - self.before[name][1])
+                for name, p in self.procs}
         return {name: {"cpu_s": round(s, 2),
-                       "ms_per_1000_alerts": round(s * 1e6 / alerts, 1) if alerts else None}
-                for name, s in used.items()}
+                       "ms_per_1000_alerts": round(s * 1e6 / alerts, 1) if alerts else None,
+                       "switches_per_alert": round(n / alerts, 2) if alerts else None}
+                for name, (s, n) in used.items()}
 
 
 LAG_BOUNDS_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
