@@ -48,6 +48,19 @@ pub struct Reconciler {
     pub reached: watch::Receiver<crate::http::Reached>,
 }
 
+/// How long to wait after a failed sweep: about a second (a store still down), or, when
+/// MongoDB did not answer within its budget, at least that budget. A wire server that
+/// cannot use the `status` index for the look for unqueued records (FerretDB) scans all
+/// of `audit`: a sweep begun again at once would keep it scanning, and slow every other
+/// write, for as long as the records stay unqueued.
+fn wait_after(err: &ReconcileError, retry: &mut Backoff) -> Duration {
+    let wait = retry.next_wait();
+    match err {
+        ReconcileError::Store(StoreError::Timeout(budget)) => wait.max(*budget),
+        _ => wait,
+    }
+}
+
 impl Reconciler {
     /// Sweeps at start, then whenever woken, until `shutdown` is cancelled.
     pub async fn run(mut self, shutdown: CancellationToken) {
@@ -66,9 +79,10 @@ impl Reconciler {
                     }
                 }
                 Err(err) => {
-                    tracing::warn!(error = %err, "reconciler cannot queue yet; will retry");
+                    let wait = wait_after(&err, &mut retry);
+                    tracing::warn!(error = %err, retry_in_ms = wait.as_millis() as u64, "reconciler cannot queue yet; will retry");
                     tokio::select! {
-                        _ = tokio::time::sleep(retry.next_wait()) => continue,
+                        _ = tokio::time::sleep(wait) => continue,
                         () = shutdown.cancelled() => return,
                     }
                 }
@@ -134,5 +148,22 @@ impl Reconciler {
             "reconciler marked their audit records"
         );
         Ok(wait)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sweep_mongodb_gave_up_on_waits_as_long_as_its_budget() {
+        let mut retry = Backoff::new(RETRY, RETRY);
+        let budget = Duration::from_secs(10);
+        let slow = ReconcileError::Store(StoreError::Timeout(budget));
+        assert!(wait_after(&slow, &mut retry) >= budget);
+        let down = ReconcileError::Queue(QueueError::Timeout(Duration::from_secs(2)));
+        assert!(wait_after(&down, &mut retry) <= RETRY);
+        let refused = ReconcileError::Store(StoreError::Refused("no".into()));
+        assert!(wait_after(&refused, &mut retry) <= RETRY);
     }
 }
