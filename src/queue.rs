@@ -487,8 +487,12 @@ fn enqueued((queued, value): (i64, String)) -> Option<Enqueued> {
 const JOB: &str = "job";
 
 /// An alert's job, as the stream carries it: the alert as JSON (see `Alert`).
-fn job(alert: &Alert) -> String {
-    serde_json::to_string(alert).expect("an alert always serializes")
+fn job(alert: &Alert) -> Vec<u8> {
+    // Sized for the body (with room for its escapes) and the other fields, so that it is
+    // written without growing.
+    let mut job = Vec::with_capacity(alert.body.len() + alert.body.len() / 4 + 256);
+    serde_json::to_writer(&mut job, alert).expect("an alert always serializes");
+    job
 }
 
 /// The worker's side of the stream.
@@ -1090,7 +1094,7 @@ mod tests {
             dedup_key: None,
             sender: Some("127.0.0.1".into()),
         };
-        let field = job(&alert);
+        let field = String::from_utf8(job(&alert)).unwrap();
         assert_eq!(
             field,
             r#"{"id":"0192f0c0-0000-7000-8000-000000000000","source":"tradingview","received_at":1764339300123,"kind":"text","content_type":"text/plain","body":"BTCUSDT Crossing 67,000.00","sender":"127.0.0.1"}"#

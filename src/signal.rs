@@ -6,8 +6,6 @@
 //! first at the top level and then level by level into nested objects, so the shallowest
 //! match wins. A text alert keeps its text.
 
-use std::collections::HashSet;
-
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::{Map, Value};
 
@@ -141,7 +139,7 @@ impl Signal {
         };
         signal.extra = root
             .iter()
-            .filter(|(key, _)| !reader.taken.contains(key.as_str()))
+            .filter(|(key, _)| !reader.took(key))
             .map(|(key, value)| (key.clone(), value.clone()))
             .collect();
         Ok(signal)
@@ -153,7 +151,21 @@ struct Reader<'a> {
     /// The alert's objects by depth: the alert itself, the objects in its fields, the
     /// objects in theirs, and so on.
     levels: Vec<Vec<&'a Map<String, Value>>>,
-    taken: HashSet<&'a str>,
+    /// The alert's own keys that a field was read from (the rest go to `extra`).
+    taken: Vec<&'a String>,
+}
+
+/// Up to this many keys, an object is searched by comparing keys rather than hashing:
+/// an alert has a few dozen at most, and a signal asks for some 30 names.
+const LINEAR: usize = 32;
+
+/// `object`'s entry under `key`.
+fn entry<'a>(object: &'a Map<String, Value>, key: &str) -> Option<(&'a String, &'a Value)> {
+    if object.len() <= LINEAR {
+        object.iter().find(|(name, _)| name.as_str() == key)
+    } else {
+        object.get_key_value(key)
+    }
 }
 
 impl<'a> Reader<'a> {
@@ -172,7 +184,7 @@ impl<'a> Reader<'a> {
         }
         Reader {
             levels,
-            taken: HashSet::new(),
+            taken: Vec::new(),
         }
     }
 
@@ -182,11 +194,11 @@ impl<'a> Reader<'a> {
         for (depth, level) in self.levels.iter().enumerate() {
             for key in keys {
                 for object in level {
-                    match object.get_key_value(*key) {
+                    match entry(object, key) {
                         Some((_, Value::Object(_) | Value::Array(_) | Value::Null)) | None => {}
                         Some((name, scalar)) => {
                             if depth == 0 {
-                                self.taken.insert(name.as_str());
+                                self.taken.push(name);
                             }
                             return Some(scalar);
                         }
@@ -195,6 +207,11 @@ impl<'a> Reader<'a> {
             }
         }
         None
+    }
+
+    /// Whether a field was read from this key of the alert's own.
+    fn took(&self, key: &String) -> bool {
+        self.taken.iter().any(|taken| std::ptr::eq(*taken, key))
     }
 
     fn string(&mut self, keys: &[&str]) -> Option<String> {
