@@ -680,6 +680,14 @@ impl Consumer {
 }
 
 impl Delivery {
+    /// The same entry with this alert in it again (after `settle` took it for its record).
+    pub fn with_alert(&self, alert: &Alert) -> Delivery {
+        Delivery {
+            alert: Ok(alert.clone()),
+            ..self.clone()
+        }
+    }
+
     fn from_entry(entry: StreamEntry) -> Delivery {
         let alert = read_job(&entry.fields);
         let duplicate_of = entry.field("duplicate_of").map(str::to_owned);

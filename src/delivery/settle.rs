@@ -122,6 +122,9 @@ struct Held {
     due: Instant,
 }
 
+/// What a delivery holds in place of the alert its record took.
+const TAKEN: &str = "the alert is in its record";
+
 impl Retries {
     /// How many jobs wait for a retry.
     pub fn waiting(&self) -> usize {
@@ -183,16 +186,20 @@ impl Settler {
         let mut records: Vec<Record> = Vec::with_capacity(batch.len());
         let mut deliveries: Vec<Delivery> = Vec::with_capacity(batch.len());
         let mut unreadable = Vec::new();
-        for delivery in batch {
+        for mut delivery in batch {
             if retries.in_hand(&delivery.entry) {
                 continue; // its retry is scheduled, or it is held: a re-read does not hasten it
             }
-            match &delivery.alert {
+            // The alert moves to its record; a retry puts it back (`failed`).
+            match std::mem::replace(&mut delivery.alert, Err(TAKEN.to_owned())) {
                 Ok(alert) => {
-                    records.push(self.record(consumer, &delivery, alert.clone(), processed_at));
+                    records.push(self.record(consumer, &delivery, alert, processed_at));
                     deliveries.push(delivery);
                 }
-                Err(reason) => unreadable.push((delivery.clone(), reason.clone())),
+                Err(reason) => {
+                    delivery.alert = Err(reason.clone());
+                    unreadable.push((delivery, reason));
+                }
             }
         }
         // Deliveries go out before the records are written: they rest on the job, which
@@ -243,7 +250,9 @@ impl Settler {
                 Some((o, Err(error))) => {
                     counted.add(Tallied::Dead);
                     tracing::warn!(event_id = %o.id, status = "dead", error, "alert cannot be processed; moved to dead letters");
-                    consumer.dead_letter(delivery, error, attempts).await?;
+                    consumer
+                        .dead_letter(&delivery.with_alert(&record.alert), error, attempts)
+                        .await?;
                 }
                 Some((o, Ok(signal))) => {
                     counted.add(Tallied::Processed);
@@ -441,14 +450,16 @@ impl Settler {
                 tracing::warn!(event_id = %alert.id, status = "retrying", attempts, error, retry_in_ms = delay.as_millis() as u64, "alert not recorded; will retry");
                 retries.waiting.insert(
                     delivery.entry.clone(),
-                    (delivery.clone(), Instant::now() + delay),
+                    (delivery.with_alert(alert), Instant::now() + delay),
                 );
                 Ok(false)
             }
             None => {
                 let reason = format!("gave up after {attempts} attempts: {error}");
                 tracing::error!(event_id = %alert.id, status = "dead", attempts, error, "alert not recorded after the last attempt; moved to dead letters");
-                consumer.dead_letter(delivery, &reason, attempts).await?;
+                consumer
+                    .dead_letter(&delivery.with_alert(alert), &reason, attempts)
+                    .await?;
                 retries.attempts.remove(&delivery.entry);
                 Ok(true)
             }
