@@ -15,9 +15,11 @@ loopback TCP), drives it with oha through TLS, and prints one table (also writte
 and first the machine it ran on (CPU model, cores, memory, kernel): absolute figures hold
 for that machine only, ratios within one run (Pyron's CPU to NGINX's) travel better.
 
-usage: scripts/bench.py [--quick] [--json PATH]
-       scripts/bench.py --rate N [--seconds S] [--route]
+usage: scripts/bench.py [--quick] [--json PATH] [--keep]
+       scripts/bench.py --rate N [--seconds S] [--route] [--keep]
 --quick shortens every run (for trying the script, not for figures).
+--keep leaves the run's directory (stores and logs, a few hundred MB) in place; by
+default it is removed when the run ends.
 --rate runs the same stack at one fixed rate instead (60 s unless --seconds), and prints
 its latency, its end-to-end lag and the CPU per process: for capacity planning. Then the
 floor: the same rate to the 202-only handler behind the same NGINX, with the CPU of
@@ -380,6 +382,15 @@ def vm_hwm(pid):
     return None
 
 
+def finish(work, keep):
+    """Removes the run's directory (its stores hold every alert of the run: hundreds of MB
+    a run), unless asked to keep it."""
+    if keep:
+        say(f"the run's stores and logs are kept in {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
@@ -388,6 +399,8 @@ def main():
     parser.add_argument("--seconds", type=int, default=60, help="length of the --rate run")
     parser.add_argument("--route", action="store_true",
                         help="with --rate: deliver every alert to a local HTTP sink too")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the run's stores and logs (a few hundred MB) to look into")
     args = parser.parse_args()
     seed_seconds, step_seconds, goal_seconds = (10, 4, 10) if args.quick else (60, 10, 60)
 
@@ -495,6 +508,7 @@ def main():
         memory = {"pyron_api_mib": vm_hwm(api.pid), "pyron_worker_mib": vm_hwm(worker.pid)}
     finally:
         stack.stop()
+        finish(work, args.keep)
 
     result = {
         "machine": {**machine(), "wire_server": wire},
