@@ -36,6 +36,27 @@ const KEEP_LAGS: isize = 1000;
 /// Upper bounds of the lag histogram, in seconds.
 pub const LAG_BUCKETS: [f64; 10] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
+/// Times in milliseconds counted as the `LAG_BUCKETS` histogram keeps them: how many, their
+/// sum (a negative one, from clocks apart, counts as 0), and how many at or below each
+/// bound.
+#[derive(Debug, Default)]
+pub struct LagCounts {
+    pub count: i64,
+    pub sum_ms: i64,
+    pub at_or_below: [i64; LAG_BUCKETS.len()],
+}
+
+impl LagCounts {
+    pub fn add(&mut self, ms: i64) {
+        self.count += 1;
+        self.sum_ms += ms.max(0);
+        let seconds = ms as f64 / 1000.0;
+        for (n, bound) in self.at_or_below.iter_mut().zip(LAG_BUCKETS) {
+            *n += i64::from(seconds <= bound);
+        }
+    }
+}
+
 /// One of the things counted of an alert: each is a field of the minute hashes and the
 /// running total (its name there is `field()`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -277,22 +298,17 @@ impl Stats {
             }
         }
         if !lags_ms.is_empty() {
-            let mut sum = 0_i64;
-            let mut at_or_below = [0_u64; LAG_BUCKETS.len()];
+            let mut lags = LagCounts::default();
             for lag in lags_ms {
-                let seconds = *lag as f64 / 1000.0;
-                for (n, bound) in at_or_below.iter_mut().zip(LAG_BUCKETS) {
-                    *n += u64::from(seconds <= bound);
-                }
-                sum += lag.max(&0);
+                lags.add(*lag);
             }
-            for (n, bound) in at_or_below.iter().zip(LAG_BUCKETS) {
+            for (n, bound) in lags.at_or_below.iter().zip(LAG_BUCKETS) {
                 if *n > 0 {
                     pipe.hincr(TOTAL, format!("lag_le_{bound}"), *n).ignore();
                 }
             }
-            pipe.hincr(TOTAL, "lag_count", lags_ms.len()).ignore();
-            pipe.hincr(TOTAL, "lag_sum_ms", sum).ignore();
+            pipe.hincr(TOTAL, "lag_count", lags.count).ignore();
+            pipe.hincr(TOTAL, "lag_sum_ms", lags.sum_ms).ignore();
             pipe.lpush(LAGS, lags_ms).ignore();
             pipe.ltrim(LAGS, 0, KEEP_LAGS - 1).ignore();
         }
@@ -481,5 +497,22 @@ impl Stats {
                 "redis did not answer in time",
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lags_are_counted_at_or_below_each_bound() {
+        let mut lags = LagCounts::default();
+        for ms in [-3, 10, 11, 250, 20_000] {
+            lags.add(ms);
+        }
+        assert_eq!(lags.count, 5);
+        assert_eq!(lags.sum_ms, 10 + 11 + 250 + 20_000);
+        // 0.01 0.025 0.05 0.1 0.25 0.5 1 2.5 5 10 (seconds)
+        assert_eq!(lags.at_or_below, [2, 3, 3, 3, 4, 4, 4, 4, 4, 4]);
     }
 }

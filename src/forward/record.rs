@@ -216,7 +216,7 @@ async fn run(
             })
             .collect();
         let mut counts: std::collections::BTreeMap<String, i64> = Default::default();
-        let mut latency = Latency::default();
+        let mut latency = crate::stats::LagCounts::default();
         for (entry, outcome, _) in &finished {
             if let (Ok(job), Some(outcome)) = (&entry.job, outcome) {
                 *counts
@@ -282,27 +282,6 @@ fn log(entry: &Entry, outcome: Option<&Outcome>) {
             tracing::error!(delivery = %job.id, destination = %job.destination, status = "dead", attempts, error, "delivery dead");
         }
         _ => {}
-    }
-}
-
-/// A batch's receipt-to-delivery times, as the histogram in `stats::DELIVERY_COUNTS`
-/// counts them (`LAG_BUCKETS`, cumulative).
-#[derive(Default)]
-struct Latency {
-    count: i64,
-    sum_ms: i64,
-    at_or_below: [i64; crate::stats::LAG_BUCKETS.len()],
-}
-
-impl Latency {
-    fn add(&mut self, ms: i64) {
-        self.count += 1;
-        self.sum_ms += ms.max(0);
-        for (bound, n) in crate::stats::LAG_BUCKETS.iter().zip(&mut self.at_or_below) {
-            if ms as f64 <= bound * 1000.0 {
-                *n += 1;
-            }
-        }
     }
 }
 
