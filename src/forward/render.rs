@@ -50,8 +50,6 @@ pub fn check(template: &str) -> Result<(), String> {
 /// Every template of the routing, compiled once.
 pub struct Renderer {
     env: Environment<'static>,
-    /// The routes and destinations that have a template.
-    templated: std::collections::HashSet<String>,
 }
 
 /// A rendered delivery.
@@ -65,7 +63,6 @@ pub struct Rendered {
 impl Renderer {
     pub fn new(routing: &Routing) -> Result<Renderer, String> {
         let mut env = environment();
-        let mut templated = std::collections::HashSet::new();
         let routes = routing
             .routes
             .iter()
@@ -76,26 +73,24 @@ impl Renderer {
             .map(|d| (format!("destination:{}", d.name), &d.template));
         for (name, template) in routes.chain(destinations) {
             if let Some(template) = template {
-                env.add_template_owned(name.clone(), template.clone())
+                env.add_template_owned(name, template.clone())
                     .map_err(|e| e.to_string())?;
-                templated.insert(name);
             }
         }
-        Ok(Renderer { env, templated })
+        Ok(Renderer { env })
     }
 
-    /// The route's template, else the destination's, if either has one.
+    /// The route's template, else the destination's, if either has one; without a
+    /// template in the routing (the common case) nothing is looked up.
     fn template(&self, job: &Job) -> Option<minijinja::Template<'_, '_>> {
-        if self.templated.is_empty() {
-            return None;
-        }
-        [
-            format!("route:{}", job.route),
-            format!("destination:{}", job.destination),
-        ]
-        .into_iter()
-        .find(|name| self.templated.contains(name))
-        .and_then(|name| self.env.get_template(&name).ok())
+        self.env.templates().next()?;
+        self.env
+            .get_template(&format!("route:{}", job.route))
+            .or_else(|_| {
+                self.env
+                    .get_template(&format!("destination:{}", job.destination))
+            })
+            .ok()
     }
 
     /// The body or message of `job` for a destination of `kind`.
