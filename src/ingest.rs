@@ -497,11 +497,21 @@ pub fn parse_json(body: &[u8]) -> Result<Value, Rejection> {
     }
     .deserialize(&mut de)
     .and_then(|v| de.end().map(|()| v));
-    parsed.map_err(|err| {
-        problem
-            .take()
-            .unwrap_or_else(|| Rejection::MalformedJson(err.to_string()))
-    })
+    parsed.map_err(|err| rejection(&problem, err))
+}
+
+/// Why a strict read failed: the rule it broke, else the JSON's own error.
+fn rejection(problem: &Cell<Option<Rejection>>, err: serde_json::Error) -> Rejection {
+    problem
+        .take()
+        .unwrap_or_else(|| Rejection::MalformedJson(err.to_string()))
+}
+
+/// Notes the rule a strict read broke, as the error that stops it.
+fn broke<E: de::Error>(problem: &Cell<Option<Rejection>>, rejection: Rejection) -> E {
+    let message = rejection.to_string();
+    problem.set(Some(rejection));
+    E::custom(message)
 }
 
 /// The top-level fields a strict check kept (none when the top level is not an object).
@@ -534,11 +544,9 @@ pub fn check_json(body: &[u8], wanted: &dyn Fn(&str) -> bool) -> Result<TopLevel
     }
     .deserialize(&mut de)
     .and_then(|()| de.end());
-    checked.map(|()| top).map_err(|err| {
-        problem
-            .take()
-            .unwrap_or_else(|| Rejection::MalformedJson(err.to_string()))
-    })
+    checked
+        .map(|()| top)
+        .map_err(|err| rejection(&problem, err))
 }
 
 /// Which top-level fields to keep, and where.
@@ -569,9 +577,7 @@ impl<'p> StrictCheck<'p, '_> {
     }
 
     fn fail<E: de::Error>(&self, rejection: Rejection) -> E {
-        let message = rejection.to_string();
-        self.problem.set(Some(rejection));
-        E::custom(message)
+        broke(self.problem, rejection)
     }
 }
 
@@ -727,9 +733,7 @@ impl StrictValue<'_> {
     }
 
     fn fail<E: de::Error>(self, rejection: Rejection) -> E {
-        let message = rejection.to_string();
-        self.problem.set(Some(rejection));
-        E::custom(message)
+        broke(self.problem, rejection)
     }
 }
 
