@@ -266,13 +266,28 @@ class CpuMeter:
 LAG_BOUNDS_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
 
 
+def counters(redis_port, key):
+    """A Redis hash of counters, as numbers."""
+    raw = subprocess.run(["redis-cli", "-p", str(redis_port), "HGETALL", key],
+                         check=True, capture_output=True, text=True).stdout.split()
+    return dict(zip(raw[::2], (int(v) for v in raw[1::2])))
+
+
 def lag_histogram(redis_port):
     """The worker's cumulative lag histogram (pyron:stats:total): count at or below each
     bound, and the total count."""
-    raw = subprocess.run(["redis-cli", "-p", str(redis_port), "HGETALL", "pyron:stats:total"],
-                         check=True, capture_output=True, text=True).stdout.split()
-    fields = dict(zip(raw[::2], (int(v) for v in raw[1::2])))
+    fields = counters(redis_port, "pyron:stats:total")
     return ([fields.get(f"lag_le_{b:g}", 0) for b in LAG_BOUNDS_S], fields.get("lag_count", 0))
+
+
+def histogram_summary(before, after):
+    """p50, p99 and the share within 1 s of what a cumulative histogram (bucket counts,
+    total) counted between two readings."""
+    buckets = [a - b for a, b in zip(after[0], before[0])]
+    count = after[1] - before[1]
+    return {"p50_ms": lag_quantile(buckets, count, 0.5),
+            "p99_ms": lag_quantile(buckets, count, 0.99),
+            "within_1s": buckets[LAG_BOUNDS_S.index(1.0)] / count if count else None}
 
 
 def lag_quantile(buckets, count, q):
@@ -293,7 +308,7 @@ def lag_run(redis_port, url, rate, seconds, meter, route=False):
     worker's lag histogram), and the CPU each process used, the worker's (and with a
     route the forwarder's) until it has drained what the run queued. With a route, also
     the run's deliveries (`deliveries`)."""
-    before, count_before = lag_histogram(redis_port)
+    before = lag_histogram(redis_port)
     sent_before = delivery_counts(redis_port) if route else None
     meter.start()
     started = time.time()
@@ -307,13 +322,9 @@ def lag_run(redis_port, url, rate, seconds, meter, route=False):
     own = sum(v["cpu_s"] for name, v in run["cpu"].items() if name.startswith("pyron-"))
     nginx = run["cpu"].get("nginx-pyron", {}).get("cpu_s")
     run["pyron_cpu_to_nginx_cpu"] = round(own / nginx, 2) if nginx else None
-    after, count_after = lag_histogram(redis_port)
-    buckets = [a - b for a, b in zip(after, before)]
-    count = count_after - count_before
-    lag = {"samples": count, "drained": drained,
-           "p50_ms": lag_quantile(buckets, count, 0.5),
-           "p99_ms": lag_quantile(buckets, count, 0.99),
-           "within_1s": buckets[LAG_BOUNDS_S.index(1.0)] / count if count else None}
+    after = lag_histogram(redis_port)
+    lag = {"samples": after[1] - before[1], "drained": drained,
+           **histogram_summary(before, after)}
     if route:
         lag["deliveries"] = deliveries(sent_before, delivery_counts(redis_port), run["ok"],
                                        seconds)
@@ -336,31 +347,24 @@ def floor_run(stack, url, rate, seconds):
 def delivery_counts(redis_port):
     """The forwarders' counters (pyron:deliveries:counts): settled deliveries by status,
     and the cumulative receipt-to-delivery histogram with its count."""
-    raw = subprocess.run(["redis-cli", "-p", str(redis_port), "HGETALL",
-                          "pyron:deliveries:counts"],
-                         check=True, capture_output=True, text=True).stdout.split()
-    fields = dict(zip(raw[::2], (int(v) for v in raw[1::2])))
+    fields = counters(redis_port, "pyron:deliveries:counts")
     status = {s: sum(v for k, v in fields.items()
                      if not k.startswith("~") and k.endswith(f":{s}"))
               for s in ("delivered", "expired", "dead")}
-    return (status, [fields.get(f"~latency:le_{b:g}", 0) for b in LAG_BOUNDS_S],
-            fields.get("~latency:count", 0))
+    return (status, ([fields.get(f"~latency:le_{b:g}", 0) for b in LAG_BOUNDS_S],
+                     fields.get("~latency:count", 0)))
 
 
 def deliveries(before, after, expected, seconds):
     """The run's deliveries, from the forwarders' counters before and after it (read from
     Redis, as the dashboard does: the forwarder logs at its default level while measured):
     how many, and their receipt-to-delivery time, p50 and p99."""
-    (status0, buckets0, count0), (status1, buckets1, count1) = before, after
+    (status0, latency0), (status1, latency1) = before, after
     settled = {s: status1[s] - status0[s] for s in status1}
-    buckets = [a - b for a, b in zip(buckets1, buckets0)]
-    count = count1 - count0
     return {"delivered": settled["delivered"], "expected": expected,
             "expired_or_dead": settled["expired"] + settled["dead"],
             "per_second": round(settled["delivered"] / seconds, 1),
-            "p50_ms": lag_quantile(buckets, count, 0.5),
-            "p99_ms": lag_quantile(buckets, count, 0.99),
-            "within_1s": buckets[LAG_BOUNDS_S.index(1.0)] / count if count else None}
+            **histogram_summary(latency0, latency1)}
 
 
 def machine():
