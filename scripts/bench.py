@@ -27,7 +27,10 @@ both (what an axum server that stores nothing costs per request, beside NGINX).
 --route adds pyron-forwarder and one route of every alert to a local HTTP sink (the
 202-only handler, signed deliveries), and prints deliveries per second and the time from
 receipt to delivery, p50 and p99, of every alert of the run (the issue's figure is
---rate 1000 --seconds 60 --route).
+--rate 1000 --seconds 60 --route). Its floors: the handler's, as above, and a client
+that sends each delivery as pyron-forwarder does and does nothing else
+(examples/null_sender.rs), with `floors_to_nginx`, the ratio of Pyron's CPU to NGINX's
+if Pyron did nothing but take each alert and send its delivery.
 """
 
 import argparse
@@ -344,6 +347,30 @@ def floor_run(stack, url, rate, seconds):
     return run
 
 
+def sender_floor(stack, url, rate, seconds):
+    """The route's floor: a client that sends what pyron-forwarder sends, as it sends it
+    (examples/null_sender.rs: the same HTTP client, one request at a time, in the
+    worker's bursts) and does nothing else, to the same sink at the same rate: what one
+    delivery's HTTP exchange costs a client, beside the sink's cost."""
+    meter = CpuMeter([(n, p) for n, p in stack.procs if n == "null-handler"])
+    meter.start()
+    sender = subprocess.Popen([str(ROOT / "target/release/examples/null_sender"), url,
+                               str(rate), str(seconds)], stdout=subprocess.PIPE, text=True)
+    out = sender.stdout.read()
+    # wait4 for the sender's own CPU and switches, which /proc no longer has once it ended.
+    _, status, usage = os.wait4(sender.pid, 0)
+    sender.returncode = os.waitstatus_to_exitcode(status)
+    if sender.returncode != 0:
+        sys.exit(f"null_sender failed: {out.strip()}")
+    sent = int(out.split()[0])
+    cpu = meter.stop(sent)
+    used = usage.ru_utime + usage.ru_stime
+    cpu["null-sender"] = {"cpu_s": round(used, 2),
+                          "ms_per_1000_alerts": round(used * 1e6 / sent, 1),
+                          "switches_per_alert": round((usage.ru_nvcsw + usage.ru_nivcsw) / sent, 2)}
+    return {"sent": sent, "cpu": cpu}
+
+
 def delivery_counts(redis_port):
     """The forwarders' counters (pyron:deliveries:counts): settled deliveries by status,
     and the cumulative receipt-to-delivery histogram with its count."""
@@ -414,7 +441,7 @@ def main():
     subprocess.run([str(ROOT / "scripts/install-deps.sh")], check=True, stdout=sys.stderr)
     say("building release binaries")
     subprocess.run(["cargo", "build", "--release", "--locked", "--bins", "--example", "null_handler",
-                    "--quiet"], cwd=ROOT, check=True)
+                    "--example", "null_sender", "--quiet"], cwd=ROOT, check=True)
 
     work = Path(tempfile.mkdtemp(prefix="pyron-bench-"))
     work.chmod(0o755)
@@ -485,10 +512,22 @@ def main():
                                       "pyron_worker_mib": vm_hwm(worker.pid)}}
             if args.route:
                 result["deliveries"] = lag.pop("deliveries")
-            else:
-                say("   the floor: the same rate through the same NGINX to a handler that "
-                    "stores nothing")
-                result["floor"] = floor_run(stack, null_url, args.rate, args.seconds)
+            say("   the floor: the same rate through the same NGINX to a handler that "
+                "stores nothing")
+            result["floor"] = floor_run(stack, null_url, args.rate, args.seconds)
+            if args.route:
+                say("   the route's floor: the same rate from a client that only sends, to "
+                    "the same sink")
+                result["sender_floor"] = sender_floor(
+                    stack, f"http://127.0.0.1:{null_port}/webhook/sink", args.rate,
+                    args.seconds)
+                # What the goal's ratio would be if Pyron did nothing but take each alert
+                # and send its delivery: the two floors against the floor run's NGINX.
+                floor_cpu, sender_cpu = result["floor"]["cpu"], result["sender_floor"]["cpu"]
+                result["floors_to_nginx"] = round(
+                    (floor_cpu["null-handler"]["ms_per_1000_alerts"]
+                     + sender_cpu["null-sender"]["ms_per_1000_alerts"])
+                    / floor_cpu["nginx-null"]["ms_per_1000_alerts"], 2)
             print(json.dumps(result, indent=2))
             return
 
