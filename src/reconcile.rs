@@ -1,31 +1,114 @@
 //! The reconciler: queues the alerts that only MongoDB took while Redis was down.
 //!
-//! pyron-api marks such an alert's audit record `unqueued` and wakes the reconciler, which
-//! pages through those records, queues each (`Queue::requeue`, safe to repeat), and marks
-//! it `queued`, or `duplicate` when its idempotency key turns out to belong to an earlier
-//! alert. While Redis is still down it retries every second. It also runs once both stores
-//! have first answered after start-up, for records an earlier process left behind.
+//! pyron-api marks such an alert's audit record `unqueued`, answers 202, and hands the
+//! alert itself to the reconciler (`Handoff`). The reconciler queues what it was handed
+//! (`Queue::requeue`, safe to repeat) as soon as Redis takes it, trying again every second
+//! while Redis is down, then marks the records `queued`, or `duplicate` when an
+//! idempotency key turns out to belong to an earlier alert.
+//!
+//! It looks for `unqueued` records in `audit` (a sweep) only where the hand-off cannot
+//! have them all: once both stores have first answered after start-up, for records an
+//! earlier process left behind, and after the hand-off was full. A sweep is a query on
+//! `audit.status`: cheap on `mongod`, which uses the index, a scan of the whole collection
+//! on FerretDB, which uses none (seconds a page once `audit` holds a few hundred thousand
+//! records). When every kept alert started a sweep, a Redis stall of under a second at
+//! 3,000 alerts/s left FerretDB scanning for minutes, each sweep outrunning its budget,
+//! and the alerts unqueued all that time.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use chrono::Utc;
-use tokio::sync::{Notify, watch};
+use tokio::{
+    sync::{Notify, watch},
+    time::Instant,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     backoff::Backoff,
+    ingest::Alert,
     queue::{Enqueued, Queue, QueueError},
     store::{Store, StoreError},
 };
 
-/// Records handled per page.
-const PAGE: i64 = 100;
+/// Records read per page of a sweep, and alerts queued per Redis pipeline.
+const PAGE: usize = 1000;
 
 /// Shortest wait before sweeping again for records still in their grace.
 const MIN_WAIT: Duration = Duration::from_millis(10);
 
 /// Wait between attempts while a store is down (jittered: half of it to all of it).
 const RETRY: Duration = Duration::from_secs(1);
+
+/// Most alerts held in the hand-off (some 3 to 30 MB): a Redis outage of several seconds
+/// at 3,000 alerts/s, hours at a trader's rate. Past it, a sweep finds the rest.
+pub const HANDOFF_LIMIT: usize = 20_000;
+
+/// Most audit records marked per statement.
+const MARK_CHUNK: usize = 100;
+
+/// A marking statement slower than this halves the next one's records.
+const MARK_SLOW: Duration = Duration::from_secs(1);
+
+/// Marking is bookkeeping: it may keep MongoDB busy a tenth of the time at most. After a
+/// statement that took `t`, the next waits `MARK_SPACING · t`.
+const MARK_SPACING: u32 = 9;
+
+/// The longest wait between attempts at marking.
+const MAX_MARK_WAIT: Duration = Duration::from_secs(300);
+
+/// How fast the reconciler marks audit records: statements of up to `chunk` records (one
+/// at first, doubling while they are quick), the next not before `at`. On `mongod` a
+/// statement takes milliseconds and marking goes at once; a wire server that cannot use its indexes (FerretDB) scans `audit` for every
+/// record it updates (half a second each with 150,000 records here) and holds its one
+/// writer meanwhile: there statements shrink to about a second and are spaced so that
+/// alerts keep flowing.
+struct MarkPace {
+    chunk: usize,
+    at: Instant,
+    retry: Backoff,
+}
+
+impl MarkPace {
+    fn new() -> MarkPace {
+        // One record first: on a store slow to update, even a hundred would hold its
+        // writer for a minute.
+        MarkPace {
+            chunk: 1,
+            at: Instant::now(),
+            retry: Backoff::new(RETRY, MAX_MARK_WAIT),
+        }
+    }
+
+    /// A statement marked its records in `took`.
+    fn done(&mut self, took: Duration, now: Instant) {
+        self.retry.reset();
+        if took > MARK_SLOW {
+            self.chunk = (self.chunk / 2).max(1);
+        } else if took < MARK_SLOW / 4 {
+            self.chunk = (self.chunk * 2).min(MARK_CHUNK);
+        }
+        self.at = now + took * MARK_SPACING;
+    }
+
+    /// A statement failed after `took`; answers the wait before the next.
+    fn failed(&mut self, err: &ReconcileError, took: Duration, now: Instant) -> Duration {
+        // A statement MongoDB gave up on may still be running there.
+        if took > MARK_SLOW {
+            self.chunk = (self.chunk / 4).max(1);
+        }
+        let wait = wait_after(err, &mut self.retry).max(took * MARK_SPACING);
+        self.at = now + wait;
+        wait
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -35,20 +118,67 @@ pub enum ReconcileError {
     Store(#[from] StoreError),
 }
 
+/// pyron-api's alerts kept in MongoDB alone and answered 202, on their way to the
+/// reconciler.
+#[derive(Clone)]
+pub struct Handoff {
+    inner: Arc<HandoffInner>,
+}
+
+struct HandoffInner {
+    alerts: Mutex<Vec<Alert>>,
+    limit: usize,
+    /// An alert did not fit: only a sweep finds it.
+    missed: AtomicBool,
+    wake: Notify,
+}
+
+impl Handoff {
+    pub fn new(limit: usize) -> Handoff {
+        Handoff {
+            inner: Arc::new(HandoffInner {
+                alerts: Mutex::new(Vec::new()),
+                limit,
+                missed: AtomicBool::new(false),
+                wake: Notify::new(),
+            }),
+        }
+    }
+
+    /// Hands over an alert whose audit record says `unqueued` and whose 202 is given.
+    pub fn hand(&self, alert: Alert) {
+        {
+            let mut alerts = self.inner.alerts.lock().expect("hand-off lock");
+            if alerts.len() < self.inner.limit {
+                alerts.push(alert);
+            } else {
+                self.inner.missed.store(true, Ordering::Relaxed);
+            }
+        }
+        self.inner.wake.notify_one();
+    }
+
+    /// What was handed over since the last take, and whether some did not fit.
+    fn take(&self) -> (Vec<Alert>, bool) {
+        let alerts = std::mem::take(&mut *self.inner.alerts.lock().expect("hand-off lock"));
+        (alerts, self.inner.missed.swap(false, Ordering::Relaxed))
+    }
+}
+
 pub struct Reconciler {
     /// A record younger than this may belong to a request still deciding its answer (and
-    /// withdrawn if that answer is 503), so it is left for the next sweep.
+    /// withdrawn if that answer is 503), so a sweep leaves it for the next one.
     pub grace: Duration,
     pub queue: Queue,
     /// Not the request path's store: a sweep may scan, and has no answer to hurry for.
     pub store: Store,
     pub dedup_ttl: Duration,
-    pub wake: Arc<Notify>,
+    pub handoff: Handoff,
     /// The stores pyron-api has reached; the reconciler waits for both.
     pub reached: watch::Receiver<crate::http::Reached>,
 }
 
-/// How long to wait after a failed sweep: about a second (a store still down), or, when
+/// How long to wait after a failed attempt: about a second (a store still down), or, when
 /// MongoDB did not answer within its budget, at least that budget. A wire server that
 /// cannot use the `status` index for the look for unqueued records (FerretDB) scans all
 /// of `audit`: a sweep begun again at once would keep it scanning, and slow every other
@@ -62,23 +192,28 @@ fn wait_after(err: &ReconcileError, retry: &mut Backoff) -> Duration {
 }
 
 impl Reconciler {
-    /// Sweeps at start, then whenever woken, until `shutdown` is cancelled.
+    /// Queues what it is handed, sweeping at start and after the hand-off was full, and
+    /// marks the audit records of what it queued, until `shutdown` is cancelled.
     pub async fn run(mut self, shutdown: CancellationToken) {
         tokio::select! {
             _ = self.reached.wait_for(|r| r.redis && r.mongo) => {}
             () = shutdown.cancelled() => return,
         }
         let mut retry = Backoff::new(RETRY, RETRY);
+        // Handed over, not yet in the stream.
+        let mut held: Vec<Alert> = Vec::new();
+        // In the stream, their records not yet marked.
+        let mut to_mark = Queued::default();
+        let mut pace = MarkPace::new();
+        let mut sweep_at = Some(Instant::now());
         loop {
-            match self.sweep().await {
-                Ok(None) => {}
-                Ok(Some(wait)) => {
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => continue,
-                        () = shutdown.cancelled() => return,
-                    }
-                }
-                Err(err) => {
+            let (handed, missed) = self.handoff.take();
+            held.extend(handed);
+            if missed {
+                sweep_at = Some(Instant::now());
+            }
+            if !held.is_empty() {
+                if let Err(err) = self.queue_all(&held, &mut to_mark, "handed over").await {
                     let wait = wait_after(&err, &mut retry);
                     tracing::warn!(error = %err, retry_in_ms = wait.as_millis() as u64, "reconciler cannot queue yet; will retry");
                     tokio::select! {
@@ -86,28 +221,118 @@ impl Reconciler {
                         () = shutdown.cancelled() => return,
                     }
                 }
+                held.clear();
+                retry.reset();
             }
+            if let Some(at) = sweep_at
+                && at <= Instant::now()
+            {
+                sweep_at = match self.sweep(&mut to_mark).await {
+                    Ok(wait) => {
+                        retry.reset();
+                        wait.map(|wait| Instant::now() + wait)
+                    }
+                    Err(err) => {
+                        let wait = wait_after(&err, &mut retry);
+                        tracing::warn!(error = %err, retry_in_ms = wait.as_millis() as u64, "reconciler cannot look for unqueued alerts yet; will retry");
+                        Some(Instant::now() + wait)
+                    }
+                };
+            }
+            if !to_mark.is_empty() && pace.at <= Instant::now() {
+                let started = Instant::now();
+                match self.mark(&mut to_mark, pace.chunk).await {
+                    Ok(()) => pace.done(started.elapsed(), Instant::now()),
+                    Err(err) => {
+                        let wait = pace.failed(&err, started.elapsed(), Instant::now());
+                        tracing::warn!(error = %err, left = to_mark.len(), retry_in_ms = wait.as_millis() as u64, "audit records of queued alerts not marked yet; will retry");
+                    }
+                }
+            }
+            let next = [sweep_at, (!to_mark.is_empty()).then_some(pace.at)]
+                .into_iter()
+                .flatten()
+                .min();
+            let due = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                _ = self.wake.notified() => {}
+                () = self.handoff.inner.wake.notified() => {}
+                () = due => {}
                 () = shutdown.cancelled() => return,
             }
         }
     }
 
-    /// Queues every unqueued alert past its grace, then marks their audit records;
-    /// returns how long until the youngest one left is old enough, if any is left.
-    ///
-    /// All are queued before any is marked, so that the alerts flow to the worker as fast
-    /// as Redis takes them; marking (an update per hundred records) comes after.
-    pub async fn sweep(&self) -> Result<Option<Duration>, ReconcileError> {
+    /// Queues these alerts (a Redis pipeline a page), adding them to what is to be marked;
+    /// `found` says where the reconciler found them, for the log.
+    async fn queue_all(
+        &self,
+        alerts: &[Alert],
+        to_mark: &mut Queued,
+        found: &str,
+    ) -> Result<(), ReconcileError> {
+        let mut queued = Queued::default();
+        for page in alerts.chunks(PAGE) {
+            let answers = self.queue.requeue(page, self.dedup_ttl).await?;
+            for (alert, answer) in page.iter().zip(answers) {
+                match answer {
+                    Enqueued::Queued { .. } | Enqueued::AlreadyQueued => {
+                        queued.queued.insert(alert.id.to_string());
+                    }
+                    Enqueued::Duplicate { first } => {
+                        queued.duplicates.insert(alert.id.to_string(), first);
+                    }
+                }
+            }
+        }
+        if !queued.is_empty() {
+            tracing::info!(
+                queued = queued.queued.len(),
+                duplicates = queued.duplicates.len(),
+                found,
+                "reconciler queued alerts that only MongoDB held"
+            );
+        }
+        to_mark.queued.append(&mut queued.queued);
+        to_mark.duplicates.append(&mut queued.duplicates);
+        Ok(())
+    }
+
+    /// Marks the audit records of up to `chunk` queued alerts, `duplicate` (one a
+    /// statement) or `queued`; what is marked leaves `to_mark`. Queueing never waits for
+    /// it (`MarkPace`).
+    async fn mark(&self, to_mark: &mut Queued, chunk: usize) -> Result<(), ReconcileError> {
+        if let Some((id, first)) = to_mark.duplicates.pop_first() {
+            if let Err(err) = self.store.mark_duplicate(&id, &first).await {
+                to_mark.duplicates.insert(id, first);
+                return Err(err.into());
+            }
+        } else {
+            let ids: Vec<String> = to_mark.queued.iter().take(chunk).cloned().collect();
+            self.store.mark_queued(&ids).await?;
+            for id in &ids {
+                to_mark.queued.remove(id);
+            }
+        }
+        if to_mark.is_empty() {
+            tracing::info!("reconciler marked their audit records");
+        }
+        Ok(())
+    }
+
+    /// Queues every unqueued alert of `audit` past its grace, adding them to what is to be
+    /// marked; returns how long until the youngest one left is old enough, if any is left.
+    async fn sweep(&self, to_mark: &mut Queued) -> Result<Option<Duration>, ReconcileError> {
         let cutoff = Utc::now() - self.grace;
         let mut after: Option<String> = None;
-        let mut queued: Vec<String> = Vec::new();
-        let mut duplicates: Vec<(String, String)> = Vec::new();
         let mut wait = None;
         loop {
-            let mut alerts = self.store.unqueued(after.as_deref(), PAGE).await?;
-            let full = alerts.len() as i64 == PAGE;
+            let mut alerts = self.store.unqueued(after.as_deref(), PAGE as i64).await?;
+            let full = alerts.len() == PAGE;
             // Oldest first (event ids are time-ordered): stop at the first too young.
             if let Some(young) = alerts.iter().position(|a| a.received_at > cutoff) {
                 let left = alerts[young].received_at - cutoff;
@@ -116,44 +341,117 @@ impl Reconciler {
             }
             let Some(last) = alerts.last() else { break };
             after = Some(last.id.to_string());
-            let answers = self.queue.requeue(&alerts, self.dedup_ttl).await?;
-            for (alert, answer) in alerts.iter().zip(answers) {
-                match answer {
-                    Enqueued::Queued { .. } | Enqueued::AlreadyQueued => {
-                        queued.push(alert.id.to_string());
-                    }
-                    Enqueued::Duplicate { first } => {
-                        duplicates.push((alert.id.to_string(), first));
-                    }
-                }
-            }
+            self.queue_all(&alerts, to_mark, "in audit").await?;
             if wait.is_some() || !full {
                 break;
             }
         }
-        if queued.is_empty() && duplicates.is_empty() {
-            return Ok(wait);
-        }
-        tracing::info!(
-            queued = queued.len(),
-            duplicates = duplicates.len(),
-            "reconciler queued alerts that only MongoDB held"
-        );
-        for (id, first) in &duplicates {
-            self.store.mark_duplicate(id, first).await?;
-        }
-        self.store.mark_queued(&queued).await?;
-        tracing::info!(
-            records = queued.len() + duplicates.len(),
-            "reconciler marked their audit records"
-        );
         Ok(wait)
+    }
+}
+
+/// Queued alerts whose audit records are to be marked: event ids, and duplicates with the
+/// event they repeat.
+#[derive(Default)]
+struct Queued {
+    queued: BTreeSet<String>,
+    duplicates: BTreeMap<String, String>,
+}
+
+impl Queued {
+    fn len(&self) -> usize {
+        self.queued.len() + self.duplicates.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn alert() -> Alert {
+        Alert {
+            id: crate::domain::EventId::new(),
+            source: "tradingview".into(),
+            received_at: Utc::now(),
+            kind: crate::domain::AlertKind::Text,
+            content_type: "text/plain".into(),
+            body: "BTCUSDT crossed 96,000".into(),
+            json: None,
+            dedup_key: None,
+            sender: None,
+        }
+    }
+
+    /// The hand-off keeps what fits, in order, and says when something did not: only a
+    /// sweep finds that one.
+    #[tokio::test]
+    async fn the_handoff_holds_up_to_its_limit_and_says_when_one_did_not_fit() {
+        let handoff = Handoff::new(2);
+        let (first, second, third) = (alert(), alert(), alert());
+        handoff.hand(first.clone());
+        handoff.hand(second.clone());
+        // Handing over wakes the reconciler (a permit is kept until it waits).
+        tokio::time::timeout(Duration::from_secs(1), handoff.inner.wake.notified())
+            .await
+            .expect("woken");
+        let (taken, missed) = handoff.take();
+        assert_eq!(
+            taken.iter().map(|a| a.id).collect::<Vec<_>>(),
+            [first.id, second.id]
+        );
+        assert!(!missed);
+        handoff.hand(alert());
+        handoff.hand(alert());
+        handoff.hand(third);
+        let (taken, missed) = handoff.take();
+        assert_eq!(taken.len(), 2);
+        assert!(missed, "the third did not fit");
+        // Taken: room again, and the flag is cleared.
+        handoff.hand(alert());
+        let (taken, missed) = handoff.take();
+        assert_eq!((taken.len(), missed), (1, false));
+    }
+
+    /// Fast statements grow to a hundred records at once, one after the other; slow ones
+    /// shrink and are spaced so that MongoDB spends a tenth of its time on marking.
+    #[test]
+    fn marking_slows_down_on_a_store_slow_to_update() {
+        let now = Instant::now();
+        let mut pace = MarkPace::new();
+        assert_eq!(pace.chunk, 1);
+        for chunk in [2, 4, 8, 16, 32, 64, 100, 100] {
+            pace.done(Duration::from_millis(5), now);
+            assert_eq!(pace.chunk, chunk);
+        }
+        assert_eq!(pace.at, now + Duration::from_millis(45));
+        pace.done(Duration::from_secs(4), now);
+        assert_eq!(pace.chunk, MARK_CHUNK / 2);
+        assert_eq!(pace.at, now + Duration::from_secs(36));
+        // A statement MongoDB gave up on after its budget: a quarter of the records next,
+        // not before nine budgets.
+        let budget = Duration::from_secs(10);
+        let timeout = ReconcileError::Store(StoreError::Timeout(budget));
+        let wait = pace.failed(&timeout, budget, now);
+        assert_eq!(pace.chunk, MARK_CHUNK / 8);
+        assert!(wait >= budget * MARK_SPACING, "{wait:?}");
+        assert_eq!(pace.at, now + wait);
+        for _ in 0..10 {
+            pace.failed(&timeout, budget, now);
+        }
+        assert_eq!(pace.chunk, 1);
+        // Fast again: back up to a hundred, doubling.
+        for chunk in [2, 4, 8, 16, 32, 64, 100, 100] {
+            pace.done(Duration::from_millis(100), now);
+            assert_eq!(pace.chunk, chunk);
+        }
+        // Down without a timeout (refused at once): about a second, growing.
+        let refused = ReconcileError::Store(StoreError::Refused("no".into()));
+        assert!(pace.failed(&refused, Duration::ZERO, now) <= RETRY);
+    }
 
     #[test]
     fn a_sweep_mongodb_gave_up_on_waits_as_long_as_its_budget() {

@@ -13,10 +13,7 @@
 use std::{fmt::Display, path::Path, sync::Arc, time::Duration};
 
 use axum::Router;
-use tokio::{
-    net::{TcpListener, UnixListener},
-    sync::Notify,
-};
+use tokio::net::{TcpListener, UnixListener};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -31,7 +28,7 @@ use crate::{
     },
     ingest::Intake,
     queue::{Queue, QueueError},
-    reconcile::Reconciler,
+    reconcile::{HANDOFF_LIMIT, Handoff, Reconciler},
     store::{Store, StoreError},
     systemd::{self, Activated},
 };
@@ -115,13 +112,13 @@ impl Api {
         )
         .await?;
         let (reached, _) = tokio::sync::watch::channel(Reached::default());
-        let reconcile = Arc::new(Notify::new());
+        let reconcile = Handoff::new(HANDOFF_LIMIT);
         let reconciler = Reconciler {
             grace: RECONCILE_GRACE.max(config.intake.store_timeout * 2),
             queue: queue.clone(),
             store: background.clone(),
             dedup_ttl: config.intake.dedup_ttl,
-            wake: reconcile.clone(),
+            handoff: reconcile.clone(),
             reached: reached.subscribe(),
         };
         let tasks = TaskTracker::new();

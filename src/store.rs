@@ -577,18 +577,15 @@ impl Store {
         Ok(documents.iter().filter_map(alert_from_audit).collect())
     }
 
-    /// Marks unqueued audit records as queued (by the reconciler), a hundred per statement.
+    /// Marks unqueued audit records as queued (by the reconciler), in one statement.
     pub async fn mark_queued(&self, ids: &[String]) -> Result<(), StoreError> {
         let now = bson::DateTime::now();
-        for chunk in ids.chunks(100) {
-            let update = doc! {
-                "q": { "_id": { "$in": chunk }, "status": UNQUEUED },
-                "u": { "$set": { "status": "queued", "queued_at": now } },
-                "multi": true,
-            };
-            self.update_one(AUDIT, update).await?;
-        }
-        Ok(())
+        let update = doc! {
+            "q": { "_id": { "$in": ids }, "status": UNQUEUED },
+            "u": { "$set": { "status": "queued", "queued_at": now } },
+            "multi": true,
+        };
+        self.update_one(AUDIT, update).await
     }
 
     /// Deletes an unqueued audit record whose request was answered 503 before it landed.

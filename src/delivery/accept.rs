@@ -1,12 +1,8 @@
 //! pyron-api's side of the protocol: `Acceptor::accept` takes an alert that passed
 //! `ingest` and answers with a receipt once one store holds it, or `Unavailable`.
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
 
 use crate::{
@@ -15,6 +11,7 @@ use crate::{
     http::Breaker,
     ingest::Alert,
     queue::{Enqueued, Queue},
+    reconcile::Handoff,
     store::{Arrival, Store},
 };
 
@@ -58,8 +55,8 @@ pub struct Acceptor {
     /// Open after Redis failed an alert: those that follow for a moment go to MongoDB
     /// directly instead of each waiting for Redis to fail again.
     pub breaker: Breaker,
-    /// Wakes the reconciler after an alert was kept in MongoDB alone.
-    pub reconcile: Arc<Notify>,
+    /// Hands the reconciler each alert kept in MongoDB alone, to queue once Redis is back.
+    pub reconcile: Handoff,
     /// Writes that outlive their request; shutdown waits for them.
     pub tasks: TaskTracker,
     /// Writes queued alerts' audit records in batches.
@@ -117,6 +114,8 @@ impl Acceptor {
     /// `deadline`.
     async fn keep_in_mongo(&self, alert: Alert, deadline: Instant) -> Result<Receipt, Unavailable> {
         let id = alert.id;
+        // For the reconciler, should the write succeed in time.
+        let kept = alert.clone();
         let store = self.store.clone();
         // The write runs to its end even if the answer cannot wait for it, so that it is
         // never cut off half-way; if it lands after a 503, it is withdrawn (below).
@@ -125,7 +124,7 @@ impl Acceptor {
             .spawn(async move { store.insert_audit(&alert, Arrival::KeptInMongo).await });
         match tokio::time::timeout_at(deadline.into(), &mut write).await {
             Ok(Ok(Ok(()))) => {
-                self.reconcile.notify_one();
+                self.reconcile.hand(kept);
                 tracing::info!(event_id = %id, status = "unqueued", "alert accepted; it waits in MongoDB for the queue");
                 Ok(Receipt::KeptInMongo { id })
             }
@@ -139,8 +138,8 @@ impl Acceptor {
             }
             Err(_) => {
                 // Still in flight. The sender was told the alert was not taken, so should
-                // the write land, it is withdrawn; the reconciler leaves records alone until
-                // they are older than any request's budget.
+                // the write land, it is withdrawn; it is not handed to the reconciler, whose
+                // sweeps leave records alone until they are older than any request's budget.
                 let store = self.background_store.clone();
                 self.tasks.spawn(async move {
                     if let Ok(Ok(())) = write.await {

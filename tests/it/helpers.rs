@@ -329,6 +329,14 @@ fn start_mongo(dir: &Path, port: u16) -> Process {
     }
 }
 
+/// The client a test sends its requests with.
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
 /// The two Pyron binaries running against a test's `Stores`.
 pub struct App {
     pub port: u16,
@@ -378,10 +386,7 @@ impl App {
             worker: None,
             db_name,
             env,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap(),
+            http: http_client(),
             stores,
         }
     }
@@ -418,10 +423,13 @@ impl App {
         }
     }
 
+    /// Starts pyron-api (again) and waits until it listens. The test's client starts
+    /// afresh: connections it kept to an earlier pyron-api are gone.
     pub async fn start_api(&mut self) {
         let mut api = self.spawn("pyron-api", "pyron-api", &[]);
         wait_for_port(self.port, "pyron-api", &mut api.child, &api.log);
         self.api = Some(api);
+        self.http = http_client();
     }
 
     /// Starts pyron-worker and waits until it is consuming.

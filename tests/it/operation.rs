@@ -89,11 +89,15 @@ async fn readiness_follows_the_stores_and_alerts_survive_either_one_down() {
         assert_eq!(jobs.len(), 1, "{id} was not processed");
     }
     assert_eq!(app.count("jobs").await, 2, "the refused alert was written");
-    assert!(
+    // The reconciler marks the audit records after it queued them (the worker may be
+    // quicker): every record ends `queued`.
+    crate::helpers::wait_until("every audit record marked queued", async || {
         app.docs("audit", doc! { "status": { "$ne": "queued" } })
             .await
             .is_empty()
-    );
+    })
+    .await;
+    assert_eq!(app.count("audit").await, 2);
 }
 
 #[tokio::test]

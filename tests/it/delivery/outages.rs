@@ -86,6 +86,18 @@ async fn redis_killed_mid_burst_loses_nothing() {
         app.api_log().contains("reconciler queued alerts")
     })
     .await;
+    // Every kept alert was handed to the reconciler: none had to be looked for in `audit`
+    // (a scan of the whole collection on FerretDB).
+    let reconciled: Vec<String> = app
+        .api_log()
+        .lines()
+        .filter(|l| l.contains("reconciler queued alerts"))
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        reconciled.iter().all(|l| l.contains("handed over")),
+        "{reconciled:?}"
+    );
     // Marking the audit records comes after queueing, and is slow on FerretDB (about
     // 80 updates a second): give it time.
     let deadline = Instant::now() + Duration::from_secs(120);

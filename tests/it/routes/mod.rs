@@ -1013,11 +1013,15 @@ async fn an_older_signal_queued_late_is_not_sent_after_a_newer_one() {
     let _alone = crate::helpers::alone().await;
     let sink = Sink::start().await;
     let (mut app, _forwarder) = start(|_| http_route(&sink, "", "max_age_secs = 60")).await;
-    // Redis down: the buy is kept in MongoDB alone, for the reconciler to queue later.
+    // Redis down: the buy is kept in MongoDB alone. The pyron-api that kept it is killed
+    // before Redis is back, so no reconciler was handed it: the next pyron-api's sweep
+    // finds it, and leaves it for its grace (5 s, for requests that may yet end 503).
     app.stores.redis.kill();
     let buy = post_json(&app, alert(TV_SECRET, "BTCUSDT", "buy", 1.0)).await;
     let buy = buy["id"].as_str().unwrap().to_owned();
+    app.api.as_mut().unwrap().kill();
     app.stores.start_redis_again();
+    app.start_api().await;
     // pyron-api skips Redis for a second after a failure: probe (another ticker, another
     // lane) until an alert goes to the queue again, well within the reconciler's grace.
     wait_until("pyron-api to queue in Redis again", async || {
@@ -1032,11 +1036,17 @@ async fn an_older_signal_queued_late_is_not_sent_after_a_newer_one() {
     let sell = post_json(&app, alert(TV_SECRET, "BTCUSDT", "sell", 2.0)).await;
     let sell = sell["id"].as_str().unwrap().to_owned();
     records(&app, doc! { "event": &sell, "status": "delivered" }, 1).await;
-    // The buy, queued by the reconciler seconds later, is never sent after it.
+    // The buy, queued by the reconciler's sweep seconds later, is never sent after it.
     let late = records(&app, doc! { "event": &buy, "status": "expired" }, 1).await;
     assert!(
         field(&late[0], "last_error").contains("was delivered first"),
         "{late:?}"
+    );
+    let log = app.api_log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("reconciler queued alerts") && l.contains("in audit")),
+        "{log}"
     );
     let sent: Vec<Value> = sink
         .delivered()
@@ -1046,4 +1056,38 @@ async fn an_older_signal_queued_late_is_not_sent_after_a_newer_one() {
         .map(|body| body["event_id"].clone())
         .collect();
     assert_eq!(sent, [json!(sell)]);
+}
+
+#[tokio::test]
+async fn a_signal_kept_while_redis_was_down_is_sent_before_the_next_once_it_is_back() {
+    let _alone = crate::helpers::alone().await;
+    let sink = Sink::start().await;
+    let (mut app, _forwarder) = start(|_| http_route(&sink, "", "max_age_secs = 60")).await;
+    // Redis down: the buy is kept in MongoDB alone and handed to the reconciler, which
+    // queues it as soon as Redis takes it again (no sweep, no grace to wait out).
+    app.stores.redis.kill();
+    let buy = post_json(&app, alert(TV_SECRET, "BTCUSDT", "buy", 1.0)).await;
+    let buy = buy["id"].as_str().unwrap().to_owned();
+    app.stores.start_redis_again();
+    app.wait_for_docs("audit", doc! { "_id": &buy, "status": "queued" }, 1)
+        .await;
+    let log = app.api_log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("reconciler queued alerts") && l.contains("handed over")),
+        "{log}"
+    );
+    // The sell, sent once the buy is queued, goes after it: both delivered, in order.
+    let sell = post_json(&app, alert(TV_SECRET, "BTCUSDT", "sell", 2.0)).await;
+    let sell = sell["id"].as_str().unwrap().to_owned();
+    records(&app, doc! { "event": &sell, "status": "delivered" }, 1).await;
+    records(&app, doc! { "event": &buy, "status": "delivered" }, 1).await;
+    let sent: Vec<Value> = sink
+        .delivered()
+        .iter()
+        .map(|r| r.json())
+        .filter(|body| body["signal"]["ticker"] == "BTCUSDT")
+        .map(|body| body["event_id"].clone())
+        .collect();
+    assert_eq!(sent, [json!(buy), json!(sell)]);
 }
