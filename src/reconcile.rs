@@ -57,8 +57,9 @@ const MARK_CHUNK: usize = 100;
 /// A marking statement slower than this halves the next one's records.
 const MARK_SLOW: Duration = Duration::from_secs(1);
 
-/// Marking is bookkeeping: it may keep MongoDB busy a tenth of the time at most. After a
-/// statement that took `t`, the next waits `MARK_SPACING · t`.
+/// Marking is bookkeeping: a store slow to update spends at most a tenth of its time on
+/// it. After a statement that took `t` over `MARK_SLOW`, the next waits
+/// `MARK_SPACING · t`; quicker ones follow each other at once.
 const MARK_SPACING: u32 = 9;
 
 /// The longest wait between attempts at marking.
@@ -68,8 +69,8 @@ const MAX_MARK_WAIT: Duration = Duration::from_secs(300);
 /// at first, doubling while they are quick), the next not before `at`. On `mongod` a
 /// statement takes milliseconds and marking goes at once; a wire server that cannot use its indexes (FerretDB) scans `audit` for every
 /// record it updates (half a second each with 150,000 records here) and holds its one
-/// writer meanwhile: there statements shrink to about a second and are spaced so that
-/// alerts keep flowing.
+/// writer meanwhile: there statements shrink to about a second, and slower ones are
+/// spaced so that alerts keep flowing.
 struct MarkPace {
     chunk: usize,
     at: Instant,
@@ -90,21 +91,23 @@ impl MarkPace {
     /// A statement marked its records in `took`.
     fn done(&mut self, took: Duration, now: Instant) {
         self.retry.reset();
+        self.at = now;
         if took > MARK_SLOW {
             self.chunk = (self.chunk / 2).max(1);
-        } else if took < MARK_SLOW / 4 {
+            self.at = now + took * MARK_SPACING;
+        } else if took < MARK_SLOW / 2 {
             self.chunk = (self.chunk * 2).min(MARK_CHUNK);
         }
-        self.at = now + took * MARK_SPACING;
     }
 
     /// A statement failed after `took`; answers the wait before the next.
     fn failed(&mut self, err: &ReconcileError, took: Duration, now: Instant) -> Duration {
+        let mut wait = wait_after(err, &mut self.retry);
         // A statement MongoDB gave up on may still be running there.
         if took > MARK_SLOW {
             self.chunk = (self.chunk / 4).max(1);
+            wait = wait.max(took * MARK_SPACING);
         }
-        let wait = wait_after(err, &mut self.retry).max(took * MARK_SPACING);
         self.at = now + wait;
         wait
     }
@@ -416,8 +419,8 @@ mod tests {
         assert_eq!((taken.len(), missed), (1, false));
     }
 
-    /// Fast statements grow to a hundred records at once, one after the other; slow ones
-    /// shrink and are spaced so that MongoDB spends a tenth of its time on marking.
+    /// Quick statements grow to a hundred records, one after the other; slow ones shrink
+    /// and are spaced so that MongoDB spends a tenth of its time on marking.
     #[test]
     fn marking_slows_down_on_a_store_slow_to_update() {
         let now = Instant::now();
@@ -426,8 +429,11 @@ mod tests {
         for chunk in [2, 4, 8, 16, 32, 64, 100, 100] {
             pace.done(Duration::from_millis(5), now);
             assert_eq!(pace.chunk, chunk);
+            assert_eq!(pace.at, now, "a quick statement is followed at once");
         }
-        assert_eq!(pace.at, now + Duration::from_millis(45));
+        // Under a second: the same size, at once.
+        pace.done(Duration::from_millis(800), now);
+        assert_eq!((pace.chunk, pace.at), (MARK_CHUNK, now));
         pace.done(Duration::from_secs(4), now);
         assert_eq!(pace.chunk, MARK_CHUNK / 2);
         assert_eq!(pace.at, now + Duration::from_secs(36));
