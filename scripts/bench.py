@@ -260,10 +260,14 @@ class CpuMeter:
         used = {name: (tree_cpu_seconds(p.pid) - self.before[name][0],
                        context_switches(p.pid) - self.before[name][1])
                 for name, p in self.procs}
-        return {name: {"cpu_s": round(s, 2),
-                       "ms_per_1000_alerts": round(s * 1e6 / alerts, 1) if alerts else None,
-                       "switches_per_alert": round(n / alerts, 2) if alerts else None}
-                for name, (s, n) in used.items()}
+        return {name: cpu_figures(s, n, alerts) for name, (s, n) in used.items()}
+
+
+def cpu_figures(seconds, switches, alerts):
+    """CPU seconds used and context switches over a run, as the benchmark prints them."""
+    return {"cpu_s": round(seconds, 2),
+            "ms_per_1000_alerts": round(seconds * 1e6 / alerts, 1) if alerts else None,
+            "switches_per_alert": round(switches / alerts, 2) if alerts else None}
 
 
 LAG_BOUNDS_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
@@ -364,10 +368,8 @@ def sender_floor(stack, url, rate, seconds):
         sys.exit(f"null_sender failed: {out.strip()}")
     sent = int(out.split()[0])
     cpu = meter.stop(sent)
-    used = usage.ru_utime + usage.ru_stime
-    cpu["null-sender"] = {"cpu_s": round(used, 2),
-                          "ms_per_1000_alerts": round(used * 1e6 / sent, 1),
-                          "switches_per_alert": round((usage.ru_nvcsw + usage.ru_nivcsw) / sent, 2)}
+    cpu["null-sender"] = cpu_figures(usage.ru_utime + usage.ru_stime,
+                                     usage.ru_nvcsw + usage.ru_nivcsw, sent)
     return {"sent": sent, "cpu": cpu}
 
 
@@ -471,11 +473,12 @@ def main():
                                           str(work / "mongo"), "--log-level", "error"])
             wire = "FerretDB 1.24 (SQLite)"
         wait_port(mongo_port, "mongo", mongo)
+        sink_url = f"http://127.0.0.1:{null_port}/webhook/sink"
         if args.route:
             (work / "signing").write_text("whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw" + "\n")
             (work / "pyron.toml").write_text(
                 "[destinations.sink]\nkind = \"http\"\n"
-                f"url = \"http://127.0.0.1:{null_port}/webhook/sink\"\n"
+                f"url = \"{sink_url}\"\n"
                 f"secret_file = \"{work / 'signing'}\"\n\n"
                 "[[routes]]\nname = \"all\"\ndestinations = [\"sink\"]\n")
         env = {"PATH": os.environ["PATH"], "PYRON_BIND": f"unix:{api_socket}",
@@ -518,9 +521,7 @@ def main():
             if args.route:
                 say("   the route's floor: the same rate from a client that only sends, to "
                     "the same sink")
-                result["sender_floor"] = sender_floor(
-                    stack, f"http://127.0.0.1:{null_port}/webhook/sink", args.rate,
-                    args.seconds)
+                result["sender_floor"] = sender_floor(stack, sink_url, args.rate, args.seconds)
                 # What the goal's ratio would be if Pyron did nothing but take each alert
                 # and send its delivery: the two floors against the floor run's NGINX.
                 floor_cpu, sender_cpu = result["floor"]["cpu"], result["sender_floor"]["cpu"]

@@ -67,10 +67,10 @@ const MAX_MARK_WAIT: Duration = Duration::from_secs(300);
 
 /// How fast the reconciler marks audit records: statements of up to `chunk` records (one
 /// at first, doubling while they are quick), the next not before `at`. On `mongod` a
-/// statement takes milliseconds and marking goes at once; a wire server that cannot use its indexes (FerretDB) scans `audit` for every
-/// record it updates (half a second each with 150,000 records here) and holds its one
-/// writer meanwhile: there statements shrink to about a second, and slower ones are
-/// spaced so that alerts keep flowing.
+/// statement takes milliseconds and marking goes at once; a wire server that cannot use
+/// its indexes (FerretDB) scans `audit` for every record it updates (half a second each
+/// with 150,000 records here) and holds its one writer meanwhile: there statements
+/// shrink to about a second, and slower ones are spaced so that alerts keep flowing.
 struct MarkPace {
     chunk: usize,
     at: Instant,

@@ -69,6 +69,36 @@ async fn post_json(app: &App, body: Value) -> Value {
     answer
 }
 
+/// Stops Redis and posts `body`, which pyron-api keeps in MongoDB alone; its event id.
+async fn kept_while_redis_is_down(app: &mut App, body: Value) -> String {
+    app.stores.redis.kill();
+    post_json(app, body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// The event ids of the deliveries the sink took for `ticker`, in the order it took them.
+fn sent_for(sink: &Sink, ticker: &str) -> Vec<Value> {
+    sink.delivered()
+        .iter()
+        .map(|r| r.json())
+        .filter(|body| body["signal"]["ticker"] == ticker)
+        .map(|body| body["event_id"].clone())
+        .collect()
+}
+
+/// pyron-api's reconciler queued alerts it found where `found` says ("handed over" by
+/// pyron-api, or "in audit" by a sweep).
+fn assert_reconciled(app: &App, found: &str) {
+    let log = app.api_log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("reconciler queued alerts") && l.contains(found)),
+        "{log}"
+    );
+}
+
 fn alert(secret: &str, ticker: &str, action: &str, price: f64) -> Value {
     json!({"passphrase": secret, "ticker": ticker, "action": action, "price": price,
            "strategy": "Breakout", "interval": "60", "contracts": 0.5})
@@ -1016,9 +1046,7 @@ async fn an_older_signal_queued_late_is_not_sent_after_a_newer_one() {
     // Redis down: the buy is kept in MongoDB alone. The pyron-api that kept it is killed
     // before Redis is back, so no reconciler was handed it: the next pyron-api's sweep
     // finds it, and leaves it for its grace (5 s, for requests that may yet end 503).
-    app.stores.redis.kill();
-    let buy = post_json(&app, alert(TV_SECRET, "BTCUSDT", "buy", 1.0)).await;
-    let buy = buy["id"].as_str().unwrap().to_owned();
+    let buy = kept_while_redis_is_down(&mut app, alert(TV_SECRET, "BTCUSDT", "buy", 1.0)).await;
     app.api.as_mut().unwrap().kill();
     app.stores.start_redis_again();
     app.start_api().await;
@@ -1042,20 +1070,8 @@ async fn an_older_signal_queued_late_is_not_sent_after_a_newer_one() {
         field(&late[0], "last_error").contains("was delivered first"),
         "{late:?}"
     );
-    let log = app.api_log();
-    assert!(
-        log.lines()
-            .any(|l| l.contains("reconciler queued alerts") && l.contains("in audit")),
-        "{log}"
-    );
-    let sent: Vec<Value> = sink
-        .delivered()
-        .iter()
-        .map(|r| r.json())
-        .filter(|body| body["signal"]["ticker"] == "BTCUSDT")
-        .map(|body| body["event_id"].clone())
-        .collect();
-    assert_eq!(sent, [json!(sell)]);
+    assert_reconciled(&app, "in audit");
+    assert_eq!(sent_for(&sink, "BTCUSDT"), [json!(sell)]);
 }
 
 #[tokio::test]
@@ -1065,29 +1081,15 @@ async fn a_signal_kept_while_redis_was_down_is_sent_before_the_next_once_it_is_b
     let (mut app, _forwarder) = start(|_| http_route(&sink, "", "max_age_secs = 60")).await;
     // Redis down: the buy is kept in MongoDB alone and handed to the reconciler, which
     // queues it as soon as Redis takes it again (no sweep, no grace to wait out).
-    app.stores.redis.kill();
-    let buy = post_json(&app, alert(TV_SECRET, "BTCUSDT", "buy", 1.0)).await;
-    let buy = buy["id"].as_str().unwrap().to_owned();
+    let buy = kept_while_redis_is_down(&mut app, alert(TV_SECRET, "BTCUSDT", "buy", 1.0)).await;
     app.stores.start_redis_again();
     app.wait_for_docs("audit", doc! { "_id": &buy, "status": "queued" }, 1)
         .await;
-    let log = app.api_log();
-    assert!(
-        log.lines()
-            .any(|l| l.contains("reconciler queued alerts") && l.contains("handed over")),
-        "{log}"
-    );
+    assert_reconciled(&app, "handed over");
     // The sell, sent once the buy is queued, goes after it: both delivered, in order.
     let sell = post_json(&app, alert(TV_SECRET, "BTCUSDT", "sell", 2.0)).await;
     let sell = sell["id"].as_str().unwrap().to_owned();
     records(&app, doc! { "event": &sell, "status": "delivered" }, 1).await;
     records(&app, doc! { "event": &buy, "status": "delivered" }, 1).await;
-    let sent: Vec<Value> = sink
-        .delivered()
-        .iter()
-        .map(|r| r.json())
-        .filter(|body| body["signal"]["ticker"] == "BTCUSDT")
-        .map(|body| body["event_id"].clone())
-        .collect();
-    assert_eq!(sent, [json!(buy), json!(sell)]);
+    assert_eq!(sent_for(&sink, "BTCUSDT"), [json!(buy), json!(sell)]);
 }
