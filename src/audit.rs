@@ -12,16 +12,23 @@
 //! After each batch the writer marks the alerts it wrote in Redis (see `queue`), and the
 //! worker writes the audit records of the jobs it finds unmarked: whatever this writer
 //! could not write, dropped, or was holding when pyron-api died.
+//!
+//! `KeptWriter` writes the records of alerts Redis could not take, which MongoDB alone
+//! keeps: there each request waits for its own record (its 202 depends on it), and the
+//! records that gather while one insert is out go together in the next.
 
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::{
+    sync::{mpsc, oneshot},
+    time::Instant,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     ingest::Alert,
     queue::Queue,
-    store::{Arrival, Store},
+    store::{Arrival, Store, StoreError},
 };
 
 const QUEUE: usize = 4096;
@@ -53,6 +60,91 @@ impl AuditWriter {
     /// Queues an audit record; false (and nothing queued) when the writer is full.
     pub fn offer(&self, alert: Alert, arrival: Arrival) -> bool {
         self.tx.try_send((alert, arrival)).is_ok()
+    }
+}
+
+/// Most kept records waiting for an insert; past it a request is answered 503 at once.
+const KEPT_QUEUE: usize = 4096;
+
+/// An alert to keep, by when its request stops waiting, and where its answer goes.
+struct Keep {
+    alert: Alert,
+    deadline: Instant,
+    answer: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// Writes the audit records of alerts kept in MongoDB alone (marked `unqueued`), journaled.
+/// One insert at a time: an alert alone goes at once, and what arrives meanwhile goes in
+/// the next insert, up to `BATCH`. One insert per alert held FerretDB seconds behind after
+/// a Redis stall at 3,000 alerts/s; a few large ones cost it what the queued alerts'
+/// records cost. A record whose request stopped waiting before its insert began is not
+/// written at all.
+#[derive(Clone)]
+pub struct KeptWriter {
+    tx: mpsc::Sender<Keep>,
+}
+
+impl KeptWriter {
+    /// Starts the writer; it stops once every `KeptWriter` is dropped and what it holds is
+    /// written.
+    pub fn start(store: Store) -> KeptWriter {
+        let (tx, rx) = mpsc::channel(KEPT_QUEUE);
+        tokio::spawn(keep(store, rx));
+        KeptWriter { tx }
+    }
+
+    /// Writes the alert's record; the answer comes once MongoDB has it journaled (or
+    /// refused it). Left unwritten if its insert has not begun by `deadline`.
+    pub fn write(
+        &self,
+        alert: Alert,
+        deadline: Instant,
+    ) -> oneshot::Receiver<Result<(), StoreError>> {
+        let (answer, answered) = oneshot::channel();
+        let keep = Keep {
+            alert,
+            deadline,
+            answer,
+        };
+        if let Err(err) = self.tx.try_send(keep) {
+            let reason = match err {
+                mpsc::error::TrySendError::Full(_) => "too many records wait for MongoDB",
+                mpsc::error::TrySendError::Closed(_) => "pyron-api is stopping",
+            };
+            let _ = err
+                .into_inner()
+                .answer
+                .send(Err(StoreError::Refused(reason.into())));
+        }
+        answered
+    }
+}
+
+async fn keep(store: Store, mut rx: mpsc::Receiver<Keep>) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut batch, BATCH).await > 0 {
+        let now = Instant::now();
+        let (late, due): (Vec<Keep>, Vec<Keep>) = batch.drain(..).partition(|k| k.deadline <= now);
+        for keep in late {
+            let _ = keep.answer.send(Err(StoreError::Timeout(Duration::ZERO)));
+        }
+        if due.is_empty() {
+            continue;
+        }
+        let alerts: Vec<&Alert> = due.iter().map(|k| &k.alert).collect();
+        match store.insert_kept(&alerts).await {
+            Ok(written) => {
+                for (keep, written) in due.into_iter().zip(written) {
+                    let _ = keep.answer.send(written.map_err(StoreError::Refused));
+                }
+            }
+            Err(err) => {
+                let message = err.to_string();
+                for keep in due {
+                    let _ = keep.answer.send(Err(StoreError::Refused(message.clone())));
+                }
+            }
+        }
     }
 }
 

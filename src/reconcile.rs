@@ -2,9 +2,19 @@
 //!
 //! pyron-api marks such an alert's audit record `unqueued`, answers 202, and hands the
 //! alert itself to the reconciler (`Handoff`). The reconciler queues what it was handed
-//! (`Queue::requeue`, safe to repeat) as soon as Redis takes it, trying again every second
-//! while Redis is down, then marks the records `queued`, or `duplicate` when an
-//! idempotency key turns out to belong to an earlier alert.
+//! (`Queue::requeue`, safe to repeat) as soon as Redis takes it, trying again within a
+//! second while Redis is down. A task of its own then marks the records `queued`, or
+//! `duplicate` when an idempotency key turns out to belong to an earlier alert, at a pace
+//! the store can bear (`MarkPace`); queueing never waits for it.
+//!
+//! Order across an outage: while the hand-off owes the stream an alert (one being kept in
+//! MongoDB, or kept and not yet queued), an alert that would go to the stream first waits
+//! a moment for the reconciler to queue what is owed (`Handoff::drained`, which hurries
+//! it), or, should that not happen in time, is kept in MongoDB after them. Otherwise, once
+//! Redis answered again, a newer signal queued directly would be delivered before the
+//! older ones still waiting here, and those would expire by the order rule (a stall of
+//! under a second cost every signal of that second). Past the hand-off's limit, the alerts
+//! that did not fit are found by a sweep, and order across them is not kept.
 //!
 //! It looks for `unqueued` records in `audit` (a sweep) only where the hand-off cannot
 //! have them all: once both stores have first answered after start-up, for records an
@@ -19,14 +29,14 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
 
 use chrono::Utc;
 use tokio::{
-    sync::{Notify, watch},
+    sync::{Notify, mpsc, watch},
     time::Instant,
 };
 use tokio_util::sync::CancellationToken;
@@ -47,6 +57,10 @@ const MIN_WAIT: Duration = Duration::from_millis(10);
 /// Wait between attempts while a store is down (jittered: half of it to all of it).
 const RETRY: Duration = Duration::from_secs(1);
 
+/// First wait before queueing handed-over alerts again (doubling up to `RETRY`): new
+/// alerts go to MongoDB alone until they are queued, so a short stall ends quickly.
+const HANDED_RETRY: Duration = Duration::from_millis(100);
+
 /// Most alerts held in the hand-off (some 3 to 30 MB): a Redis outage of several seconds
 /// at 3,000 alerts/s, hours at a trader's rate. Past it, a sweep finds the rest.
 pub const HANDOFF_LIMIT: usize = 20_000;
@@ -65,26 +79,46 @@ const MARK_SPACING: u32 = 9;
 /// The longest wait between attempts at marking.
 const MAX_MARK_WAIT: Duration = Duration::from_secs(300);
 
+/// After a slow marking statement, the next waits until pyron-api has received no alert
+/// for this long too.
+const MARK_QUIET: Duration = Duration::from_secs(5);
+
 /// How fast the reconciler marks audit records: statements of up to `chunk` records (one
 /// at first, doubling while they are quick), the next not before `at`. On `mongod` a
 /// statement takes milliseconds and marking goes at once; a wire server that cannot use
 /// its indexes (FerretDB) scans `audit` for every record it updates (half a second each
 /// with 150,000 records here) and holds its one writer meanwhile: there statements
 /// shrink to about a second, and slower ones are spaced so that alerts keep flowing.
+/// Under load even one record's statement held FerretDB for seconds, and every alert
+/// behind it waited as long: the first statement, and any after a slow one (`slow`), also
+/// waits for a pause in the alerts (`MARK_QUIET`). Marking is bookkeeping; it can wait
+/// for the store to have time.
 struct MarkPace {
     chunk: usize,
     at: Instant,
+    slow: bool,
     retry: Backoff,
 }
 
 impl MarkPace {
     fn new() -> MarkPace {
         // One record first: on a store slow to update, even a hundred would hold its
-        // writer for a minute.
+        // writer for a minute. And slow until a statement shows otherwise: the first one
+        // comes right after an outage, when alerts may be arriving fast.
         MarkPace {
             chunk: 1,
             at: Instant::now(),
+            slow: true,
             retry: Backoff::new(RETRY, MAX_MARK_WAIT),
+        }
+    }
+
+    /// When the next statement may run, the last alert having arrived at `last_alert`.
+    fn ready_at(&self, last_alert: Instant) -> Instant {
+        if self.slow {
+            self.at.max(last_alert + MARK_QUIET)
+        } else {
+            self.at
         }
     }
 
@@ -92,6 +126,7 @@ impl MarkPace {
     fn done(&mut self, took: Duration, now: Instant) {
         self.retry.reset();
         self.at = now;
+        self.slow = took > MARK_SLOW;
         if took > MARK_SLOW {
             self.chunk = (self.chunk / 2).max(1);
             self.at = now + took * MARK_SPACING;
@@ -104,6 +139,7 @@ impl MarkPace {
     fn failed(&mut self, err: &ReconcileError, took: Duration, now: Instant) -> Duration {
         let mut wait = wait_after(err, &mut self.retry);
         // A statement MongoDB gave up on may still be running there.
+        self.slow = took > MARK_SLOW;
         if took > MARK_SLOW {
             self.chunk = (self.chunk / 4).max(1);
             wait = wait.max(took * MARK_SPACING);
@@ -131,6 +167,15 @@ pub struct Handoff {
 struct HandoffInner {
     alerts: Mutex<Vec<Alert>>,
     limit: usize,
+    /// Alerts being kept in MongoDB alone, or kept and handed over, not yet in the stream.
+    owed: AtomicUsize,
+    /// Nothing is owed any more.
+    drained: Notify,
+    /// Somebody waits for what is owed: the reconciler tries again at once.
+    hurry: Notify,
+    /// When pyron-api last received an alert: ms since `base`.
+    last_alert_ms: AtomicU64,
+    base: std::time::Instant,
     /// An alert did not fit: only a sweep finds it.
     missed: AtomicBool,
     wake: Notify,
@@ -142,29 +187,113 @@ impl Handoff {
             inner: Arc::new(HandoffInner {
                 alerts: Mutex::new(Vec::new()),
                 limit,
+                owed: AtomicUsize::new(0),
+                drained: Notify::new(),
+                hurry: Notify::new(),
+                last_alert_ms: AtomicU64::new(0),
+                base: std::time::Instant::now(),
                 missed: AtomicBool::new(false),
                 wake: Notify::new(),
             }),
         }
     }
 
+    /// pyron-api received an alert: marking, when slow, waits for a pause.
+    pub fn arrived(&self) {
+        let ms = self.inner.base.elapsed().as_millis() as u64;
+        self.inner.last_alert_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// When pyron-api last received an alert (its start, if none).
+    fn last_alert(&self) -> Instant {
+        let ms = self.inner.last_alert_ms.load(Ordering::Relaxed);
+        Instant::from_std(self.inner.base + Duration::from_millis(ms))
+    }
+
+    /// An alert is about to be kept in MongoDB alone: until it is handed over and queued
+    /// (or, should it not be accepted, until the `Keeping` is dropped), `owes` is true.
+    pub fn keeping(&self) -> Keeping {
+        self.inner.owed.fetch_add(1, Ordering::SeqCst);
+        Keeping(Some(self.clone()))
+    }
+
+    /// Some alert kept in MongoDB alone is not in the stream yet: alerts that follow are
+    /// to reach the stream after it.
+    pub fn owes(&self) -> bool {
+        self.inner.owed.load(Ordering::SeqCst) > 0
+    }
+
+    /// Waits until nothing is owed, hurrying the reconciler, but not past `until`: true
+    /// when nothing is owed.
+    pub async fn drained(&self, until: Instant) -> bool {
+        loop {
+            let drained = self.inner.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if !self.owes() {
+                return true;
+            }
+            self.inner.hurry.notify_one();
+            if tokio::time::timeout_at(until, drained).await.is_err() {
+                return !self.owes();
+            }
+        }
+    }
+
     /// Hands over an alert whose audit record says `unqueued` and whose 202 is given.
-    pub fn hand(&self, alert: Alert) {
+    fn hand(&self, alert: Alert) {
         {
             let mut alerts = self.inner.alerts.lock().expect("hand-off lock");
             if alerts.len() < self.inner.limit {
                 alerts.push(alert);
             } else {
+                // Only a sweep finds it; it owes nothing here.
                 self.inner.missed.store(true, Ordering::Relaxed);
+                self.settled(1);
             }
         }
         self.inner.wake.notify_one();
+    }
+
+    /// `n` alerts taken from the hand-off are in the stream.
+    fn settled(&self, n: usize) {
+        let before = self
+            .inner
+            .owed
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |owed| {
+                Some(owed.saturating_sub(n))
+            })
+            .unwrap_or_default();
+        if before > 0 && before <= n {
+            self.inner.drained.notify_waiters();
+        }
     }
 
     /// What was handed over since the last take, and whether some did not fit.
     fn take(&self) -> (Vec<Alert>, bool) {
         let alerts = std::mem::take(&mut *self.inner.alerts.lock().expect("hand-off lock"));
         (alerts, self.inner.missed.swap(false, Ordering::Relaxed))
+    }
+}
+
+/// An alert on its way into MongoDB alone (`Handoff::keeping`): handed over once kept,
+/// or, dropped, owed no longer.
+pub struct Keeping(Option<Handoff>);
+
+impl Keeping {
+    /// Kept, and answered 202: the reconciler is to queue it.
+    pub fn hand(mut self, alert: Alert) {
+        if let Some(handoff) = self.0.take() {
+            handoff.hand(alert);
+        }
+    }
+}
+
+impl Drop for Keeping {
+    fn drop(&mut self) {
+        if let Some(handoff) = self.0.take() {
+            handoff.settled(1);
+        }
     }
 }
 
@@ -196,18 +325,24 @@ fn wait_after(err: &ReconcileError, retry: &mut Backoff) -> Duration {
 
 impl Reconciler {
     /// Queues what it is handed, sweeping at start and after the hand-off was full, and
-    /// marks the audit records of what it queued, until `shutdown` is cancelled.
+    /// marks the audit records of what it queued (in a task of its own, so that a slow
+    /// marking statement never holds up queueing), until `shutdown` is cancelled.
     pub async fn run(mut self, shutdown: CancellationToken) {
         tokio::select! {
             _ = self.reached.wait_for(|r| r.redis && r.mongo) => {}
             () = shutdown.cancelled() => return,
         }
+        let (to_mark, marks) = mpsc::unbounded_channel();
+        tokio::spawn(mark_all(
+            self.store.clone(),
+            self.handoff.clone(),
+            marks,
+            shutdown.clone(),
+        ));
         let mut retry = Backoff::new(RETRY, RETRY);
+        let mut handed_retry = Backoff::new(HANDED_RETRY, RETRY);
         // Handed over, not yet in the stream.
         let mut held: Vec<Alert> = Vec::new();
-        // In the stream, their records not yet marked.
-        let mut to_mark = Queued::default();
-        let mut pace = MarkPace::new();
         let mut sweep_at = Some(Instant::now());
         loop {
             let (handed, missed) = self.handoff.take();
@@ -216,21 +351,23 @@ impl Reconciler {
                 sweep_at = Some(Instant::now());
             }
             if !held.is_empty() {
-                if let Err(err) = self.queue_all(&held, &mut to_mark, "handed over").await {
-                    let wait = wait_after(&err, &mut retry);
+                if let Err(err) = self.queue_all(&held, &to_mark, "handed over").await {
+                    let wait = wait_after(&err, &mut handed_retry);
                     tracing::warn!(error = %err, retry_in_ms = wait.as_millis() as u64, "reconciler cannot queue yet; will retry");
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => continue,
+                        () = self.handoff.inner.hurry.notified() => continue,
                         () = shutdown.cancelled() => return,
                     }
                 }
+                self.handoff.settled(held.len());
                 held.clear();
-                retry.reset();
+                handed_retry.reset();
             }
             if let Some(at) = sweep_at
                 && at <= Instant::now()
             {
-                sweep_at = match self.sweep(&mut to_mark).await {
+                sweep_at = match self.sweep(&to_mark).await {
                     Ok(wait) => {
                         retry.reset();
                         wait.map(|wait| Instant::now() + wait)
@@ -242,22 +379,8 @@ impl Reconciler {
                     }
                 };
             }
-            if !to_mark.is_empty() && pace.at <= Instant::now() {
-                let started = Instant::now();
-                match self.mark(&mut to_mark, pace.chunk).await {
-                    Ok(()) => pace.done(started.elapsed(), Instant::now()),
-                    Err(err) => {
-                        let wait = pace.failed(&err, started.elapsed(), Instant::now());
-                        tracing::warn!(error = %err, left = to_mark.len(), retry_in_ms = wait.as_millis() as u64, "audit records of queued alerts not marked yet; will retry");
-                    }
-                }
-            }
-            let next = [sweep_at, (!to_mark.is_empty()).then_some(pace.at)]
-                .into_iter()
-                .flatten()
-                .min();
             let due = async {
-                match next {
+                match sweep_at {
                     Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
@@ -270,12 +393,12 @@ impl Reconciler {
         }
     }
 
-    /// Queues these alerts (a Redis pipeline a page), adding them to what is to be marked;
+    /// Queues these alerts (a Redis pipeline a page), sending them to be marked;
     /// `found` says where the reconciler found them, for the log.
     async fn queue_all(
         &self,
         alerts: &[Alert],
-        to_mark: &mut Queued,
+        to_mark: &mpsc::UnboundedSender<Queued>,
         found: &str,
     ) -> Result<(), ReconcileError> {
         let mut queued = Queued::default();
@@ -299,37 +422,19 @@ impl Reconciler {
                 found,
                 "reconciler queued alerts that only MongoDB held"
             );
-        }
-        to_mark.queued.append(&mut queued.queued);
-        to_mark.duplicates.append(&mut queued.duplicates);
-        Ok(())
-    }
-
-    /// Marks the audit records of up to `chunk` queued alerts, `duplicate` (one a
-    /// statement) or `queued`; what is marked leaves `to_mark`. Queueing never waits for
-    /// it (`MarkPace`).
-    async fn mark(&self, to_mark: &mut Queued, chunk: usize) -> Result<(), ReconcileError> {
-        if let Some((id, first)) = to_mark.duplicates.pop_first() {
-            if let Err(err) = self.store.mark_duplicate(&id, &first).await {
-                to_mark.duplicates.insert(id, first);
-                return Err(err.into());
-            }
-        } else {
-            let ids: Vec<String> = to_mark.queued.iter().take(chunk).cloned().collect();
-            self.store.mark_queued(&ids).await?;
-            for id in &ids {
-                to_mark.queued.remove(id);
-            }
-        }
-        if to_mark.is_empty() {
-            tracing::info!("reconciler marked their audit records");
+            // Gone only at shutdown: the records stay `unqueued`, and the next start's
+            // sweep finds them queued already and marks them.
+            let _ = to_mark.send(queued);
         }
         Ok(())
     }
 
-    /// Queues every unqueued alert of `audit` past its grace, adding them to what is to be
-    /// marked; returns how long until the youngest one left is old enough, if any is left.
-    async fn sweep(&self, to_mark: &mut Queued) -> Result<Option<Duration>, ReconcileError> {
+    /// Queues every unqueued alert of `audit` past its grace, sending them to be marked;
+    /// returns how long until the youngest one left is old enough, if any is left.
+    async fn sweep(
+        &self,
+        to_mark: &mpsc::UnboundedSender<Queued>,
+    ) -> Result<Option<Duration>, ReconcileError> {
         let cutoff = Utc::now() - self.grace;
         let mut after: Option<String> = None;
         let mut wait = None;
@@ -353,6 +458,72 @@ impl Reconciler {
     }
 }
 
+/// Marks the audit records of the alerts the reconciler queued, `duplicate` (one a
+/// statement) or `queued`, at the pace `MarkPace` keeps (after a slow statement, in a
+/// pause of the alerts `handoff` has seen arrive), until `shutdown` is cancelled.
+async fn mark_all(
+    store: Store,
+    handoff: Handoff,
+    mut marks: mpsc::UnboundedReceiver<Queued>,
+    shutdown: CancellationToken,
+) {
+    let mut to_mark = Queued::default();
+    let mut pace = MarkPace::new();
+    loop {
+        while let Ok(mut more) = marks.try_recv() {
+            to_mark.append(&mut more);
+        }
+        let ready_at = pace.ready_at(handoff.last_alert());
+        if !to_mark.is_empty() && ready_at <= Instant::now() {
+            let started = Instant::now();
+            match mark(&store, &mut to_mark, pace.chunk).await {
+                Ok(()) => pace.done(started.elapsed(), Instant::now()),
+                Err(err) => {
+                    let wait = pace.failed(&err, started.elapsed(), Instant::now());
+                    tracing::warn!(error = %err, left = to_mark.len(), retry_in_ms = wait.as_millis() as u64, "audit records of queued alerts not marked yet; will retry");
+                }
+            }
+            continue;
+        }
+        let due = async {
+            if to_mark.is_empty() {
+                std::future::pending().await
+            } else {
+                tokio::time::sleep_until(ready_at).await
+            }
+        };
+        tokio::select! {
+            more = marks.recv() => match more {
+                Some(mut more) => to_mark.append(&mut more),
+                None => return,
+            },
+            () = due => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Marks the audit records of up to `chunk` queued alerts, `duplicate` (one a statement)
+/// or `queued`; what is marked leaves `to_mark`.
+async fn mark(store: &Store, to_mark: &mut Queued, chunk: usize) -> Result<(), ReconcileError> {
+    if let Some((id, first)) = to_mark.duplicates.pop_first() {
+        if let Err(err) = store.mark_duplicate(&id, &first).await {
+            to_mark.duplicates.insert(id, first);
+            return Err(err.into());
+        }
+    } else {
+        let ids: Vec<String> = to_mark.queued.iter().take(chunk).cloned().collect();
+        store.mark_queued(&ids).await?;
+        for id in &ids {
+            to_mark.queued.remove(id);
+        }
+    }
+    if to_mark.is_empty() {
+        tracing::info!("reconciler marked their audit records");
+    }
+    Ok(())
+}
+
 /// Queued alerts whose audit records are to be marked: event ids, and duplicates with the
 /// event they repeat.
 #[derive(Default)]
@@ -362,6 +533,11 @@ struct Queued {
 }
 
 impl Queued {
+    fn append(&mut self, other: &mut Queued) {
+        self.queued.append(&mut other.queued);
+        self.duplicates.append(&mut other.duplicates);
+    }
+
     fn len(&self) -> usize {
         self.queued.len() + self.duplicates.len()
     }
@@ -395,8 +571,8 @@ mod tests {
     async fn the_handoff_holds_up_to_its_limit_and_says_when_one_did_not_fit() {
         let handoff = Handoff::new(2);
         let (first, second, third) = (alert(), alert(), alert());
-        handoff.hand(first.clone());
-        handoff.hand(second.clone());
+        handoff.keeping().hand(first.clone());
+        handoff.keeping().hand(second.clone());
         // Handing over wakes the reconciler (a permit is kept until it waits).
         tokio::time::timeout(Duration::from_secs(1), handoff.inner.wake.notified())
             .await
@@ -407,16 +583,71 @@ mod tests {
             [first.id, second.id]
         );
         assert!(!missed);
-        handoff.hand(alert());
-        handoff.hand(alert());
-        handoff.hand(third);
+        handoff.settled(taken.len());
+        handoff.keeping().hand(alert());
+        handoff.keeping().hand(alert());
+        handoff.keeping().hand(third);
         let (taken, missed) = handoff.take();
         assert_eq!(taken.len(), 2);
         assert!(missed, "the third did not fit");
+        handoff.settled(taken.len());
+        assert!(!handoff.owes(), "the one that did not fit is the sweep's");
         // Taken: room again, and the flag is cleared.
-        handoff.hand(alert());
+        handoff.keeping().hand(alert());
         let (taken, missed) = handoff.take();
         assert_eq!((taken.len(), missed), (1, false));
+    }
+
+    /// From the moment an alert starts its way into MongoDB alone until the reconciler
+    /// has queued it, the hand-off owes the stream: alerts that follow go after it.
+    #[test]
+    fn the_handoff_owes_the_stream_until_what_it_was_handed_is_queued() {
+        let handoff = Handoff::new(10);
+        assert!(!handoff.owes());
+        // Not accepted after all (a 503): owed no longer.
+        drop(handoff.keeping());
+        assert!(!handoff.owes());
+        let first = handoff.keeping();
+        let second = handoff.keeping();
+        assert!(handoff.owes(), "owed while still being written");
+        first.hand(alert());
+        let (taken, _) = handoff.take();
+        handoff.settled(taken.len());
+        assert!(handoff.owes(), "the second is still on its way");
+        second.hand(alert());
+        assert!(handoff.owes(), "handed over, not yet queued");
+        let (taken, _) = handoff.take();
+        handoff.settled(taken.len());
+        assert!(!handoff.owes());
+    }
+
+    /// A request that may not overtake what is owed waits for it, hurrying the
+    /// reconciler, and gives up at its deadline.
+    #[tokio::test]
+    async fn a_wait_for_what_is_owed_ends_when_it_is_queued_or_at_its_deadline() {
+        let handoff = Handoff::new(10);
+        let soon = || Instant::now() + Duration::from_millis(50);
+        assert!(handoff.drained(soon()).await, "nothing owed: at once");
+        handoff.keeping().hand(alert());
+        assert!(!handoff.drained(soon()).await, "nobody queued it");
+        tokio::time::timeout(Duration::from_secs(1), handoff.inner.hurry.notified())
+            .await
+            .expect("the reconciler was hurried");
+        let waiting = {
+            let handoff = handoff.clone();
+            tokio::spawn(async move {
+                handoff
+                    .drained(Instant::now() + Duration::from_secs(10))
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let (taken, _) = handoff.take();
+        handoff.settled(taken.len());
+        let drained = tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .expect("woken when it was queued, not at its deadline");
+        assert!(drained.unwrap());
     }
 
     /// Quick statements grow to a hundred records, one after the other; slow ones shrink
@@ -426,6 +657,12 @@ mod tests {
         let now = Instant::now();
         let mut pace = MarkPace::new();
         assert_eq!(pace.chunk, 1);
+        let busy = now + Duration::from_secs(40);
+        assert_eq!(
+            pace.ready_at(busy),
+            busy + MARK_QUIET,
+            "the first waits for a pause"
+        );
         for chunk in [2, 4, 8, 16, 32, 64, 100, 100] {
             pace.done(Duration::from_millis(5), now);
             assert_eq!(pace.chunk, chunk);
@@ -434,9 +671,17 @@ mod tests {
         // Under a second: the same size, at once.
         pace.done(Duration::from_millis(800), now);
         assert_eq!((pace.chunk, pace.at), (MARK_CHUNK, now));
+        assert_eq!(
+            pace.ready_at(now),
+            now,
+            "quick: alerts arriving do not hold it up"
+        );
         pace.done(Duration::from_secs(4), now);
         assert_eq!(pace.chunk, MARK_CHUNK / 2);
         assert_eq!(pace.at, now + Duration::from_secs(36));
+        // Slow: the next also waits for a pause in the alerts.
+        assert_eq!(pace.ready_at(now), now + Duration::from_secs(36));
+        assert_eq!(pace.ready_at(busy), busy + MARK_QUIET);
         // A statement MongoDB gave up on after its budget: a quarter of the records next,
         // not before nine budgets.
         let budget = Duration::from_secs(10);
@@ -449,11 +694,13 @@ mod tests {
             pace.failed(&timeout, budget, now);
         }
         assert_eq!(pace.chunk, 1);
-        // Fast again: back up to a hundred, doubling.
+        assert!(pace.ready_at(busy) >= busy + MARK_QUIET, "timed out: slow");
+        // Fast again: back up to a hundred, doubling, whatever arrives.
         for chunk in [2, 4, 8, 16, 32, 64, 100, 100] {
             pace.done(Duration::from_millis(100), now);
             assert_eq!(pace.chunk, chunk);
         }
+        assert_eq!(pace.ready_at(busy), now);
         // Down without a timeout (refused at once): about a second, growing.
         let refused = ReconcileError::Store(StoreError::Refused("no".into()));
         assert!(pace.failed(&refused, Duration::ZERO, now) <= RETRY);

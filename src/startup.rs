@@ -18,7 +18,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    audit::AuditWriter,
+    audit::{AuditWriter, KeptWriter},
     backoff::Backoff,
     config::{BindAddr, Config},
     delivery::Acceptor,
@@ -135,6 +135,7 @@ impl Api {
             },
             delivery: Acceptor {
                 queue,
+                kept: KeptWriter::start(store.clone()),
                 store,
                 background_store: background,
                 budget: config.intake.store_timeout,

@@ -22,7 +22,7 @@ use bson::{Bson, Document, RawArrayBuf, RawBson, RawDocumentBuf, doc};
 use chrono::{DateTime, Utc};
 use mongodb::{
     Client, Collection, Database,
-    error::{Error as MongoError, ErrorKind, WriteFailure},
+    error::{Error as MongoError, ErrorKind},
     options::{Acknowledgment, ClientOptions, WriteConcern},
 };
 use serde_json::Value;
@@ -314,21 +314,30 @@ impl Store {
         self.durable.document()
     }
 
-    /// Writes the audit record of an alert, journaled: pyron-api answers 202 on it when
-    /// Redis is down. Writing the same alert twice is not an error, so a retry after a
-    /// lost reply does no harm. Bounded only by the driver's own server-selection timeout:
-    /// the caller decides how long to wait, and should let the write finish rather than
-    /// abandon it mid-flight (which FerretDB's SQLite backend handles badly).
-    pub async fn insert_audit(&self, alert: &Alert, arrival: Arrival) -> Result<(), StoreError> {
-        let record = audit_record(alert, &arrival);
-        let audit: Collection<RawDocumentBuf> = self.db.collection(AUDIT);
-        let insert = audit
-            .insert_one(record)
-            .write_concern(self.durable.concern());
-        match insert.await.map_err(StoreError::from) {
-            Err(StoreError::Mongo(err)) if is_duplicate_key(&err) => Ok(()),
-            other => other.map(drop),
+    /// Writes the audit records of alerts kept in MongoDB alone, journaled, in one
+    /// unordered insert: pyron-api answers 202 on them when Redis is down. A record there
+    /// already (a retry after a lost reply) counts as written. Bounded only by the
+    /// driver's own server-selection timeout: the caller decides how long to wait, and
+    /// should let the write finish rather than abandon it mid-flight (which FerretDB's
+    /// SQLite backend handles badly). Answers per record, in order: written, or why
+    /// MongoDB refused it. `Err`: nothing can be said of any of them.
+    pub async fn insert_kept(
+        &self,
+        alerts: &[&Alert],
+    ) -> Result<Vec<Result<(), String>>, StoreError> {
+        let documents = alerts
+            .iter()
+            .map(|a| audit_record(a, &Arrival::KeptInMongo));
+        let errors = self
+            .insert_many_unbounded(AUDIT, documents, Some(self.durable.document()))
+            .await?;
+        let mut written = vec![Ok(()); alerts.len()];
+        for (index, e) in errors {
+            if !e.duplicate {
+                written[index] = Err(e.message);
+            }
         }
+        Ok(written)
     }
 
     /// Writes many audit records in one unordered insert; records that exist already are
@@ -746,6 +755,19 @@ impl Store {
         documents: impl IntoIterator<Item = RawDocumentBuf>,
         write_concern: Option<Document>,
     ) -> Result<Vec<(usize, WriteErrorInfo)>, StoreError> {
+        let insert = self.insert_many_unbounded(collection, documents, write_concern);
+        match tokio::time::timeout(self.timeout, insert).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Timeout(self.timeout)),
+        }
+    }
+
+    async fn insert_many_unbounded(
+        &self,
+        collection: &str,
+        documents: impl IntoIterator<Item = RawDocumentBuf>,
+        write_concern: Option<Document>,
+    ) -> Result<Vec<(usize, WriteErrorInfo)>, StoreError> {
         let mut array = RawArrayBuf::new();
         for document in documents {
             array.push(document);
@@ -759,7 +781,7 @@ impl Store {
                 .map_err(|err| StoreError::Refused(format!("a write concern: {err}")))?;
             command.append_ref("writeConcern", &concern);
         }
-        let reply = self.bounded(self.db.run_raw_command(command)).await?;
+        let reply = self.db.run_raw_command(command).await?;
         unconfirmed(&reply)?;
         let errors = write_errors(&reply)
             .iter()
@@ -1072,14 +1094,6 @@ fn to_bson(value: &Value, in_array: bool) -> Result<RawBson, String> {
         }
         Value::Object(map) => RawBson::Document(json_document(map)?),
     })
-}
-
-fn is_duplicate_key(err: &MongoError) -> bool {
-    match err.kind.as_ref() {
-        ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == DUPLICATE_KEY,
-        ErrorKind::Command(e) => e.code == DUPLICATE_KEY,
-        _ => false,
-    }
 }
 
 #[cfg(test)]

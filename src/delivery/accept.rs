@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use tokio_util::task::TaskTracker;
 
 use crate::{
-    audit::AuditWriter,
+    audit::{AuditWriter, KeptWriter},
     domain::EventId,
     http::Breaker,
     ingest::Alert,
@@ -61,13 +61,33 @@ pub struct Acceptor {
     pub tasks: TaskTracker,
     /// Writes queued alerts' audit records in batches.
     pub audit: AuditWriter,
+    /// Writes kept alerts' audit records in batches, each request waiting for its own.
+    pub kept: KeptWriter,
 }
 
 impl Acceptor {
     /// Makes the alert durable in one store, or says it could not, within the budget.
     pub async fn accept(&self, alert: Alert) -> Result<Receipt, Unavailable> {
         let deadline = Instant::now() + self.budget;
+        self.reconcile.arrived();
         if self.breaker.is_open() {
+            return self.keep_in_mongo(alert, deadline).await;
+        }
+        // An older alert kept in MongoDB alone is not in the stream yet: this one may not
+        // get there first. The reconciler queues it at once when Redis takes it; if it
+        // cannot, Redis is still out, and this one follows it into MongoDB.
+        if self.reconcile.owes()
+            && !self
+                .reconcile
+                .drained((Instant::now() + self.budget / 4).into())
+                .await
+        {
+            if self.breaker.trip() {
+                tracing::warn!(
+                    skip_ms = self.breaker.window.as_millis() as u64,
+                    "alerts kept in MongoDB are not queued yet; alerts go to MongoDB alone until they are"
+                );
+            }
             return self.keep_in_mongo(alert, deadline).await;
         }
         let arrival = match self.queue.enqueue(&alert, self.dedup_ttl).await {
@@ -114,17 +134,17 @@ impl Acceptor {
     /// `deadline`.
     async fn keep_in_mongo(&self, alert: Alert, deadline: Instant) -> Result<Receipt, Unavailable> {
         let id = alert.id;
-        // For the reconciler, should the write succeed in time.
+        // Owed to the stream from now on; for the reconciler, should the write succeed in
+        // time (dropped on any other way out).
+        let keeping = self.reconcile.keeping();
         let kept = alert.clone();
-        let store = self.store.clone();
-        // The write runs to its end even if the answer cannot wait for it, so that it is
-        // never cut off half-way; if it lands after a 503, it is withdrawn (below).
-        let mut write = self
-            .tasks
-            .spawn(async move { store.insert_audit(&alert, Arrival::KeptInMongo).await });
+        // Once begun, the write runs to its end even if the answer cannot wait for it, so
+        // that it is never cut off half-way; if it lands after a 503, it is withdrawn
+        // (below). One not begun by the deadline is not begun at all.
+        let mut write = self.kept.write(alert, deadline.into());
         match tokio::time::timeout_at(deadline.into(), &mut write).await {
             Ok(Ok(Ok(()))) => {
-                self.reconcile.hand(kept);
+                keeping.hand(kept);
                 tracing::info!(event_id = %id, status = "unqueued", "alert accepted; it waits in MongoDB for the queue");
                 Ok(Receipt::KeptInMongo { id })
             }
@@ -132,8 +152,8 @@ impl Acceptor {
                 tracing::error!(event_id = %id, error = %err, "alert not accepted: no store took it");
                 Err(Unavailable)
             }
-            Ok(Err(panic)) => {
-                tracing::error!(event_id = %id, error = %panic, "audit write task failed");
+            Ok(Err(_)) => {
+                tracing::error!(event_id = %id, "alert not accepted: the audit writer stopped");
                 Err(Unavailable)
             }
             Err(_) => {
