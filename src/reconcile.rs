@@ -57,6 +57,10 @@ const MIN_WAIT: Duration = Duration::from_millis(10);
 /// Wait between attempts while a store is down (jittered: half of it to all of it).
 const RETRY: Duration = Duration::from_secs(1);
 
+/// Longest wait for alerts still being written to MongoDB before queueing those handed
+/// over: a write that ends later may hold an older alert.
+const SETTLE: Duration = Duration::from_millis(100);
+
 /// First wait before queueing handed-over alerts again (doubling up to `RETRY`): new
 /// alerts go to MongoDB alone until they are queued, so a short stall ends quickly.
 const HANDED_RETRY: Duration = Duration::from_millis(100);
@@ -169,6 +173,8 @@ struct HandoffInner {
     limit: usize,
     /// Alerts being kept in MongoDB alone, or kept and handed over, not yet in the stream.
     owed: AtomicUsize,
+    /// Alerts being written to MongoDB alone, not yet handed over (nor given up).
+    writing: AtomicUsize,
     /// Nothing is owed any more.
     drained: Notify,
     /// Somebody waits for what is owed: the reconciler tries again at once.
@@ -188,6 +194,7 @@ impl Handoff {
                 alerts: Mutex::new(Vec::new()),
                 limit,
                 owed: AtomicUsize::new(0),
+                writing: AtomicUsize::new(0),
                 drained: Notify::new(),
                 hurry: Notify::new(),
                 last_alert_ms: AtomicU64::new(0),
@@ -214,7 +221,22 @@ impl Handoff {
     /// (or, should it not be accepted, until the `Keeping` is dropped), `owes` is true.
     pub fn keeping(&self) -> Keeping {
         self.inner.owed.fetch_add(1, Ordering::SeqCst);
+        self.inner.writing.fetch_add(1, Ordering::SeqCst);
         Keeping(Some(self.clone()))
+    }
+
+    /// Waits until no alert is being written to MongoDB alone, but not past `until`.
+    async fn written(&self, until: Instant) {
+        loop {
+            let woken = self.inner.wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if self.inner.writing.load(Ordering::SeqCst) == 0
+                || tokio::time::timeout_at(until, woken).await.is_err()
+            {
+                return;
+            }
+        }
     }
 
     /// Some alert kept in MongoDB alone is not in the stream yet: alerts that follow are
@@ -284,7 +306,10 @@ impl Keeping {
     /// Kept, and answered 202: the reconciler is to queue it.
     pub fn hand(mut self, alert: Alert) {
         if let Some(handoff) = self.0.take() {
+            // In the hand-off before it counts as written.
             handoff.hand(alert);
+            handoff.inner.writing.fetch_sub(1, Ordering::SeqCst);
+            handoff.inner.wake.notify_one();
         }
     }
 }
@@ -292,7 +317,9 @@ impl Keeping {
 impl Drop for Keeping {
     fn drop(&mut self) {
         if let Some(handoff) = self.0.take() {
+            handoff.inner.writing.fetch_sub(1, Ordering::SeqCst);
             handoff.settled(1);
+            handoff.inner.wake.notify_one();
         }
     }
 }
@@ -351,6 +378,15 @@ impl Reconciler {
                 sweep_at = Some(Instant::now());
             }
             if !held.is_empty() {
+                // In the order of arrival: alerts are handed over as their writes end, and
+                // a write still under way may hold one older than some handed over.
+                self.handoff.written(Instant::now() + SETTLE).await;
+                let (handed, missed) = self.handoff.take();
+                held.extend(handed);
+                if missed {
+                    sweep_at = Some(Instant::now());
+                }
+                held.sort_unstable_by_key(|alert| alert.id);
                 if let Err(err) = self.queue_all(&held, &to_mark, "handed over").await {
                     let wait = wait_after(&err, &mut handed_retry);
                     tracing::warn!(error = %err, retry_in_ms = wait.as_millis() as u64, "reconciler cannot queue yet; will retry");
@@ -648,6 +684,58 @@ mod tests {
             .await
             .expect("woken when it was queued, not at its deadline");
         assert!(drained.unwrap());
+    }
+
+    /// The reconciler waits (briefly) for writes under way, which may hold older alerts
+    /// than those handed over already.
+    #[tokio::test]
+    async fn a_write_under_way_is_waited_for_before_queueing() {
+        let handoff = Handoff::new(10);
+        let (older, newer) = (alert(), alert());
+        let writing = handoff.keeping();
+        handoff.keeping().hand(newer.clone());
+        let start = Instant::now();
+        handoff.written(start + Duration::from_millis(30)).await;
+        assert!(
+            start.elapsed() >= Duration::from_millis(30),
+            "gave up at its bound"
+        );
+        let waiting = {
+            let handoff = handoff.clone();
+            tokio::spawn(async move {
+                handoff
+                    .written(Instant::now() + Duration::from_secs(10))
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        writing.hand(older.clone());
+        tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .expect("woken when the write ended")
+            .unwrap();
+        let (mut taken, _) = handoff.take();
+        taken.sort_unstable_by_key(|alert| alert.id);
+        assert_eq!(
+            taken.iter().map(|a| a.id).collect::<Vec<_>>(),
+            [older.id, newer.id]
+        );
+        // A write given up (a 503) ends the wait too.
+        let given_up = handoff.keeping();
+        let waiting = {
+            let handoff = handoff.clone();
+            tokio::spawn(async move {
+                handoff
+                    .written(Instant::now() + Duration::from_secs(10))
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(given_up);
+        tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .expect("woken when the write was given up")
+            .unwrap();
     }
 
     /// Quick statements grow to a hundred records, one after the other; slow ones shrink
