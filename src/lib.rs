@@ -15,7 +15,8 @@
 //! - `delivery` holds the protocol. `delivery::accept` makes the alert durable before the
 //!   202: `queue` (Redis: the job stream, deduplication, audit markers), else `store`
 //!   (MongoDB) alone, which `reconcile` later queues; `audit` writes the audit records of
-//!   queued alerts in batches off the request path (`batch` gathers them under load).
+//!   queued alerts in batches off the request path (`batch` gathers them under load);
+//!   `clock` holds the instants the breaker and the reconciler's hand-off share.
 //! - `worker` reads the stream and `delivery::settle` settles each batch: `signal`
 //!   normalizes the alert, `store` records the `jobs` and missing audit records, then the
 //!   entries are acknowledged, retried (`backoff`) or dead-lettered.
@@ -26,6 +27,7 @@
 pub mod audit;
 pub mod backoff;
 pub mod batch;
+pub mod clock;
 pub mod config;
 pub mod delivery;
 pub mod domain;

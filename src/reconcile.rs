@@ -29,7 +29,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -43,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     backoff::Backoff,
+    clock::SharedInstant,
     ingest::Alert,
     queue::{Enqueued, Queue, QueueError},
     store::{Store, StoreError},
@@ -179,9 +180,8 @@ struct HandoffInner {
     drained: Notify,
     /// Somebody waits for what is owed: the reconciler tries again at once.
     hurry: Notify,
-    /// When pyron-api last received an alert: ms since `base`.
-    last_alert_ms: AtomicU64,
-    base: std::time::Instant,
+    /// When pyron-api last received an alert (its start, if none).
+    last_alert: SharedInstant,
     /// An alert did not fit: only a sweep finds it.
     missed: AtomicBool,
     wake: Notify,
@@ -197,8 +197,7 @@ impl Handoff {
                 writing: AtomicUsize::new(0),
                 drained: Notify::new(),
                 hurry: Notify::new(),
-                last_alert_ms: AtomicU64::new(0),
-                base: std::time::Instant::now(),
+                last_alert: SharedInstant::new(),
                 missed: AtomicBool::new(false),
                 wake: Notify::new(),
             }),
@@ -207,14 +206,12 @@ impl Handoff {
 
     /// pyron-api received an alert: marking, when slow, waits for a pause.
     pub fn arrived(&self) {
-        let ms = self.inner.base.elapsed().as_millis() as u64;
-        self.inner.last_alert_ms.store(ms, Ordering::Relaxed);
+        self.inner.last_alert.set(std::time::Instant::now());
     }
 
     /// When pyron-api last received an alert (its start, if none).
     fn last_alert(&self) -> Instant {
-        let ms = self.inner.last_alert_ms.load(Ordering::Relaxed);
-        Instant::from_std(self.inner.base + Duration::from_millis(ms))
+        Instant::from_std(self.inner.last_alert.get())
     }
 
     /// An alert is about to be kept in MongoDB alone: until it is handed over and queued
@@ -227,16 +224,14 @@ impl Handoff {
 
     /// Waits until no alert is being written to MongoDB alone, but not past `until`.
     async fn written(&self, until: Instant) {
-        loop {
-            let woken = self.inner.wake.notified();
-            tokio::pin!(woken);
-            woken.as_mut().enable();
-            if self.inner.writing.load(Ordering::SeqCst) == 0
-                || tokio::time::timeout_at(until, woken).await.is_err()
-            {
-                return;
-            }
-        }
+        let inner = &self.inner;
+        wait_on(
+            &inner.wake,
+            until,
+            || inner.writing.load(Ordering::SeqCst) == 0,
+            || {},
+        )
+        .await;
     }
 
     /// Some alert kept in MongoDB alone is not in the stream yet: alerts that follow are
@@ -248,18 +243,14 @@ impl Handoff {
     /// Waits until nothing is owed, hurrying the reconciler, but not past `until`: true
     /// when nothing is owed.
     pub async fn drained(&self, until: Instant) -> bool {
-        loop {
-            let drained = self.inner.drained.notified();
-            tokio::pin!(drained);
-            drained.as_mut().enable();
-            if !self.owes() {
-                return true;
-            }
-            self.inner.hurry.notify_one();
-            if tokio::time::timeout_at(until, drained).await.is_err() {
-                return !self.owes();
-            }
-        }
+        let inner = &self.inner;
+        wait_on(
+            &inner.drained,
+            until,
+            || !self.owes(),
+            || inner.hurry.notify_one(),
+        )
+        .await
     }
 
     /// Hands over an alert whose audit record says `unqueued` and whose 202 is given.
@@ -291,10 +282,34 @@ impl Handoff {
         }
     }
 
-    /// What was handed over since the last take, and whether some did not fit.
-    fn take(&self) -> (Vec<Alert>, bool) {
-        let alerts = std::mem::take(&mut *self.inner.alerts.lock().expect("hand-off lock"));
-        (alerts, self.inner.missed.swap(false, Ordering::Relaxed))
+    /// Moves what was handed over since the last take into `held`: true when some did not
+    /// fit.
+    fn take_into(&self, held: &mut Vec<Alert>) -> bool {
+        held.append(&mut self.inner.alerts.lock().expect("hand-off lock"));
+        self.inner.missed.swap(false, Ordering::Relaxed)
+    }
+}
+
+/// Waits for `done`, woken by `notify` and calling `waiting` before each wait, but not past
+/// `until`: whether it is done.
+async fn wait_on(
+    notify: &Notify,
+    until: Instant,
+    done: impl Fn() -> bool,
+    waiting: impl Fn(),
+) -> bool {
+    loop {
+        let woken = notify.notified();
+        tokio::pin!(woken);
+        // Registered before the check, so a notification in between is not lost.
+        woken.as_mut().enable();
+        if done() {
+            return true;
+        }
+        waiting();
+        if tokio::time::timeout_at(until, woken).await.is_err() {
+            return done();
+        }
     }
 }
 
@@ -372,20 +387,17 @@ impl Reconciler {
         let mut held: Vec<Alert> = Vec::new();
         let mut sweep_at = Some(Instant::now());
         loop {
-            let (handed, missed) = self.handoff.take();
-            held.extend(handed);
-            if missed {
-                sweep_at = Some(Instant::now());
-            }
+            let mut missed = self.handoff.take_into(&mut held);
             if !held.is_empty() {
                 // In the order of arrival: alerts are handed over as their writes end, and
                 // a write still under way may hold one older than some handed over.
                 self.handoff.written(Instant::now() + SETTLE).await;
-                let (handed, missed) = self.handoff.take();
-                held.extend(handed);
-                if missed {
-                    sweep_at = Some(Instant::now());
-                }
+                missed |= self.handoff.take_into(&mut held);
+            }
+            if missed {
+                sweep_at = Some(Instant::now());
+            }
+            if !held.is_empty() {
                 held.sort_unstable_by_key(|alert| alert.id);
                 if let Err(err) = self.queue_all(&held, &to_mark, "handed over").await {
                     let wait = wait_after(&err, &mut handed_retry);
@@ -601,6 +613,23 @@ mod tests {
         }
     }
 
+    /// What was handed over since the last take, and whether some did not fit.
+    fn take(handoff: &Handoff) -> (Vec<Alert>, bool) {
+        let mut taken = Vec::new();
+        let missed = handoff.take_into(&mut taken);
+        (taken, missed)
+    }
+
+    /// Waits, in a task of its own, for writes under way (10 s at most).
+    fn written_in_task(handoff: &Handoff) -> tokio::task::JoinHandle<()> {
+        let handoff = handoff.clone();
+        tokio::spawn(async move {
+            handoff
+                .written(Instant::now() + Duration::from_secs(10))
+                .await
+        })
+    }
+
     /// The hand-off keeps what fits, in order, and says when something did not: only a
     /// sweep finds that one.
     #[tokio::test]
@@ -613,7 +642,7 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(1), handoff.inner.wake.notified())
             .await
             .expect("woken");
-        let (taken, missed) = handoff.take();
+        let (taken, missed) = take(&handoff);
         assert_eq!(
             taken.iter().map(|a| a.id).collect::<Vec<_>>(),
             [first.id, second.id]
@@ -623,14 +652,14 @@ mod tests {
         handoff.keeping().hand(alert());
         handoff.keeping().hand(alert());
         handoff.keeping().hand(third);
-        let (taken, missed) = handoff.take();
+        let (taken, missed) = take(&handoff);
         assert_eq!(taken.len(), 2);
         assert!(missed, "the third did not fit");
         handoff.settled(taken.len());
         assert!(!handoff.owes(), "the one that did not fit is the sweep's");
         // Taken: room again, and the flag is cleared.
         handoff.keeping().hand(alert());
-        let (taken, missed) = handoff.take();
+        let (taken, missed) = take(&handoff);
         assert_eq!((taken.len(), missed), (1, false));
     }
 
@@ -647,12 +676,12 @@ mod tests {
         let second = handoff.keeping();
         assert!(handoff.owes(), "owed while still being written");
         first.hand(alert());
-        let (taken, _) = handoff.take();
+        let (taken, _) = take(&handoff);
         handoff.settled(taken.len());
         assert!(handoff.owes(), "the second is still on its way");
         second.hand(alert());
         assert!(handoff.owes(), "handed over, not yet queued");
-        let (taken, _) = handoff.take();
+        let (taken, _) = take(&handoff);
         handoff.settled(taken.len());
         assert!(!handoff.owes());
     }
@@ -678,7 +707,7 @@ mod tests {
             })
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let (taken, _) = handoff.take();
+        let (taken, _) = take(&handoff);
         handoff.settled(taken.len());
         let drained = tokio::time::timeout(Duration::from_secs(1), waiting)
             .await
@@ -700,21 +729,14 @@ mod tests {
             start.elapsed() >= Duration::from_millis(30),
             "gave up at its bound"
         );
-        let waiting = {
-            let handoff = handoff.clone();
-            tokio::spawn(async move {
-                handoff
-                    .written(Instant::now() + Duration::from_secs(10))
-                    .await
-            })
-        };
+        let waiting = written_in_task(&handoff);
         tokio::time::sleep(Duration::from_millis(20)).await;
         writing.hand(older.clone());
         tokio::time::timeout(Duration::from_secs(1), waiting)
             .await
             .expect("woken when the write ended")
             .unwrap();
-        let (mut taken, _) = handoff.take();
+        let (mut taken, _) = take(&handoff);
         taken.sort_unstable_by_key(|alert| alert.id);
         assert_eq!(
             taken.iter().map(|a| a.id).collect::<Vec<_>>(),
@@ -722,14 +744,7 @@ mod tests {
         );
         // A write given up (a 503) ends the wait too.
         let given_up = handoff.keeping();
-        let waiting = {
-            let handoff = handoff.clone();
-            tokio::spawn(async move {
-                handoff
-                    .written(Instant::now() + Duration::from_secs(10))
-                    .await
-            })
-        };
+        let waiting = written_in_task(&handoff);
         tokio::time::sleep(Duration::from_millis(20)).await;
         drop(given_up);
         tokio::time::timeout(Duration::from_secs(1), waiting)

@@ -69,7 +69,7 @@ mod tests {
 pub use sender::SenderRules;
 pub use tls::{TlsError, serve_tls, tls_acceptor};
 
-use crate::{domain::Secret, ingest::Intake};
+use crate::{clock::SharedInstant, domain::Secret, ingest::Intake};
 
 /// What every handler shares.
 pub struct AppState {
@@ -148,34 +148,27 @@ impl Reached {
 /// A circuit breaker: `trip` opens it for `window`; while open, callers skip the failing
 /// dependency. The first call after the window tries it again.
 pub struct Breaker {
-    base: Instant,
-    open_until_ms: AtomicU64,
+    open_until: SharedInstant,
     pub window: Duration,
 }
 
 impl Breaker {
     pub fn new(window: Duration) -> Self {
         Breaker {
-            base: Instant::now(),
-            open_until_ms: AtomicU64::new(0),
+            open_until: SharedInstant::new(),
             window,
         }
     }
 
-    fn now_ms(&self) -> u64 {
-        self.base.elapsed().as_millis() as u64
-    }
-
     pub fn is_open(&self) -> bool {
-        self.now_ms() < self.open_until_ms.load(Ordering::Relaxed)
+        Instant::now() < self.open_until.get()
     }
 
     /// Opens the breaker; true when it was closed (so the caller logs once per outage
     /// window, not once per request).
     pub fn trip(&self) -> bool {
-        let now = self.now_ms();
-        let until = now + self.window.as_millis() as u64;
-        self.open_until_ms.swap(until, Ordering::Relaxed) <= now
+        let now = Instant::now();
+        self.open_until.replace(now + self.window) <= now
     }
 }
 
