@@ -145,7 +145,9 @@ impl Acceptor {
         match tokio::time::timeout_at(deadline.into(), &mut write).await {
             Ok(Ok(Ok(()))) => {
                 keeping.hand(kept);
-                tracing::info!(event_id = %id, status = "unqueued", "alert accepted; it waits in MongoDB for the queue");
+                // The outage is logged once per breaker window, and the reconciler logs
+                // how many it queued: a line per alert would be thousands a second.
+                tracing::debug!(target: crate::telemetry::ALERTS, event_id = %id, status = "unqueued", "alert accepted; it waits in MongoDB for the queue");
                 Ok(Receipt::KeptInMongo { id })
             }
             Ok(Ok(Err(err))) => {
