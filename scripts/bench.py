@@ -16,7 +16,7 @@ and first the machine it ran on (CPU model, cores, memory, kernel): absolute fig
 for that machine only, ratios within one run (Pyron's CPU to NGINX's) travel better.
 
 usage: scripts/bench.py [--quick] [--json PATH] [--keep]
-       scripts/bench.py --rate N [--seconds S] [--route] [--keep]
+       scripts/bench.py --rate N [--seconds S] [--route] [--redis-stall MS] [--keep]
 --quick shortens every run (for trying the script, not for figures).
 --keep leaves the run's directory (stores and logs, a few hundred MB) in place; by
 default it is removed when the run ends.
@@ -31,6 +31,9 @@ receipt to delivery, p50 and p99, of every alert of the run (the issue's figure 
 that sends each delivery as pyron-forwarder does and does nothing else
 (examples/null_sender.rs), with `floors_to_nginx`, the ratio of Pyron's CPU to NGINX's
 if Pyron did nothing but take each alert and send its delivery.
+--redis-stall MS stops Redis (SIGSTOP) for MS milliseconds a third of the way into the
+--rate run, as an fsync on a slow disk stops it with `appendfsync always`: with --route,
+the deliveries show whether the alerts kept in MongoDB meanwhile arrived, in order.
 """
 
 import argparse
@@ -42,6 +45,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -310,16 +314,34 @@ def lag_quantile(buckets, count, q):
     return None
 
 
-def lag_run(redis_port, url, rate, seconds, meter, route=False):
+def stall(proc, at_s, ms):
+    """Stops `proc` (SIGSTOP) `at_s` seconds from now for `ms` milliseconds, as an fsync on
+    a slow disk stops Redis with `appendfsync always`; a thread, so that the run goes on."""
+    def run():
+        time.sleep(at_s)
+        proc.send_signal(signal.SIGSTOP)
+        time.sleep(ms / 1000)
+        proc.send_signal(signal.SIGCONT)
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def lag_run(redis_port, url, rate, seconds, meter, route=False, redis_stall=None):
     """One fixed-rate run: its answers, the end-to-end lag of every alert it sent (from the
     worker's lag histogram), and the CPU each process used, the worker's (and with a
     route the forwarder's) until it has drained what the run queued. With a route, also
-    the run's deliveries (`deliveries`)."""
+    the run's deliveries (`deliveries`). `redis_stall`: (Redis' process, ms) to stop it
+    for a third of the way into the run."""
     before = lag_histogram(redis_port)
     sent_before = delivery_counts(redis_port) if route else None
     meter.start()
     started = time.time()
+    stalling = stall(redis_stall[0], seconds / 3, redis_stall[1]) if redis_stall else None
     run = oha(url, seconds, rate, 64)
+    if stalling:
+        stalling.join()
+        run["redis_stall"] = {"at_s": round(seconds / 3, 1), "ms": redis_stall[1]}
     streams = ("webhook-jobs", "webhook-deliveries") if route else ("webhook-jobs",)
     drained = drain(redis_port, timeout=300, streams=streams)
     run["drain_s_after_run"] = round(time.time() - started - seconds, 1)
@@ -435,6 +457,8 @@ def main():
     parser.add_argument("--seconds", type=int, default=60, help="length of the --rate run")
     parser.add_argument("--route", action="store_true",
                         help="with --rate: deliver every alert to a local HTTP sink too")
+    parser.add_argument("--redis-stall", type=int, metavar="MS",
+                        help="with --rate: stop Redis (SIGSTOP) for MS ms a third of the way in")
     parser.add_argument("--keep", action="store_true",
                         help="keep the run's stores and logs (a few hundred MB) to look into")
     args = parser.parse_args()
@@ -512,7 +536,10 @@ def main():
         if args.rate:
             say(f"{args.rate} alerts/s for {args.seconds} s through TLS"
                 + (", each delivered to a local HTTP sink" if args.route else ""))
-            run, lag = lag_run(redis_port, pyron_url, args.rate, args.seconds, meter, args.route)
+            if args.redis_stall:
+                say(f"   Redis stopped for {args.redis_stall} ms, {args.seconds / 3:.0f} s in")
+            run, lag = lag_run(redis_port, pyron_url, args.rate, args.seconds, meter, args.route,
+                               (redis, args.redis_stall) if args.redis_stall else None)
             result = {"machine": {**machine(), "wire_server": wire}, "run": run, "lag": lag,
                       "peak_memory": {"pyron_api_mib": vm_hwm(api.pid),
                                       "pyron_worker_mib": vm_hwm(worker.pid)}}
