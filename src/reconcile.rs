@@ -184,6 +184,8 @@ struct HandoffInner {
     last_alert: SharedInstant,
     /// An alert did not fit: only a sweep finds it.
     missed: AtomicBool,
+    /// Whose turn it is to go to the stream (`turn`): a fair lock, taken in arrival order.
+    turns: tokio::sync::Mutex<()>,
     wake: Notify,
 }
 
@@ -199,6 +201,7 @@ impl Handoff {
                 hurry: Notify::new(),
                 last_alert: SharedInstant::new(),
                 missed: AtomicBool::new(false),
+                turns: tokio::sync::Mutex::new(()),
                 wake: Notify::new(),
             }),
         }
@@ -232,6 +235,16 @@ impl Handoff {
             || {},
         )
         .await;
+    }
+
+    /// The turn to go to the stream, in the order asked: an alert that waits for what is
+    /// owed holds it, so that none that came after it gets there first. Alerts that do
+    /// not wait hold it only while their job joins the pipeline's queue.
+    pub async fn turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        match self.inner.turns.try_lock() {
+            Ok(turn) => turn,
+            Err(_) => self.inner.turns.lock().await,
+        }
     }
 
     /// Some alert kept in MongoDB alone is not in the stream yet: alerts that follow are

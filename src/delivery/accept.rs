@@ -1,7 +1,10 @@
 //! pyron-api's side of the protocol: `Acceptor::accept` takes an alert that passed
 //! `ingest` and answers with a receipt once one store holds it, or `Unavailable`.
 
-use std::time::{Duration, Instant};
+use std::{
+    task::Poll,
+    time::{Duration, Instant},
+};
 
 use tokio_util::task::TaskTracker;
 
@@ -73,6 +76,13 @@ impl Acceptor {
         if self.breaker.is_open() {
             return self.keep_in_mongo(alert, deadline).await;
         }
+        // Alerts take their turn for the stream in the order they came: one that waits
+        // (below) is not overtaken by one that arrives as the wait ends.
+        let turn = self.reconcile.turn().await;
+        if self.breaker.is_open() {
+            drop(turn);
+            return self.keep_in_mongo(alert, deadline).await;
+        }
         // An older alert kept in MongoDB alone is not in the stream yet: this one may not
         // get there first. The reconciler queues it at once when Redis takes it; if it
         // cannot, Redis is still out, and this one follows it into MongoDB.
@@ -88,9 +98,22 @@ impl Acceptor {
                     "alerts kept in MongoDB are not queued yet; alerts go to MongoDB alone until they are"
                 );
             }
+            // The breaker is open: the alerts of later turns follow this one into MongoDB.
+            drop(turn);
             return self.keep_in_mongo(alert, deadline).await;
         }
-        let arrival = match self.queue.enqueue(&alert, self.dedup_ttl).await {
+        // The turn ends once the job is in the pipeline's queue, at the enqueue's first
+        // step: the jobs of later turns follow it there, and so into the stream.
+        let enqueued = {
+            let mut enqueue = std::pin::pin!(self.queue.enqueue(&alert, self.dedup_ttl));
+            let first = std::future::poll_fn(|cx| Poll::Ready(enqueue.as_mut().poll(cx))).await;
+            drop(turn);
+            match first {
+                Poll::Ready(enqueued) => enqueued,
+                Poll::Pending => enqueue.await,
+            }
+        };
+        let arrival = match enqueued {
             Ok(Enqueued::Queued { entry }) => Arrival::Queued { entry: Some(entry) },
             Ok(Enqueued::AlreadyQueued) => Arrival::Queued { entry: None },
             Ok(Enqueued::Duplicate { first }) => Arrival::Duplicate { first },
