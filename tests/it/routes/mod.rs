@@ -1126,6 +1126,7 @@ async fn signals_sent_through_a_redis_stall_all_arrive_in_order_per_ticker() {
     let (app, _forwarder) = start(|_| http_route(&sink, "", "max_age_secs = 120")).await;
     const N: usize = 1500;
     const TICKERS: usize = 5;
+    const STALL_MS: u64 = 800;
     let sending = futures_util::stream::iter(0..N)
         .map(|i| {
             let app = &app;
@@ -1143,7 +1144,7 @@ async fn signals_sent_through_a_redis_stall_all_arrive_in_order_per_ticker() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         app.stores.redis.signal("STOP");
         let stopped = chrono::Utc::now();
-        tokio::time::sleep(Duration::from_millis(800)).await;
+        tokio::time::sleep(Duration::from_millis(STALL_MS)).await;
         app.stores.redis.signal("CONT");
         println!(
             "redis stall: stopped {stopped}, continued {}",
