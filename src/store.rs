@@ -755,13 +755,12 @@ impl Store {
         documents: impl IntoIterator<Item = RawDocumentBuf>,
         write_concern: Option<Document>,
     ) -> Result<Vec<(usize, WriteErrorInfo)>, StoreError> {
-        let insert = self.insert_many_unbounded(collection, documents, write_concern);
-        match tokio::time::timeout(self.timeout, insert).await {
-            Ok(result) => result,
-            Err(_) => Err(StoreError::Timeout(self.timeout)),
-        }
+        self.bounded(self.insert_many_unbounded(collection, documents, write_concern))
+            .await
     }
 
+    /// `insert_many` without its bound, for a caller that sets its own and lets the write
+    /// finish (the kept alerts' records).
     async fn insert_many_unbounded(
         &self,
         collection: &str,
@@ -802,12 +801,12 @@ impl Store {
         Ok(errors)
     }
 
-    async fn bounded<T>(
+    async fn bounded<T, E: Into<StoreError>>(
         &self,
-        op: impl IntoFuture<Output = Result<T, MongoError>>,
+        op: impl IntoFuture<Output = Result<T, E>>,
     ) -> Result<T, StoreError> {
         match tokio::time::timeout(self.timeout, op.into_future()).await {
-            Ok(result) => result.map_err(StoreError::from),
+            Ok(result) => result.map_err(Into::into),
             Err(_) => Err(StoreError::Timeout(self.timeout)),
         }
     }

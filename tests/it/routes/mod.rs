@@ -88,6 +88,18 @@ fn sent_for(sink: &Sink, ticker: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Every one of these event ids reached the sink (at least once).
+fn assert_each_arrived(sink: &Sink, ids: &[String]) {
+    let seen: std::collections::HashSet<String> = sink
+        .delivered()
+        .iter()
+        .map(|r| r.json()["event_id"].as_str().unwrap().to_owned())
+        .collect();
+    for id in ids {
+        assert!(seen.contains(id), "{id} never arrived");
+    }
+}
+
 /// pyron-api's reconciler queued alerts it found where `found` says ("handed over" by
 /// pyron-api, or "in audit" by a sweep).
 fn assert_reconciled(app: &App, found: &str) {
@@ -645,14 +657,7 @@ async fn every_delivery_arrives_at_least_once_across_sigkills_of_the_forwarder_a
         .await
         .unwrap();
     assert_eq!(fanned.len(), N);
-    let seen: std::collections::HashSet<String> = sink
-        .delivered()
-        .iter()
-        .map(|r| r.json()["event_id"].as_str().unwrap().to_owned())
-        .collect();
-    for id in &ids {
-        assert!(seen.contains(id), "{id} never arrived");
-    }
+    assert_each_arrived(&sink, &ids);
     // Within a ticker, in the order received (repeats of a resent one aside).
     let mut last: std::collections::HashMap<String, f64> = Default::default();
     for request in sink.delivered() {
@@ -1171,14 +1176,7 @@ async fn signals_sent_through_a_redis_stall_all_arrive_in_order_per_ticker() {
         expired.len(),
         expired.first()
     );
-    let seen: std::collections::HashSet<String> = sink
-        .delivered()
-        .iter()
-        .map(|r| r.json()["event_id"].as_str().unwrap().to_owned())
-        .collect();
-    for id in &ids {
-        assert!(seen.contains(id), "{id} never arrived");
-    }
+    assert_each_arrived(&sink, &ids);
     // Per ticker, in the order pyron-api received them (to the millisecond, as the order
     // rule compares them).
     let mut last: std::collections::HashMap<String, String> = Default::default();
