@@ -183,8 +183,49 @@ pub struct Queue {
     batches: mpsc::Sender<Batched>,
 }
 
-/// One enqueue waiting for its pipeline: the command, and who waits for its reply.
-type Batched = (redis::Cmd, oneshot::Sender<Result<RedisValue, QueueError>>);
+/// One enqueue waiting for its pipeline: the job, and who waits for its reply.
+type Batched = (Enqueue, oneshot::Sender<Result<RedisValue, QueueError>>);
+
+/// One alert's `ENQUEUE_ONCE` but for the deadline, which its pipeline sets
+/// (`send_batches`).
+struct Enqueue {
+    id: String,
+    /// The dedup key, if the alert has one.
+    key: Option<String>,
+    ttl: Duration,
+    /// When the request stops waiting (milliseconds since the epoch).
+    deadline: i64,
+    job: Vec<u8>,
+}
+
+/// The jobs that came before a job was given up on (its request stopped waiting, or Redis
+/// refused it as too late, or its pipeline's replies never came): none of them may reach
+/// the stream later than it, while it waits in MongoDB for the reconciler.
+struct Fence {
+    /// The given-up job's pipeline's deadline: Redis adds none of them past it.
+    deadline: i64,
+    /// How many of the jobs that were waiting for a pipeline when it was set are left.
+    remaining: usize,
+}
+
+impl Enqueue {
+    /// The `EVALSHA` of `ENQUEUE_ONCE` (`hash`), for a pipeline that loads the script
+    /// first, to be run by `deadline` (milliseconds since the epoch; 0 for no deadline).
+    fn cmd(self, hash: &str, deadline: i64) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(hash);
+        match &self.key {
+            Some(key) => cmd.arg(2).arg(STREAM).arg(key),
+            None => cmd.arg(1).arg(STREAM),
+        };
+        cmd.arg(self.id)
+            .arg(self.ttl.as_secs().max(1))
+            .arg(deadline)
+            .arg(JOB)
+            .arg(self.job);
+        cmd
+    }
+}
 
 /// Most enqueues in one pipeline.
 const PIPELINE_MAX: usize = 256;
@@ -200,6 +241,15 @@ pub const GATHER: Duration = Duration::from_millis(2);
 /// and so do those of a sender that waits for each answer before it sends the next: once
 /// a wait gathered nothing, the pipeline stops waiting until enqueues come together again
 /// (several in hand at once).
+///
+/// The jobs keep the order the requests came in. Redis runs a pipeline's commands in
+/// order, and each command is added only until its deadline, after which its request has
+/// stopped waiting and kept the alert in MongoDB (or answered 503): so the jobs of one
+/// pipeline share one deadline, their earliest, and a job that Redis may refuse fences
+/// those that waited behind it. Without that, when Redis hung for longer than the
+/// timeout but less than twice it, the oldest jobs came back too late, and younger ones,
+/// still in time, went into the stream ahead of them (the kept ones were queued a moment
+/// later, and then not sent, by the order rule).
 async fn send_batches(
     conn: ConnectionManager,
     script: Script,
@@ -209,51 +259,104 @@ async fn send_batches(
     let mut batch: Vec<Batched> = Vec::with_capacity(PIPELINE_MAX);
     let mut last = tokio::time::Instant::now() - GATHER;
     let mut fruitless = false;
-    while rx.recv_many(&mut batch, PIPELINE_MAX).await > 0 {
+    let mut fence: Option<Fence> = None;
+    loop {
+        // Fenced jobs go in pipelines of their own.
+        let max = fence
+            .as_ref()
+            .map_or(PIPELINE_MAX, |f| f.remaining.min(PIPELINE_MAX));
+        if rx.recv_many(&mut batch, max).await == 0 {
+            return;
+        }
         let first = tokio::time::Instant::now();
         let together = batch.len() > 1;
         if together || (first - last < GATHER && !fruitless) {
             let before = batch.len();
-            crate::batch::gather(&mut rx, &mut batch, PIPELINE_MAX, first + GATHER).await;
+            crate::batch::gather(&mut rx, &mut batch, max, first + GATHER).await;
             fruitless = batch.len() == before && !together;
         }
         last = tokio::time::Instant::now();
+        let taken = batch.len();
+        let deadline = batch
+            .iter()
+            .map(|(job, _)| job.deadline)
+            .chain(fence.as_ref().map(|f| f.deadline))
+            .min()
+            .expect("a pipeline has a job");
         let mut pipe = redis::pipe();
         // Cheap, not written to the AOF, and spares a NOSCRIPT round after a restart.
         pipe.load_script(&script).ignore();
         let mut waiting = Vec::with_capacity(batch.len());
         // A request that gave up waiting (Redis was slow) has kept its alert in MongoDB:
-        // its job is not sent late.
-        for (cmd, reply) in batch.drain(..).filter(|(_, reply)| !reply.is_closed()) {
-            pipe.add_command(cmd);
+        // its job is not sent late, and those behind it get its deadline, past already.
+        let mut given_up = false;
+        for (job, reply) in batch.drain(..) {
+            if reply.is_closed() {
+                given_up = true;
+                continue;
+            }
+            pipe.add_command(job.cmd(script.get_hash(), deadline));
             waiting.push(reply);
         }
-        if waiting.is_empty() {
-            continue;
+        let settled = if waiting.is_empty() {
+            !given_up
+        } else {
+            let mut conn = conn.clone();
+            let replies: Result<Vec<RedisValue>, QueueError> =
+                bounded(timeout, pipe.query_async(&mut conn)).await;
+            answer(replies, waiting) && !given_up
+        };
+        fence = if settled {
+            fence.and_then(|f| {
+                let remaining = f.remaining.saturating_sub(taken);
+                (remaining > 0).then_some(Fence { remaining, ..f })
+            })
+        } else {
+            // The jobs waiting now came before the given-up one's request (or its
+            // neighbour's) trips pyron-api's breaker: none may be added after it.
+            let remaining = rx.len();
+            (remaining > 0).then_some(Fence {
+                deadline,
+                remaining,
+            })
+        };
+    }
+}
+
+/// Hands each request its reply. True when Redis took every job of the pipeline; false
+/// when it refused one as too late, or its replies did not come.
+fn answer(
+    replies: Result<Vec<RedisValue>, QueueError>,
+    waiting: Vec<oneshot::Sender<Result<RedisValue, QueueError>>>,
+) -> bool {
+    match replies {
+        Ok(values) if values.len() == waiting.len() => {
+            let late = values.iter().any(too_late);
+            for (value, reply) in values.into_iter().zip(waiting) {
+                let _ = reply.send(Ok(value));
+            }
+            !late
         }
-        let mut conn = conn.clone();
-        let replies: Result<Vec<RedisValue>, QueueError> =
-            bounded(timeout, pipe.query_async(&mut conn)).await;
-        match replies {
-            Ok(values) if values.len() == waiting.len() => {
-                for (value, reply) in values.into_iter().zip(waiting) {
-                    let _ = reply.send(Ok(value));
-                }
+        Ok(values) => {
+            let why = format!("{} replies to {} commands", values.len(), waiting.len());
+            for reply in waiting {
+                let _ = reply.send(Err(QueueError::Reply(why.clone())));
             }
-            Ok(values) => {
-                let why = format!("{} replies to {} commands", values.len(), waiting.len());
-                for reply in waiting {
-                    let _ = reply.send(Err(QueueError::Reply(why.clone())));
-                }
+            false
+        }
+        Err(err) => {
+            let why = err.to_string();
+            for reply in waiting {
+                let _ = reply.send(Err(QueueError::Pipeline(why.clone())));
             }
-            Err(err) => {
-                let why = err.to_string();
-                for reply in waiting {
-                    let _ = reply.send(Err(QueueError::Pipeline(why.clone())));
-                }
-            }
+            false
         }
     }
+}
+
+/// Whether `ENQUEUE_ONCE` answered that it ran past its deadline and added nothing.
+fn too_late(reply: &RedisValue) -> bool {
+    matches!(reply, RedisValue::Array(items) if matches!(items.first(), Some(RedisValue::Int(3))))
 }
 
 impl Queue {
@@ -293,6 +396,11 @@ impl Queue {
     /// The activity counts, over this queue's connection.
     pub fn stats(&self) -> crate::stats::Stats {
         crate::stats::Stats::new(self.conn.clone(), self.timeout)
+    }
+
+    /// How long any command may take, waiting for its pipeline included.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// The connection, for the reads beside the job queue (the deliveries' dead letters).
@@ -336,13 +444,17 @@ impl Queue {
         dedup_ttl: Duration,
     ) -> Result<Enqueued, QueueError> {
         // Past this, the request has stopped waiting (below): the job must not land.
-        let deadline = chrono::Utc::now() + self.timeout;
-        let key = alert.dedup_key.as_deref().map(dedup_key);
-        let cmd = self.enqueue_once_cmd(alert, key.as_deref(), dedup_ttl, Some(deadline));
+        let job = Enqueue {
+            id: alert.id.to_string(),
+            key: alert.dedup_key.as_deref().map(dedup_key),
+            ttl: dedup_ttl,
+            deadline: (chrono::Utc::now() + self.timeout).timestamp_millis(),
+            job: job(alert),
+        };
         let (tx, rx) = oneshot::channel();
         let sent = async {
             self.batches
-                .send((cmd, tx))
+                .send((job, tx))
                 .await
                 .map_err(|_| QueueError::Pipeline("the pipeline task is gone".into()))?;
             rx.await
@@ -380,9 +492,16 @@ impl Queue {
             .collect();
         let mut pipe = redis::pipe();
         pipe.load_script(&self.enqueue_once).ignore();
-        for (alert, (key, ttl)) in alerts.iter().zip(&keys) {
-            // No deadline: the alert is safe in MongoDB whenever this runs.
-            pipe.add_command(self.enqueue_once_cmd(alert, Some(key), *ttl, None));
+        for (alert, (key, ttl)) in alerts.iter().zip(keys) {
+            let job = Enqueue {
+                id: alert.id.to_string(),
+                key: Some(key),
+                ttl,
+                // None: the alert is safe in MongoDB whenever this runs.
+                deadline: 0,
+                job: job(alert),
+            };
+            pipe.add_command(job.cmd(self.enqueue_once.get_hash(), 0));
         }
         let mut conn = self.conn.clone();
         let replies: Vec<(i64, String)> =
@@ -394,29 +513,6 @@ impl Queue {
                     .ok_or_else(|| QueueError::Reply("too late without a deadline".into()))
             })
             .collect()
-    }
-
-    /// `ENQUEUE_ONCE` for one alert, under its dedup `key` if it has one, to be run by
-    /// `deadline` if given, as an `EVALSHA` for a pipeline that loads the script first.
-    fn enqueue_once_cmd(
-        &self,
-        alert: &Alert,
-        key: Option<&str>,
-        ttl: Duration,
-        deadline: Option<chrono::DateTime<Utc>>,
-    ) -> redis::Cmd {
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(self.enqueue_once.get_hash());
-        match key {
-            Some(key) => cmd.arg(2).arg(STREAM).arg(key),
-            None => cmd.arg(1).arg(STREAM),
-        };
-        cmd.arg(alert.id.to_string())
-            .arg(ttl.as_secs().max(1))
-            .arg(deadline.map_or(0, |d| d.timestamp_millis()))
-            .arg(JOB)
-            .arg(job(alert));
-        cmd
     }
 
     /// The dead letters, oldest first, at most `limit`.

@@ -59,7 +59,8 @@ const MIN_WAIT: Duration = Duration::from_millis(10);
 const RETRY: Duration = Duration::from_secs(1);
 
 /// Longest wait for alerts still being written to MongoDB before queueing those handed
-/// over: a write that ends later may hold an older alert.
+/// over: a write that ends later may hold an older alert. (An alert whose job is still on
+/// its way to Redis may be kept too: that wait is as long as the queue's timeout.)
 const SETTLE: Duration = Duration::from_millis(100);
 
 /// First wait before queueing handed-over alerts again (doubling up to `RETRY`): new
@@ -176,6 +177,9 @@ struct HandoffInner {
     owed: AtomicUsize,
     /// Alerts being written to MongoDB alone, not yet handed over (nor given up).
     writing: AtomicUsize,
+    /// Alerts whose job is on its way to Redis: any of them may yet be kept in MongoDB
+    /// alone (Redis did not answer in time, or refused it as too late).
+    enqueuing: AtomicUsize,
     /// Nothing is owed any more.
     drained: Notify,
     /// Somebody waits for what is owed: the reconciler tries again at once.
@@ -197,6 +201,7 @@ impl Handoff {
                 limit,
                 owed: AtomicUsize::new(0),
                 writing: AtomicUsize::new(0),
+                enqueuing: AtomicUsize::new(0),
                 drained: Notify::new(),
                 hurry: Notify::new(),
                 last_alert: SharedInstant::new(),
@@ -225,13 +230,25 @@ impl Handoff {
         Keeping(Some(self.clone()))
     }
 
-    /// Waits until no alert is being written to MongoDB alone, but not past `until`.
+    /// An alert's job is on its way to Redis: until the `Enqueuing` is dropped, the
+    /// reconciler does not queue what it was handed (`written`), since this alert, older
+    /// than those kept after it, may be kept too. Drop it after `keeping`, if kept.
+    pub fn enqueuing(&self) -> Enqueuing {
+        self.inner.enqueuing.fetch_add(1, Ordering::SeqCst);
+        Enqueuing(self.clone())
+    }
+
+    /// Waits until no alert is being written to MongoDB alone, nor on its way to Redis,
+    /// but not past `until`.
     async fn written(&self, until: Instant) {
         let inner = &self.inner;
         wait_on(
             &inner.wake,
             until,
-            || inner.writing.load(Ordering::SeqCst) == 0,
+            || {
+                inner.writing.load(Ordering::SeqCst) == 0
+                    && inner.enqueuing.load(Ordering::SeqCst) == 0
+            },
             || {},
         )
         .await;
@@ -352,6 +369,18 @@ impl Drop for Keeping {
     }
 }
 
+/// An alert whose job is on its way to Redis (`Handoff::enqueuing`).
+pub struct Enqueuing(Handoff);
+
+impl Drop for Enqueuing {
+    fn drop(&mut self) {
+        let inner = &self.0.inner;
+        if inner.enqueuing.fetch_sub(1, Ordering::SeqCst) == 1 {
+            inner.wake.notify_one();
+        }
+    }
+}
+
 pub struct Reconciler {
     /// A record younger than this may belong to a request still deciding its answer (and
     /// withdrawn if that answer is 503), so a sweep leaves it for the next one.
@@ -403,8 +432,13 @@ impl Reconciler {
             let mut missed = self.handoff.take_into(&mut held);
             if !held.is_empty() {
                 // In the order of arrival: alerts are handed over as their writes end, and
-                // a write still under way may hold one older than some handed over.
-                self.handoff.written(Instant::now() + SETTLE).await;
+                // a write still under way may hold one older than some handed over; so
+                // may a job still on its way to Redis, which ends within the queue's
+                // timeout (when Redis comes back after hanging, the younger jobs that
+                // were waiting are refused and kept: they come here after the alerts
+                // kept while the breaker was open, and are older than those).
+                let settle = SETTLE.max(self.queue.timeout());
+                self.handoff.written(Instant::now() + settle).await;
                 missed |= self.handoff.take_into(&mut held);
             }
             if missed {
@@ -763,6 +797,44 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(1), waiting)
             .await
             .expect("woken when the write was given up")
+            .unwrap();
+    }
+
+    /// A job on its way to Redis may yet be kept: the wait lasts until it is in the stream,
+    /// or, kept, until its write ends (its `Enqueuing` is dropped after `keeping`).
+    #[tokio::test]
+    async fn a_job_on_its_way_to_redis_is_waited_for_before_queueing() {
+        let handoff = Handoff::new(10);
+        let (older, newer) = (alert(), alert());
+        let on_its_way = handoff.enqueuing();
+        handoff.keeping().hand(newer.clone());
+        let waiting = written_in_task(&handoff);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "queued with a job on its way");
+        // Redis refused it: kept, then handed over after the newer one.
+        let writing = handoff.keeping();
+        drop(on_its_way);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "queued with its write under way");
+        writing.hand(older.clone());
+        tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .expect("woken when the write ended")
+            .unwrap();
+        let (mut taken, _) = take(&handoff);
+        taken.sort_unstable_by_key(|alert| alert.id);
+        assert_eq!(
+            taken.iter().map(|a| a.id).collect::<Vec<_>>(),
+            [older.id, newer.id]
+        );
+        // One that reached the stream ends the wait too.
+        let on_its_way = handoff.enqueuing();
+        let waiting = written_in_task(&handoff);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(on_its_way);
+        tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .expect("woken when the job was queued")
             .unwrap();
     }
 

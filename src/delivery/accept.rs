@@ -14,7 +14,7 @@ use crate::{
     http::Breaker,
     ingest::Alert,
     queue::{Enqueued, Queue},
-    reconcile::Handoff,
+    reconcile::{Enqueuing, Handoff},
     store::{Arrival, Store},
 };
 
@@ -74,14 +74,14 @@ impl Acceptor {
         let deadline = Instant::now() + self.budget;
         self.reconcile.arrived();
         if self.breaker.is_open() {
-            return self.keep_in_mongo(alert, deadline).await;
+            return self.keep_in_mongo(alert, deadline, None).await;
         }
         // Alerts take their turn for the stream in the order they came: one that waits
         // (below) is not overtaken by one that arrives as the wait ends.
         let turn = self.reconcile.turn().await;
         if self.breaker.is_open() {
             drop(turn);
-            return self.keep_in_mongo(alert, deadline).await;
+            return self.keep_in_mongo(alert, deadline, None).await;
         }
         // An older alert kept in MongoDB alone is not in the stream yet: this one may not
         // get there first. The reconciler queues it at once when Redis takes it; if it
@@ -100,10 +100,11 @@ impl Acceptor {
             }
             // The breaker is open: the alerts of later turns follow this one into MongoDB.
             drop(turn);
-            return self.keep_in_mongo(alert, deadline).await;
+            return self.keep_in_mongo(alert, deadline, None).await;
         }
         // The turn ends once the job is in the pipeline's queue, at the enqueue's first
         // step: the jobs of later turns follow it there, and so into the stream.
+        let enqueuing = self.reconcile.enqueuing();
         let enqueued = {
             let mut enqueue = std::pin::pin!(self.queue.enqueue(&alert, self.dedup_ttl));
             let first = std::future::poll_fn(|cx| Poll::Ready(enqueue.as_mut().poll(cx))).await;
@@ -125,9 +126,10 @@ impl Acceptor {
                         "queue unavailable; alerts go to MongoDB alone until it answers again"
                     );
                 }
-                return self.keep_in_mongo(alert, deadline).await;
+                return self.keep_in_mongo(alert, deadline, Some(enqueuing)).await;
             }
         };
+        drop(enqueuing);
         let receipt = match &arrival {
             Arrival::Duplicate { first } => Receipt::Duplicate {
                 id: alert.id,
@@ -155,11 +157,18 @@ impl Acceptor {
     /// Redis could not take the alert: MongoDB alone keeps it, marked `unqueued`, and the
     /// reconciler queues it once Redis is back. Neither store: `Unavailable` before
     /// `deadline`.
-    async fn keep_in_mongo(&self, alert: Alert, deadline: Instant) -> Result<Receipt, Unavailable> {
+    /// `enqueuing` (the alert's job, which Redis did not take) ends once it is owed.
+    async fn keep_in_mongo(
+        &self,
+        alert: Alert,
+        deadline: Instant,
+        enqueuing: Option<Enqueuing>,
+    ) -> Result<Receipt, Unavailable> {
         let id = alert.id;
         // Owed to the stream from now on; for the reconciler, should the write succeed in
         // time (dropped on any other way out).
         let keeping = self.reconcile.keeping();
+        drop(enqueuing);
         let kept = alert.clone();
         // Once begun, the write runs to its end even if the answer cannot wait for it, so
         // that it is never cut off half-way; if it lands after a 503, it is withdrawn
