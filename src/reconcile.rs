@@ -425,6 +425,8 @@ impl Reconciler {
         ));
         let mut retry = Backoff::new(RETRY, RETRY);
         let mut handed_retry = Backoff::new(HANDED_RETRY, RETRY);
+        // What was queued since the hand-off last owed nothing: one line an outage.
+        let mut tally = Tally::default();
         // Handed over, not yet in the stream.
         let mut held: Vec<Alert> = Vec::new();
         let mut sweep_at = Some(Instant::now());
@@ -446,18 +448,24 @@ impl Reconciler {
             }
             if !held.is_empty() {
                 held.sort_unstable_by_key(|alert| alert.id);
-                if let Err(err) = self.queue_all(&held, &to_mark, "handed over").await {
-                    let wait = wait_after(&err, &mut handed_retry);
-                    tracing::warn!(error = %err, retry_in_ms = wait.as_millis() as u64, "reconciler cannot queue yet; will retry");
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => continue,
-                        () = self.handoff.inner.hurry.notified() => continue,
-                        () = shutdown.cancelled() => return,
+                match self.queue_all(&held, &to_mark, "handed over").await {
+                    Ok(queued) => tally.add(&queued),
+                    Err(err) => {
+                        let wait = wait_after(&err, &mut handed_retry);
+                        tracing::warn!(error = %err, retry_in_ms = wait.as_millis() as u64, "reconciler cannot queue yet; will retry");
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => continue,
+                            () = self.handoff.inner.hurry.notified() => continue,
+                            () = shutdown.cancelled() => return,
+                        }
                     }
                 }
                 self.handoff.settled(held.len());
                 held.clear();
                 handed_retry.reset();
+                if !self.handoff.owes() || tally.due() {
+                    tally.log("handed over");
+                }
             }
             if let Some(at) = sweep_at
                 && at <= Instant::now()
@@ -488,14 +496,15 @@ impl Reconciler {
         }
     }
 
-    /// Queues these alerts (a Redis pipeline a page), sending them to be marked;
-    /// `found` says where the reconciler found them, for the log.
+    /// Queues these alerts (a Redis pipeline a page), sending them to be marked, and
+    /// answers how many were queued, and how many were duplicates; `found` says where the
+    /// reconciler found them, for the log.
     async fn queue_all(
         &self,
         alerts: &[Alert],
         to_mark: &mpsc::UnboundedSender<Queued>,
         found: &str,
-    ) -> Result<(), ReconcileError> {
+    ) -> Result<(usize, usize), ReconcileError> {
         let mut queued = Queued::default();
         for page in alerts.chunks(PAGE) {
             let answers = self.queue.requeue(page, self.dedup_ttl).await?;
@@ -510,18 +519,19 @@ impl Reconciler {
                 }
             }
         }
+        let counts = (queued.queued.len(), queued.duplicates.len());
         if !queued.is_empty() {
-            tracing::info!(
-                queued = queued.queued.len(),
-                duplicates = queued.duplicates.len(),
+            tracing::debug!(
+                queued = counts.0,
+                duplicates = counts.1,
                 found,
-                "reconciler queued alerts that only MongoDB held"
+                "reconciler queued a batch of alerts that only MongoDB held"
             );
             // Gone only at shutdown: the records stay `unqueued`, and the next start's
             // sweep finds them queued already and marks them.
             let _ = to_mark.send(queued);
         }
-        Ok(())
+        Ok(counts)
     }
 
     /// Queues every unqueued alert of `audit` past its grace, sending them to be marked;
@@ -544,12 +554,61 @@ impl Reconciler {
             }
             let Some(last) = alerts.last() else { break };
             after = Some(last.id.to_string());
-            self.queue_all(&alerts, to_mark, "in audit").await?;
+            let mut tally = Tally::default();
+            tally.add(&self.queue_all(&alerts, to_mark, "in audit").await?);
+            tally.log("in audit");
             if wait.is_some() || !full {
                 break;
             }
         }
         Ok(wait)
+    }
+}
+
+/// How often a long run of batches is summed up in the log while more are still owed.
+const TALLY_EVERY: Duration = Duration::from_secs(10);
+
+/// What the reconciler queued since its last line: after a Redis stall at 3,000 alerts/s
+/// it queues a few hundred batches within a second or two (those kept before Redis came
+/// back, then the stragglers kept after), and a line each was a burst in the journal.
+#[derive(Default)]
+struct Tally {
+    queued: usize,
+    duplicates: usize,
+    batches: usize,
+    /// When the first batch since the last line was queued.
+    since: Option<Instant>,
+}
+
+impl Tally {
+    fn add(&mut self, &(queued, duplicates): &(usize, usize)) {
+        self.queued += queued;
+        self.duplicates += duplicates;
+        self.batches += 1;
+        self.since.get_or_insert_with(Instant::now);
+    }
+
+    /// Whether the first batch since the last line is `TALLY_EVERY` old.
+    fn due(&self) -> bool {
+        self.since
+            .is_some_and(|since| since.elapsed() >= TALLY_EVERY)
+    }
+
+    /// One line for what was queued since the last, if anything was.
+    fn log(&mut self, found: &str) {
+        let tally = std::mem::take(self);
+        let Some(since) = tally.since else { return };
+        if tally.queued + tally.duplicates == 0 {
+            return;
+        }
+        tracing::info!(
+            queued = tally.queued,
+            duplicates = tally.duplicates,
+            batches = tally.batches,
+            over_ms = since.elapsed().as_millis() as u64,
+            found,
+            "reconciler queued alerts that only MongoDB held"
+        );
     }
 }
 
@@ -836,6 +895,22 @@ mod tests {
             .await
             .expect("woken when the job was queued")
             .unwrap();
+    }
+
+    /// The reconciler's line sums up every batch since the last one, and starts again.
+    #[test]
+    fn the_tally_sums_batches_until_its_line() {
+        let mut tally = Tally::default();
+        assert!(!tally.due());
+        tally.add(&(3, 0));
+        tally.add(&(5, 1));
+        assert_eq!((tally.queued, tally.duplicates, tally.batches), (8, 1, 2));
+        assert!(!tally.due(), "due at once");
+        tally.since = Some(Instant::now() - TALLY_EVERY);
+        assert!(tally.due());
+        tally.log("handed over");
+        assert_eq!((tally.queued, tally.batches), (0, 0));
+        assert!(tally.since.is_none());
     }
 
     /// Quick statements grow to a hundred records, one after the other; slow ones shrink
