@@ -1091,6 +1091,19 @@ mod tests {
         RedisValue::BulkString(text.as_bytes().to_vec())
     }
 
+    /// `ENQUEUE_ONCE` answers `{3, ''}` when it ran past its deadline: that, and only
+    /// that, fences the jobs behind it.
+    #[test]
+    fn only_a_job_run_past_its_deadline_is_too_late() {
+        let reply =
+            |code: i64, value: &str| RedisValue::Array(vec![RedisValue::Int(code), bulk(value)]);
+        assert!(too_late(&reply(3, "")));
+        assert!(!too_late(&reply(1, "1796025727931-0")));
+        assert!(!too_late(&reply(2, "01a22b79-b895-724d-815b-30837a9e5959")));
+        assert!(!too_late(&reply(0, "01a22b79-b895-724d-815b-30837a9e5959")));
+        assert!(!too_late(&RedisValue::Nil));
+    }
+
     #[test]
     fn a_read_reply_gives_its_entries_with_their_fields_in_order() {
         let entry = |id: &str, fields: RedisValue| RedisValue::Array(vec![bulk(id), fields]);
