@@ -312,8 +312,9 @@ async fn send_batches(
                 (remaining > 0).then_some(Fence { remaining, ..f })
             })
         } else {
-            // The jobs waiting now came before the given-up one's request (or its
-            // neighbour's) trips pyron-api's breaker: none may be added after it.
+            // The jobs waiting now were queued before the given-up job's request trips
+            // pyron-api's breaker (later alerts go to MongoDB): none may be added after
+            // it. Those fenced and refused fence those that waited behind them in turn.
             let remaining = rx.len();
             (remaining > 0).then_some(Fence {
                 deadline,
