@@ -736,6 +736,25 @@ mod tests {
         })
     }
 
+    /// The wait of `written_in_task` ended well before its 10 s: `why` woke it.
+    async fn woken(waiting: tokio::task::JoinHandle<()>, why: &str) {
+        tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .unwrap_or_else(|_| panic!("not woken {why}"))
+            .unwrap();
+    }
+
+    /// What was handed over, in the order of arrival (as the reconciler sorts it), is
+    /// `expected`.
+    fn assert_taken_in_order(handoff: &Handoff, expected: &[&Alert]) {
+        let (mut taken, _) = take(handoff);
+        taken.sort_unstable_by_key(|alert| alert.id);
+        assert_eq!(
+            taken.iter().map(|a| a.id).collect::<Vec<_>>(),
+            expected.iter().map(|a| a.id).collect::<Vec<_>>()
+        );
+    }
+
     /// The hand-off keeps what fits, in order, and says when something did not: only a
     /// sweep finds that one.
     #[tokio::test]
@@ -838,25 +857,14 @@ mod tests {
         let waiting = written_in_task(&handoff);
         tokio::time::sleep(Duration::from_millis(20)).await;
         writing.hand(older.clone());
-        tokio::time::timeout(Duration::from_secs(1), waiting)
-            .await
-            .expect("woken when the write ended")
-            .unwrap();
-        let (mut taken, _) = take(&handoff);
-        taken.sort_unstable_by_key(|alert| alert.id);
-        assert_eq!(
-            taken.iter().map(|a| a.id).collect::<Vec<_>>(),
-            [older.id, newer.id]
-        );
+        woken(waiting, "when the write ended").await;
+        assert_taken_in_order(&handoff, &[&older, &newer]);
         // A write given up (a 503) ends the wait too.
         let given_up = handoff.keeping();
         let waiting = written_in_task(&handoff);
         tokio::time::sleep(Duration::from_millis(20)).await;
         drop(given_up);
-        tokio::time::timeout(Duration::from_secs(1), waiting)
-            .await
-            .expect("woken when the write was given up")
-            .unwrap();
+        woken(waiting, "when the write was given up").await;
     }
 
     /// A job on its way to Redis may yet be kept: the wait lasts until it is in the stream,
@@ -876,25 +884,14 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!waiting.is_finished(), "queued with its write under way");
         writing.hand(older.clone());
-        tokio::time::timeout(Duration::from_secs(1), waiting)
-            .await
-            .expect("woken when the write ended")
-            .unwrap();
-        let (mut taken, _) = take(&handoff);
-        taken.sort_unstable_by_key(|alert| alert.id);
-        assert_eq!(
-            taken.iter().map(|a| a.id).collect::<Vec<_>>(),
-            [older.id, newer.id]
-        );
+        woken(waiting, "when the write ended").await;
+        assert_taken_in_order(&handoff, &[&older, &newer]);
         // One that reached the stream ends the wait too.
         let on_its_way = handoff.enqueuing();
         let waiting = written_in_task(&handoff);
         tokio::time::sleep(Duration::from_millis(20)).await;
         drop(on_its_way);
-        tokio::time::timeout(Duration::from_secs(1), waiting)
-            .await
-            .expect("woken when the job was queued")
-            .unwrap();
+        woken(waiting, "when the job was queued").await;
     }
 
     /// The reconciler's line sums up every batch since the last one, and starts again.
