@@ -9,4 +9,4 @@ echo "==> actionlint $(.tools/bin/actionlint -version | head -1)"
 echo "==> workflows against the github-workflows schema"
 .tools/venv/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 echo "==> shellcheck"
-shellcheck scripts/*.sh terraform/scripts/*.sh
+shellcheck scripts/*.sh terraform/scripts/*.sh tools/ferretdb/*.sh

@@ -35,9 +35,9 @@ elif [ -x .tools/bin/pyron-ferretdb ] && [ -z "$(find tools/ferretdb -newer .too
   echo "==> MongoDB wire server: FerretDB (.tools/bin/pyron-ferretdb)"
 else
   command -v go >/dev/null || { echo "Go is needed to build FerretDB: install Go 1.24 or newer" >&2; exit 1; }
-  echo "==> building FerretDB v1.24.2 (SQLite backend) into .tools/bin"
+  echo "==> building FerretDB v1.24.2 (SQLite backend, its _id index fixed) into .tools/bin"
   mkdir -p .tools/bin
-  (cd tools/ferretdb && go build -trimpath -o ../../.tools/bin/pyron-ferretdb .)
+  tools/ferretdb/build.sh .tools/bin/pyron-ferretdb
 fi
 
 # nixpkgs-fmt and deadnix check the Nix files (scripts/check-nix.sh); crates.io has both.
