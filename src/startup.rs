@@ -288,7 +288,7 @@ async fn reach_stores(state: Arc<AppState>, stop: CancellationToken) {
         retry_until("MongoDB", REACH_EVERY, async move || store.ping().await).await;
         state.reached.send_modify(|r| r.mongo = true);
         if let Err(err) = state.delivery.background_store.ensure_indexes().await {
-            tracing::warn!(error = %err, "audit.status index not created; the reconciler will scan");
+            tracing::warn!(error = %err, "indexes not brought up to date; without audit.status the reconciler scans");
         }
     };
     tokio::select! {

@@ -546,23 +546,33 @@ impl Store {
         Ok((a.map(json), j.map(json)))
     }
 
-    /// Creates the indexes the reconciler's query (`audit.status`) and the dashboard's
-    /// (`deliveries.event`, `deliveries.received_at`) use. Idempotent.
+    /// Creates the index the reconciler's query uses (`audit.status`). Idempotent.
+    ///
+    /// The dashboard's lookups in `deliveries` (an alert's deliveries, and the latest
+    /// ones) need none of their own: a delivery's `_id` begins with its event id, which
+    /// begins with the alert's time of receipt, so both are ranges of `_id`. The indexes
+    /// earlier versions made for them (`event`, `received_at`), which cost every
+    /// delivery's record two more index entries, are dropped.
     pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
         self.bounded(self.db.run_command(doc! {
             "createIndexes": AUDIT,
             "indexes": [{ "key": { "status": 1 }, "name": "status" }],
         }))
         .await?;
-        // The dashboard's lookups: an alert's deliveries, and the latest ones.
-        self.bounded(self.db.run_command(doc! {
-            "createIndexes": DELIVERIES,
-            "indexes": [
-                { "key": { "event": 1 }, "name": "event" },
-                { "key": { "received_at": -1 }, "name": "received_at" },
-            ],
-        }))
-        .await?;
+        for index in ["event", "received_at"] {
+            let dropped = self
+                .bounded(
+                    self.db
+                        .run_command(doc! { "dropIndexes": DELIVERIES, "index": index }),
+                )
+                .await;
+            match dropped {
+                Ok(_) => tracing::info!(index, "dropped an index of deliveries no longer used"),
+                Err(err) if absent(&err) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        tracing::debug!("indexes in place: audit.status, and none of its own for deliveries");
         Ok(())
     }
 
@@ -679,8 +689,12 @@ impl Store {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        self.delivery_rows(doc! { "event": { "$in": events } }, None)
-            .await
+        let ranges: Vec<Document> = events.iter().map(|event| of_event(event)).collect();
+        let filter = match <[Document; 1]>::try_from(ranges) {
+            Ok([range]) => range,
+            Err(ranges) => doc! { "$or": ranges },
+        };
+        self.delivery_rows(filter, None).await
     }
 
     /// The latest delivery records, newest alert first; only those not delivered when
@@ -708,7 +722,8 @@ impl Store {
         let deliveries = self.db.collection::<Document>(DELIVERIES);
         let mut find = deliveries.find(filter);
         if let Some(limit) = newest {
-            find = find.sort(doc! { "received_at": -1 }).limit(limit);
+            // Newest alert first: event ids begin with the time of receipt.
+            find = find.sort(doc! { "_id": -1 }).limit(limit);
         }
         let cursor = self.bounded(find).await?;
         let found: Vec<Document> = self.bounded(cursor.try_collect()).await?;
@@ -810,6 +825,23 @@ impl Store {
             Err(_) => Err(StoreError::Timeout(self.timeout)),
         }
     }
+}
+
+/// MongoDB's answer to dropping an index that is not there: no such collection (26,
+/// `NamespaceNotFound`) or no such index (27, `IndexNotFound`).
+fn absent(err: &StoreError) -> bool {
+    match err {
+        StoreError::Mongo(err) => {
+            matches!(err.kind.as_ref(), ErrorKind::Command(e) if e.code == 26 || e.code == 27)
+        }
+        _ => false,
+    }
+}
+
+/// The filter of an alert's deliveries: their `_id`s, `<event id>:<route>:<destination>`,
+/// all lie from `<event id>:` up to `<event id>;` (`;` comes right after `:`).
+fn of_event(event: &str) -> Document {
+    doc! { "_id": { "$gte": format!("{event}:"), "$lt": format!("{event};") } }
 }
 
 struct WriteErrorInfo {
@@ -1099,6 +1131,30 @@ fn to_bson(value: &Value, in_array: bool) -> Result<RawBson, String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// MongoDB compares strings byte by byte, as `str` does.
+    #[test]
+    fn an_alerts_deliveries_and_no_others_lie_in_its_range_of_ids() {
+        let event = "0193a8d2-7c1e-7000-8000-000000000001";
+        let range = of_event(event);
+        let range = range.get_document("_id").unwrap();
+        let (from, below) = (
+            range.get_str("$gte").unwrap(),
+            range.get_str("$lt").unwrap(),
+        );
+        let inside = |id: &str| from <= id && id < below;
+        assert!(inside(&format!("{event}:orders:bridge")));
+        assert!(inside(&format!("{event}:~:~")));
+        assert!(inside(&format!("{event}:0:0")));
+        for other in [
+            "0193a8d2-7c1e-7000-8000-000000000000:orders:bridge",
+            "0193a8d2-7c1e-7000-8000-000000000002:orders:bridge",
+            "0193a8d2-7c1e-7000-8000-00000000000:orders:bridge",
+            event,
+        ] {
+            assert!(!inside(other), "{other}");
+        }
+    }
 
     #[test]
     fn portable_json_becomes_a_document() {

@@ -767,6 +767,59 @@ async fn a_bad_route_configuration_stops_every_process_with_the_key_at_fault() {
     );
 }
 
+/// The dashboard finds an alert's deliveries and the latest ones by `_id`, which begins
+/// with the event id: pyron-api drops the two indexes earlier versions made on
+/// `deliveries` for those lookups, and starts as quietly on a database that never had
+/// them, or no `deliveries` at all.
+#[tokio::test]
+async fn pyron_api_drops_the_deliveries_indexes_earlier_versions_made() {
+    let _load = crate::helpers::beside_others().await;
+    let mut app = App::stores_only(&[]);
+    let names = async |app: &App, collection: &str| -> Vec<String> {
+        app.db()
+            .await
+            .collection::<bson::Document>(collection)
+            .list_index_names()
+            .await
+            .unwrap_or_default()
+    };
+    let start = async |app: &mut App| -> String {
+        app.api = None;
+        app.start_api().await;
+        let api = app.api.as_ref().unwrap();
+        wait_until("the indexes in place", async || {
+            api.log().contains("indexes in place")
+        })
+        .await;
+        let log = api.log();
+        assert!(!log.contains("indexes not brought up to date"), "{log}");
+        log
+    };
+    let dropped = "dropped an index of deliveries no longer used";
+
+    // No `deliveries` yet.
+    let log = start(&mut app).await;
+    assert!(!log.contains(dropped), "{log}");
+    assert!(names(&app, "audit").await.contains(&"status".to_owned()));
+
+    // An earlier version's indexes.
+    app.db()
+        .await
+        .run_command(doc! { "createIndexes": "deliveries", "indexes": [
+            { "key": { "event": 1 }, "name": "event" },
+            { "key": { "received_at": -1 }, "name": "received_at" },
+        ] })
+        .await
+        .unwrap();
+    let log = start(&mut app).await;
+    assert_eq!(log.matches(dropped).count(), 2, "{log}");
+    assert_eq!(names(&app, "deliveries").await, ["_id_"]);
+
+    // Nothing left to drop.
+    let log = start(&mut app).await;
+    assert!(!log.contains(dropped), "{log}");
+}
+
 #[tokio::test]
 async fn the_dashboard_api_and_metrics_show_each_delivery_and_replay_a_dead_one() {
     let _load = crate::helpers::beside_others().await;
@@ -816,7 +869,15 @@ async fn the_dashboard_api_and_metrics_show_each_delivery_and_replay_a_dead_one(
     assert_eq!(detail["deliveries"][0]["last_code"], 422);
     assert_eq!(detail["job"]["source"], "tradingview");
 
-    // The failing ones, and the dead letters.
+    // The latest deliveries, newest alert first, and the failing ones; the dead letters.
+    let latest = get("/api/deliveries?limit=10").await;
+    let order: Vec<&str> = latest
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(order, [delivered.as_str(), refused.as_str()], "{latest}");
     let failing = get("/api/deliveries?failing=true").await;
     assert_eq!(failing.as_array().unwrap().len(), 1, "{failing}");
     assert!(
