@@ -21,6 +21,8 @@ root=$(cd "$here/../.." && pwd)
 
 module=github.com/FerretDB/FerretDB
 work="$root/.tools/ferretdb-build"
+# The module cache's files are read-only, and so is an earlier copy cut short.
+[ ! -d "$work" ] || chmod -R u+w "$work"
 rm -rf "$work"
 mkdir -p "$work"
 cp "$here"/*.go "$here"/go.mod "$here"/go.sum "$work"/
