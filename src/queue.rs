@@ -183,18 +183,21 @@ pub struct Queue {
     batches: mpsc::Sender<Batched>,
 }
 
-/// One enqueue waiting for its pipeline: the job, and who waits for its reply.
-type Batched = (Enqueue, oneshot::Sender<Result<RedisValue, QueueError>>);
+/// One enqueue waiting for its pipeline: the job, when its request stops waiting
+/// (milliseconds since the epoch), and who waits for its reply.
+type Batched = (
+    Enqueue,
+    i64,
+    oneshot::Sender<Result<RedisValue, QueueError>>,
+);
 
-/// One alert's `ENQUEUE_ONCE` but for the deadline, which its pipeline sets
-/// (`send_batches`).
+/// One alert's `ENQUEUE_ONCE` but for the deadline, which a pipeline sets
+/// (`send_batches`), or none (`requeue`).
 struct Enqueue {
     id: String,
     /// The dedup key, if the alert has one.
     key: Option<String>,
     ttl: Duration,
-    /// When the request stops waiting (milliseconds since the epoch).
-    deadline: i64,
     job: Vec<u8>,
 }
 
@@ -279,7 +282,7 @@ async fn send_batches(
         let taken = batch.len();
         let deadline = batch
             .iter()
-            .map(|(job, _)| job.deadline)
+            .map(|(_, deadline, _)| *deadline)
             .chain(fence.as_ref().map(|f| f.deadline))
             .min()
             .expect("a pipeline has a job");
@@ -290,7 +293,7 @@ async fn send_batches(
         // A request that gave up waiting (Redis was slow) has kept its alert in MongoDB:
         // its job is not sent late, and those behind it get its deadline, past already.
         let mut given_up = false;
-        for (job, reply) in batch.drain(..) {
+        for (job, _, reply) in batch.drain(..) {
             if reply.is_closed() {
                 given_up = true;
                 continue;
@@ -449,13 +452,13 @@ impl Queue {
             id: alert.id.to_string(),
             key: alert.dedup_key.as_deref().map(dedup_key),
             ttl: dedup_ttl,
-            deadline: (chrono::Utc::now() + self.timeout).timestamp_millis(),
             job: job(alert),
         };
+        let deadline = (chrono::Utc::now() + self.timeout).timestamp_millis();
         let (tx, rx) = oneshot::channel();
         let sent = async {
             self.batches
-                .send((job, tx))
+                .send((job, deadline, tx))
                 .await
                 .map_err(|_| QueueError::Pipeline("the pipeline task is gone".into()))?;
             rx.await
@@ -498,10 +501,9 @@ impl Queue {
                 id: alert.id.to_string(),
                 key: Some(key),
                 ttl,
-                // None: the alert is safe in MongoDB whenever this runs.
-                deadline: 0,
                 job: job(alert),
             };
+            // No deadline: the alert is safe in MongoDB whenever this runs.
             pipe.add_command(job.cmd(self.enqueue_once.get_hash(), 0));
         }
         let mut conn = self.conn.clone();
