@@ -736,11 +736,20 @@ mod tests {
         })
     }
 
+    /// A wait for writes under way goes on until `end` is done, and `end` ends it.
+    async fn wait_ended_by(handoff: &Handoff, end: impl FnOnce(), why: &str) {
+        let waiting = written_in_task(handoff);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "ended before {why}");
+        end();
+        woken(waiting, why).await;
+    }
+
     /// The wait of `written_in_task` ended well before its 10 s: `why` woke it.
     async fn woken(waiting: tokio::task::JoinHandle<()>, why: &str) {
         tokio::time::timeout(Duration::from_secs(1), waiting)
             .await
-            .unwrap_or_else(|_| panic!("not woken {why}"))
+            .unwrap_or_else(|_| panic!("not woken when {why}"))
             .unwrap();
     }
 
@@ -854,17 +863,11 @@ mod tests {
             start.elapsed() >= Duration::from_millis(30),
             "gave up at its bound"
         );
-        let waiting = written_in_task(&handoff);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        writing.hand(older.clone());
-        woken(waiting, "when the write ended").await;
+        wait_ended_by(&handoff, || writing.hand(older.clone()), "the write ended").await;
         assert_taken_in_order(&handoff, &[&older, &newer]);
         // A write given up (a 503) ends the wait too.
         let given_up = handoff.keeping();
-        let waiting = written_in_task(&handoff);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        drop(given_up);
-        woken(waiting, "when the write was given up").await;
+        wait_ended_by(&handoff, || drop(given_up), "the write was given up").await;
     }
 
     /// A job on its way to Redis may yet be kept: the wait lasts until it is in the stream,
@@ -884,14 +887,11 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!waiting.is_finished(), "queued with its write under way");
         writing.hand(older.clone());
-        woken(waiting, "when the write ended").await;
+        woken(waiting, "the write ended").await;
         assert_taken_in_order(&handoff, &[&older, &newer]);
         // One that reached the stream ends the wait too.
         let on_its_way = handoff.enqueuing();
-        let waiting = written_in_task(&handoff);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        drop(on_its_way);
-        woken(waiting, "when the job was queued").await;
+        wait_ended_by(&handoff, || drop(on_its_way), "the job was queued").await;
     }
 
     /// The reconciler's line sums up every batch since the last one, and starts again.
