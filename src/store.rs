@@ -690,11 +690,7 @@ impl Store {
             return Ok(Vec::new());
         }
         let ranges: Vec<Document> = events.iter().map(|event| of_event(event)).collect();
-        let filter = match <[Document; 1]>::try_from(ranges) {
-            Ok([range]) => range,
-            Err(ranges) => doc! { "$or": ranges },
-        };
-        self.delivery_rows(filter, None).await
+        self.delivery_rows(doc! { "$or": ranges }, None).await
     }
 
     /// The latest delivery records, newest alert first; only those not delivered when
