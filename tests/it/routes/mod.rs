@@ -69,13 +69,18 @@ async fn post_json(app: &App, body: Value) -> Value {
     answer
 }
 
-/// Stops Redis and posts `body`, which pyron-api keeps in MongoDB alone; its event id.
-async fn kept_while_redis_is_down(app: &mut App, body: Value) -> String {
-    app.stores.redis.kill();
+/// Posts `body` as `post_json` does; the event id of the answer.
+async fn post_for_id(app: &App, body: Value) -> String {
     post_json(app, body).await["id"]
         .as_str()
         .unwrap()
         .to_owned()
+}
+
+/// Stops Redis and posts `body`, which pyron-api keeps in MongoDB alone; its event id.
+async fn kept_while_redis_is_down(app: &mut App, body: Value) -> String {
+    app.stores.redis.kill();
+    post_for_id(app, body).await
 }
 
 /// The event ids of the deliveries the sink took for `ticker`, in the order it took them.
@@ -216,8 +221,7 @@ async fn a_strategy_alert_reaches_a_signed_endpoint_telegram_discord_and_slack()
     })
     .await;
 
-    let answer = post_json(&app, alert(TV_SECRET, "BTCUSDT", "buy", 96412.5)).await;
-    let id = answer["id"].as_str().unwrap().to_owned();
+    let id = post_for_id(&app, alert(TV_SECRET, "BTCUSDT", "buy", 96412.5)).await;
     let delivered = records(&app, doc! { "event": &id, "status": "delivered" }, 4).await;
     assert_eq!(delivered.len(), 4, "{delivered:?}");
 
@@ -278,8 +282,7 @@ async fn a_strategy_alert_reaches_a_signed_endpoint_telegram_discord_and_slack()
     }
 
     // The other source's alert goes only where its routes say: chat, not orders.
-    let answer = post_json(&app, alert(BOT_SECRET, "BTCUSDT", "sell", 96000.0)).await;
-    let bot_id = answer["id"].as_str().unwrap().to_owned();
+    let bot_id = post_for_id(&app, alert(BOT_SECRET, "BTCUSDT", "sell", 96000.0)).await;
     let bot = records(&app, doc! { "event": &bot_id }, 3).await;
     assert!(bot.iter().all(|r| field(r, "route") == "chat"), "{bot:?}");
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -414,15 +417,9 @@ async fn failures_are_retried_in_order_per_ticker_and_a_permanent_refusal_is_dea
     ]);
     let (app, _forwarder) =
         start(|_| http_route(&sink, "breaker_failures = 50", "max_age_secs = 60")).await;
-    let buy = post_json(&app, alert(TV_SECRET, "BTCUSDT", "buy", 1.0)).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let buy = post_for_id(&app, alert(TV_SECRET, "BTCUSDT", "buy", 1.0)).await;
     wait_until("the first attempt", async || !sink.received().is_empty()).await;
-    let sell = post_json(&app, alert(TV_SECRET, "BTCUSDT", "sell", 2.0)).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let sell = post_for_id(&app, alert(TV_SECRET, "BTCUSDT", "sell", 2.0)).await;
     let delivered = records(&app, doc! { "status": "delivered" }, 2).await;
     let events: Vec<String> = sink
         .delivered()
@@ -452,10 +449,7 @@ async fn failures_are_retried_in_order_per_ticker_and_a_permanent_refusal_is_dea
 
     // A 400 is permanent: dead after one attempt, with the answer kept.
     sink.script([Behaviour::with(400, &[], "{\"error\":\"unknown account\"}")]);
-    let refused = post_json(&app, alert(TV_SECRET, "ETHUSDT", "buy", 3.0)).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let refused = post_for_id(&app, alert(TV_SECRET, "ETHUSDT", "buy", 3.0)).await;
     let dead = records(&app, doc! { "event": &refused, "status": "dead" }, 1).await;
     assert_eq!(dead[0].get_i64("attempts").unwrap(), 1);
     assert_eq!(dead[0].get_i32("last_code").unwrap(), 400);
@@ -472,10 +466,7 @@ async fn a_delivery_that_cannot_be_made_in_time_expires_and_is_never_sent_late()
     sink.otherwise(Behaviour::status(503));
     let (app, forwarder) =
         start(|_| http_route(&sink, "breaker_failures = 50", "max_age_secs = 2")).await;
-    let first = post_json(&app, alert(TV_SECRET, "BTCUSDT", "buy", 1.0)).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let first = post_for_id(&app, alert(TV_SECRET, "BTCUSDT", "buy", 1.0)).await;
     let expired = records(&app, doc! { "event": &first, "status": "expired" }, 1).await;
     assert!(
         field(&expired[0], "last_error").contains("503"),
@@ -503,14 +494,8 @@ async fn a_delivery_that_cannot_be_made_in_time_expires_and_is_never_sent_late()
     // A hanging destination: the lane's next delivery waits behind the first, and both
     // expire; no request for either leaves after its deadline.
     sink.otherwise(Behaviour::Hang(Duration::from_secs(3)));
-    let stuck = post_json(&app, alert(TV_SECRET, "BTCUSDT", "buy", 2.0)).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let behind = post_json(&app, alert(TV_SECRET, "BTCUSDT", "sell", 3.0)).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let stuck = post_for_id(&app, alert(TV_SECRET, "BTCUSDT", "buy", 2.0)).await;
+    let behind = post_for_id(&app, alert(TV_SECRET, "BTCUSDT", "sell", 3.0)).await;
     let mut ended = records(&app, doc! { "event": &stuck, "status": "expired" }, 1).await;
     ended.extend(records(&app, doc! { "event": &behind, "status": "expired" }, 1).await);
     for record in &ended {
@@ -628,14 +613,11 @@ async fn every_delivery_arrives_at_least_once_across_sigkills_of_the_forwarder_a
     let mut ids = Vec::with_capacity(N);
     for i in 0..N {
         ids.push(
-            post_json(
+            post_for_id(
                 &app,
                 alert(TV_SECRET, &format!("K{}USDT", i % 7), "buy", i as f64),
             )
-            .await["id"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
+            .await,
         );
         if i == N / 3 {
             forwarder.kill();
@@ -691,10 +673,7 @@ async fn an_unexpanded_placeholder_is_never_sent_as_a_value() {
     let sink = Sink::start().await;
     let (app, _forwarder) = start(|_| http_route(&sink, "", "")).await;
     let body = json!({"passphrase": TV_SECRET, "ticker": "{{ticker}}", "action": "buy"});
-    let id = post_json(&app, body).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = post_for_id(&app, body).await;
     let dead = records(&app, doc! { "event": &id, "status": "dead" }, 1).await;
     assert!(
         field(&dead[0], "last_error").contains("{{ticker}} in ticker"),
@@ -826,14 +805,8 @@ async fn the_dashboard_api_and_metrics_show_each_delivery_and_replay_a_dead_one(
     let sink = Sink::start().await;
     sink.script([Behaviour::with(422, &[], "{\"error\":\"unknown symbol\"}")]);
     let (app, _forwarder) = start(|_| http_route(&sink, "", "")).await;
-    let refused = post_json(&app, alert(TV_SECRET, "XAUUSD", "buy", 2412.5)).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let delivered = post_json(&app, alert(TV_SECRET, "BTCUSDT", "sell", 96000.0)).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let refused = post_for_id(&app, alert(TV_SECRET, "XAUUSD", "buy", 2412.5)).await;
+    let delivered = post_for_id(&app, alert(TV_SECRET, "BTCUSDT", "sell", 96000.0)).await;
     records(&app, doc! { "event": &refused, "status": "dead" }, 1).await;
     records(&app, doc! { "event": &delivered, "status": "delivered" }, 1).await;
     let get = async |path: &str| -> Value { admin_get(&app, path).await.json().await.unwrap() };
@@ -1119,16 +1092,14 @@ async fn an_older_signal_queued_late_is_not_sent_after_a_newer_one() {
     // pyron-api skips Redis for a second after a failure: probe (another ticker, another
     // lane) until an alert goes to the queue again, well within the reconciler's grace.
     wait_until("pyron-api to queue in Redis again", async || {
-        let probe = post_json(&app, alert(TV_SECRET, "PROBEUSDT", "buy", 0.0)).await;
-        let id = probe["id"].as_str().unwrap().to_owned();
+        let id = post_for_id(&app, alert(TV_SECRET, "PROBEUSDT", "buy", 0.0)).await;
         app.api_log()
             .lines()
             .any(|l| l.contains(&id) && l.contains("queued") && !l.contains("unqueued"))
     })
     .await;
     // The sell, received after the buy, is queued at once and delivered first.
-    let sell = post_json(&app, alert(TV_SECRET, "BTCUSDT", "sell", 2.0)).await;
-    let sell = sell["id"].as_str().unwrap().to_owned();
+    let sell = post_for_id(&app, alert(TV_SECRET, "BTCUSDT", "sell", 2.0)).await;
     records(&app, doc! { "event": &sell, "status": "delivered" }, 1).await;
     // The buy, queued by the reconciler's sweep seconds later, is never sent after it.
     let late = records(&app, doc! { "event": &buy, "status": "expired" }, 1).await;
@@ -1155,8 +1126,7 @@ async fn a_signal_kept_while_redis_was_down_is_sent_before_the_next_once_it_is_b
     // follows it into MongoDB).
     tokio::time::sleep(Duration::from_millis(1500)).await;
     app.stores.start_redis_again();
-    let sell = post_json(&app, alert(TV_SECRET, "BTCUSDT", "sell", 2.0)).await;
-    let sell = sell["id"].as_str().unwrap().to_owned();
+    let sell = post_for_id(&app, alert(TV_SECRET, "BTCUSDT", "sell", 2.0)).await;
     records(&app, doc! { "event": &sell, "status": "delivered" }, 1).await;
     records(&app, doc! { "event": &buy, "status": "delivered" }, 1).await;
     assert_eq!(sent_for(&sink, "BTCUSDT"), [json!(buy), json!(sell)]);
@@ -1166,8 +1136,7 @@ async fn a_signal_kept_while_redis_was_down_is_sent_before_the_next_once_it_is_b
             .await;
     }
     // Once nothing is owed, alerts go to the stream directly again.
-    let next = post_json(&app, alert(TV_SECRET, "BTCUSDT", "buy", 3.0)).await;
-    let next = next["id"].as_str().unwrap().to_owned();
+    let next = post_for_id(&app, alert(TV_SECRET, "BTCUSDT", "buy", 3.0)).await;
     records(&app, doc! { "event": &next, "status": "delivered" }, 1).await;
     let log = app.api_log();
     assert!(
@@ -1198,10 +1167,7 @@ async fn signals_sent_through_a_redis_stall_all_arrive_in_order_per_ticker() {
             let app = &app;
             async move {
                 let body = alert(TV_SECRET, &format!("S{}USDT", i % TICKERS), "buy", i as f64);
-                post_json(app, body).await["id"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned()
+                post_for_id(app, body).await
             }
         })
         .buffer_unordered(8)
@@ -1232,10 +1198,7 @@ async fn signals_sent_without_waiting_through_a_redis_stall_arrive_in_order() {
         async move {
             tokio::time::sleep(Duration::from_micros(i * EVERY_US)).await;
             let body = alert(TV_SECRET, "BTCUSDT", "buy", i as f64);
-            post_json(app, body).await["id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
+            post_for_id(app, body).await
         }
     }));
     let (ids, ()) = tokio::join!(sending, stall_redis(&app, 300, 600));
