@@ -124,7 +124,8 @@ pub struct Intake {
 pub struct Request<'a> {
     pub content_type: Option<&'a [u8]>,
     pub content_encoding: Option<&'a [u8]>,
-    pub path_token: Option<&'a str>,
+    /// The token of `/webhook/{token}`, percent-decoded.
+    pub path_token: Option<&'a [u8]>,
     pub idempotency_key: Option<&'a [u8]>,
     pub body: &'a [u8],
     pub sender: Option<String>,
@@ -190,7 +191,7 @@ impl Intake {
             (Some(open), _) => Some(open),
             (None, Some(given)) => Some(
                 self.sources
-                    .identify(given.as_bytes())
+                    .identify(given)
                     .ok_or(Rejection::InvalidSecret)?,
             ),
             (None, None) => None,
@@ -897,7 +898,7 @@ mod tests {
     #[test]
     fn a_path_token_authenticates_text_alerts() {
         let mut req = request("text/plain; charset=UTF-8", "BTCUSDT Crossing 67,000.00");
-        req.path_token = Some(TOKEN);
+        req.path_token = Some(TOKEN.as_bytes());
         let alert = intake().accept(req).unwrap();
         assert_eq!(alert.kind, AlertKind::Text);
         assert_eq!(alert.body, "BTCUSDT Crossing 67,000.00");
@@ -909,7 +910,7 @@ mod tests {
     fn wrong_missing_and_misplaced_secrets_are_refused() {
         let rules = intake();
         let mut req = request("text/plain", "hello");
-        req.path_token = Some("wrong-token-0000");
+        req.path_token = Some(b"wrong-token-0000");
         assert_eq!(rules.accept(req).unwrap_err(), Rejection::InvalidSecret);
         let req = request("text/plain", "hello s3cret-token-123");
         assert_eq!(rules.accept(req).unwrap_err().code(), "missing_secret");
@@ -965,7 +966,7 @@ mod tests {
         let rules = intake();
         let with_token = |ct: &str, body: &str| {
             let mut req = request(ct, body);
-            req.path_token = Some(TOKEN);
+            req.path_token = Some(TOKEN.as_bytes());
             rules.accept(req).map(|_| ()).map_err(|e| e.code())
         };
         assert_eq!(with_token("text/plain", ""), Err("empty_body"));
@@ -998,7 +999,7 @@ mod tests {
         let ok = format!("{}{}", "[".repeat(32), "]".repeat(32));
         assert_eq!(with_token("application/json", &ok), Ok(()));
         let mut req = request("text/plain", "x");
-        req.path_token = Some(TOKEN);
+        req.path_token = Some(TOKEN.as_bytes());
         req.body = b"\xff\xfe";
         assert_eq!(rules.accept(req).unwrap_err(), Rejection::InvalidUtf8);
     }
@@ -1161,7 +1162,7 @@ mod tests {
             "application/json",
             r#"{"ticker":"X","note":"posted to /webhook/s3cret-token-123"}"#,
         );
-        req.path_token = Some(TOKEN);
+        req.path_token = Some(TOKEN.as_bytes());
         let alert = intake().accept(req).unwrap();
         assert_eq!(
             read(&alert).unwrap(),
@@ -1202,7 +1203,7 @@ mod tests {
         ];
         for (content_type, path_token, body) in cases {
             let mut req = request(content_type, body);
-            req.path_token = path_token;
+            req.path_token = path_token.map(str::as_bytes);
             let alert = rules.accept(req).unwrap();
             assert!(alert.json.is_none(), "pyron-api keeps no parsed copy");
             if let Some(read) = read(&alert) {

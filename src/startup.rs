@@ -12,7 +12,6 @@
 
 use std::{fmt::Display, path::Path, sync::Arc, time::Duration};
 
-use axum::Router;
 use tokio::net::{TcpListener, UnixListener};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -23,8 +22,7 @@ use crate::{
     config::{BindAddr, Config},
     delivery::Acceptor,
     http::{
-        self, AppState, Breaker, Counters, Peer, Reached, SenderRules, TlsError, serve_tls,
-        tls_acceptor,
+        self, AppState, Breaker, Counters, Reached, SenderRules, TlsError, serve_tls, tls_acceptor,
     },
     ingest::Intake,
     queue::{Queue, QueueError},
@@ -61,7 +59,7 @@ pub enum Listener {
 /// A pyron-api that is connected and listening, not yet serving.
 pub struct Api {
     listener: Listener,
-    router: Router,
+    service: http::Dispatch,
     reconciler: Reconciler,
     tasks: TaskTracker,
     /// Stops the audit writer (after its last batch) and waits for it.
@@ -159,7 +157,7 @@ impl Api {
         });
         Ok(Api {
             listener,
-            router: http::router(state.clone()),
+            service: http::Dispatch::new(state.clone()),
             reconciler,
             tasks,
             audit: (stop_audit, audit_task),
@@ -217,13 +215,13 @@ impl Api {
         };
         let served = match self.listener {
             Listener::Tcp(l) => {
-                axum::serve(l, self.router.into_make_service_with_connect_info::<Peer>())
+                axum::serve(l, self.service)
                     .with_graceful_shutdown(shutdown)
                     .await
             }
-            Listener::Tls(l, acceptor) => serve_tls(l, acceptor, self.router, shutdown).await,
+            Listener::Tls(l, acceptor) => serve_tls(l, acceptor, self.service, shutdown).await,
             Listener::Unix(l) => {
-                axum::serve(l, self.router.into_make_service_with_connect_info::<Peer>())
+                axum::serve(l, self.service)
                     .with_graceful_shutdown(shutdown)
                     .await
             }

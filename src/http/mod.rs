@@ -55,6 +55,24 @@ mod tests {
     }
 
     #[test]
+    fn the_webhook_paths_are_those_the_router_gives_the_webhook_routes() {
+        assert_eq!(webhook_target("/webhook"), Some(None));
+        assert_eq!(webhook_target("/webhook/s3cret"), Some(Some("s3cret")));
+        assert_eq!(webhook_target("/webhook/s%2Fcret"), Some(Some("s%2Fcret")));
+        for other in [
+            "/webhook/",
+            "/webhook/a/b",
+            "/webhook/a/",
+            "/webhooks",
+            "/webhook2/a",
+            "/",
+            "/api/stats",
+        ] {
+            assert_eq!(webhook_target(other), None, "{other}");
+        }
+    }
+
+    #[test]
     fn a_tripped_breaker_stays_open_for_its_window_then_closes() {
         let breaker = Breaker::new(Duration::from_millis(50));
         assert!(!breaker.is_open());
@@ -172,7 +190,7 @@ impl Breaker {
     }
 }
 
-pub fn router(state: Arc<AppState>) -> Router {
+fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/webhook", post(webhook::receive))
         .route("/webhook/{token}", post(webhook::receive_with_token))
@@ -202,14 +220,21 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// Refuses requests whose target and headers together pass `header_limit`, in the same
 /// JSON shape as every other error (hyper's own, much higher, limit answers bare).
 async fn limit_headers(State(app): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    match headers_too_large(&app, &request) {
+        Some(refusal) => refusal,
+        None => next.run(request).await,
+    }
+}
+
+fn headers_too_large(app: &AppState, request: &Request) -> Option<Response> {
     let size = target_len(request.uri())
         + request
             .headers()
             .iter()
             .map(|(name, value)| name.as_str().len() + value.len() + 4)
             .sum::<usize>();
-    if size > app.header_limit {
-        return ApiError::new(
+    (size > app.header_limit).then(|| {
+        ApiError::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "headers_too_large",
             format!(
@@ -217,9 +242,126 @@ async fn limit_headers(State(app): State<Arc<AppState>>, request: Request, next:
                 app.header_limit
             ),
         )
-        .into_response();
+        .into_response()
+    })
+}
+
+/// pyron-api's service, one per connection: `POST /webhook` and `POST /webhook/{token}`
+/// go straight to the webhook handler, every other request through `router` (which keeps
+/// the webhook routes, so that other methods on their paths answer 405).
+///
+/// The router costs an alert some twenty allocations and as many boxed futures (the
+/// peer's address and the path's token as request extensions, a clone of each route's
+/// boxed service, a boxed future per layer): a quarter of pyron-api's allocations per
+/// alert. The answers are the router's, but for a token that is not UTF-8 once decoded:
+/// a wrong secret (401), where axum's `Path` answered 400 in plain text. The webhook
+/// tests run through this path.
+///
+/// As axum's make-service (`axum::serve`), it hands each connection a copy that knows
+/// the connection's peer.
+#[derive(Clone)]
+pub struct Dispatch {
+    app: Arc<AppState>,
+    router: Router,
+    peer: Peer,
+}
+
+impl Dispatch {
+    pub fn new(app: Arc<AppState>) -> Self {
+        Dispatch {
+            router: router(app.clone()),
+            app,
+            peer: Peer(None),
+        }
     }
-    next.run(request).await
+
+    /// The service for one connection from `peer`.
+    pub fn connection(&self, peer: Peer) -> Self {
+        Dispatch {
+            peer,
+            ..self.clone()
+        }
+    }
+}
+
+/// Where a request goes: `Some(None)` for `/webhook`, `Some(Some(token))` for
+/// `/webhook/{token}` (the token as sent, percent-encoded), `None` for anything else: the
+/// paths the router's two webhook routes match, and no others (an empty token, or more
+/// segments, are the router's 404).
+fn webhook_target(path: &str) -> Option<Option<&str>> {
+    let rest = path.strip_prefix("/webhook")?;
+    if rest.is_empty() {
+        return Some(None);
+    }
+    let token = rest.strip_prefix('/')?;
+    (!token.is_empty() && !token.contains('/')).then_some(Some(token))
+}
+
+impl tower::Service<Request> for Dispatch {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = futures_util::future::Either<
+        futures_util::future::BoxFuture<'static, Result<Response, Self::Error>>,
+        axum::routing::future::RouteFuture<Self::Error>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        use futures_util::future::Either;
+        if request.method() == axum::http::Method::POST
+            && webhook_target(request.uri().path()).is_some()
+        {
+            let app = self.app.clone();
+            let peer = self.peer.clone();
+            return Either::Left(Box::pin(async move {
+                if let Some(refusal) = headers_too_large(&app, &request) {
+                    return Ok(refusal);
+                }
+                let (parts, body) = request.into_parts();
+                // Decoded as the router's `Path` would, but to bytes: a token that is not
+                // UTF-8 is no source's secret, refused as any wrong one is.
+                let token: Option<std::borrow::Cow<'_, [u8]>> = webhook_target(parts.uri.path())
+                    .flatten()
+                    .map(|raw| percent_encoding::percent_decode_str(raw).into());
+                Ok(
+                    webhook::handle(&app, &peer, token.as_deref(), &parts.headers, body)
+                        .await
+                        .into_response(),
+                )
+            }));
+        }
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(self.peer.clone()));
+        Either::Right(tower::Service::call(&mut self.router, request))
+    }
+}
+
+impl<'a, L> tower::Service<IncomingStream<'a, L>> for Dispatch
+where
+    L: axum::serve::Listener,
+    Peer: Connected<IncomingStream<'a, L>>,
+{
+    type Response = Dispatch;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Dispatch, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, stream: IncomingStream<'a, L>) -> Self::Future {
+        std::future::ready(Ok(self.connection(Peer::connect_info(stream))))
+    }
 }
 
 /// The length of the request target as sent, without writing it out.

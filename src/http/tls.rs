@@ -1,13 +1,12 @@
 //! HTTPS served by pyron-api itself (`USE_SSL=true`), for setups without NGINX: rustls
-//! over each accepted TCP connection, then the same router as plain HTTP.
+//! over each accepted TCP connection, then the same service as plain HTTP.
 //!
 //! A client that speaks plain HTTP to this port gets a plain-HTTP 400 in the usual JSON
 //! shape instead of a failed handshake, so the mistake is visible (a TLS ClientHello always
 //! starts with byte 0x16, an HTTP request never does).
 
-use std::{convert::Infallible, path::Path, sync::Arc, time::Duration};
+use std::{path::Path, sync::Arc, time::Duration};
 
-use axum::{Router, extract::ConnectInfo};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::{
     rt::{TokioIo, TokioTimer},
@@ -24,7 +23,7 @@ use tokio::{
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
-use super::Peer;
+use super::{Dispatch, Peer};
 
 /// How long a client may take to start and finish its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -70,11 +69,11 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Serves `router` over TLS until `shutdown` completes, then drains open connections.
+/// Serves `service` over TLS until `shutdown` completes, then drains open connections.
 pub async fn serve_tls(
     listener: TcpListener,
     acceptor: TlsAcceptor,
-    router: Router,
+    service: Dispatch,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let graceful = GracefulShutdown::new();
@@ -93,22 +92,14 @@ pub async fn serve_tls(
             () = &mut shutdown => break,
         };
         let acceptor = acceptor.clone();
-        let router = router.clone();
+        let service = service.connection(Peer(Some(addr)));
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let Some(tls) = handshake(stream, &acceptor).await else {
                 return;
             };
-            let service = service_fn(move |mut request: hyper::Request<Incoming>| {
-                request
-                    .extensions_mut()
-                    .insert(ConnectInfo(Peer(Some(addr))));
-                let router = router.clone();
-                async move {
-                    Ok::<_, Infallible>(
-                        router.oneshot(request).await.unwrap_or_else(|e| match e {}),
-                    )
-                }
+            let service = service_fn(move |request: hyper::Request<Incoming>| {
+                service.clone().oneshot(request.map(axum::body::Body::new))
             });
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())

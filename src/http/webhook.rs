@@ -66,13 +66,13 @@ pub async fn receive_with_token(
     request: Request,
 ) -> Result<(StatusCode, Json<Ack>), ApiError> {
     let (parts, body) = request.into_parts();
-    handle(&app, &peer, Some(&token), &parts.headers, body).await
+    handle(&app, &peer, Some(token.as_bytes()), &parts.headers, body).await
 }
 
-async fn handle(
+pub(super) async fn handle(
     app: &AppState,
     peer: &Peer,
-    token: Option<&str>,
+    token: Option<&[u8]>,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Ack>), ApiError> {
@@ -134,7 +134,7 @@ async fn accept(
     app: &AppState,
     peer: &Peer,
     sender: Option<String>,
-    token: Option<&str>,
+    token: Option<&[u8]>,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Receipt, ApiError> {

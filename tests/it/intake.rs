@@ -183,6 +183,13 @@ async fn a_wrong_or_missing_secret_is_401_and_writes_nothing() {
             "misplaced".to_owned(),
             "missing_secret",
         ),
+        // Not UTF-8 once decoded: no secret is, so it is a wrong one.
+        (
+            "/webhook/%FF%FEchange-me",
+            "text/plain",
+            "BTCUSDT up".to_owned(),
+            "invalid_secret",
+        ),
     ];
     for (path, content_type, body, code) in cases {
         let (status, error) = json(app.post(path, content_type, body).await).await;
@@ -196,6 +203,41 @@ async fn a_wrong_or_missing_secret_is_401_and_writes_nothing() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     app.assert_nothing_written("refused").await;
     assert!(!app.api_log().contains(TOKEN));
+}
+
+#[tokio::test]
+async fn the_token_in_the_path_may_be_percent_encoded_and_is_one_segment() {
+    let _load = crate::helpers::beside_others().await;
+    let app = App::start().await;
+    // `change-me` with each character percent-encoded, and with one.
+    let encoded: String = TOKEN.bytes().map(|b| format!("%{b:02X}")).collect();
+    for token in [encoded.as_str(), "change%2Dme", TOKEN] {
+        let (status, ack) = json(
+            app.post(&format!("/webhook/{token}"), "text/plain", "BTCUSDT up")
+                .await,
+        )
+        .await;
+        assert_eq!(
+            (status, ack["status"].as_str()),
+            (202, Some("queued")),
+            "{token}: {ack}"
+        );
+    }
+    // An empty token, or more than one segment, is not a webhook path.
+    for path in [
+        "/webhook/",
+        &format!("/webhook/{TOKEN}/"),
+        &format!("/webhook/{TOKEN}/more"),
+        "/webhooks",
+    ] {
+        let (status, error) = json(app.post(path, "text/plain", "BTCUSDT up").await).await;
+        assert_eq!(
+            (status, error["error"].as_str()),
+            (404, Some("not_found")),
+            "{path}: {error}"
+        );
+    }
+    assert_eq!(app.wait_for_docs("jobs", doc! {}, 3).await.len(), 3);
 }
 
 #[tokio::test]
