@@ -19,10 +19,27 @@ impl EventId {
         EventId(Uuid::now_v7())
     }
 
+    /// The id as its hyphenated text, written on the stack where `to_string` allocates.
+    pub fn text(&self) -> IdText {
+        let mut text = [0; 36];
+        self.0.hyphenated().encode_lower(&mut text);
+        IdText(text)
+    }
+
     /// Milliseconds since the Unix epoch at which the id was made.
     pub fn timestamp_ms(&self) -> Option<i64> {
         let (secs, nanos) = self.0.get_timestamp()?.to_unix();
         Some(secs as i64 * 1000 + i64::from(nanos) / 1_000_000)
+    }
+}
+
+/// An `EventId` written out: its 36 characters, hyphenated, lower case.
+#[derive(Clone, Copy)]
+pub struct IdText([u8; 36]);
+
+impl IdText {
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("a hyphenated UUID is ASCII")
     }
 }
 
@@ -123,6 +140,9 @@ mod tests {
         assert_eq!(ids, sorted);
         let first = ids[0];
         assert_eq!(first.to_string().parse::<EventId>().unwrap(), first);
+        for id in &ids[..10] {
+            assert_eq!(id.text().as_str(), id.to_string());
+        }
         assert!(first.timestamp_ms().unwrap() > 1_700_000_000_000);
     }
 

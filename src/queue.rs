@@ -57,11 +57,11 @@ const AUDITED_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 const REQUEUED_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Event ids grouped by the audit-marker set of their minute of arrival.
-fn by_minute<'a>(alerts: impl IntoIterator<Item = &'a Alert>) -> Vec<(String, Vec<String>)> {
-    let mut groups: std::collections::BTreeMap<i64, Vec<String>> = Default::default();
+fn by_minute<'a>(alerts: impl IntoIterator<Item = &'a Alert>) -> Vec<(String, Vec<EventId>)> {
+    let mut groups: std::collections::BTreeMap<i64, Vec<EventId>> = Default::default();
     for alert in alerts {
         let minute = alert.received_at.timestamp().div_euclid(60);
-        groups.entry(minute).or_default().push(alert.id.to_string());
+        groups.entry(minute).or_default().push(alert.id);
     }
     groups
         .into_iter()
@@ -194,7 +194,7 @@ type Batched = (
 /// One alert's `ENQUEUE_ONCE` but for the deadline, which a pipeline sets
 /// (`send_batches`), or none (`requeue`).
 struct Enqueue {
-    id: String,
+    id: EventId,
     /// The dedup key, if the alert has one.
     key: Option<String>,
     ttl: Duration,
@@ -215,8 +215,12 @@ impl Enqueue {
     /// The `EVALSHA` of `ENQUEUE_ONCE` (`hash`), for a pipeline that loads the script
     /// first, to be run by `deadline` (milliseconds since the epoch; 0 for no deadline).
     fn cmd(self, hash: &str, deadline: i64) -> redis::Cmd {
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(hash);
+        // Sized for its arguments, so that it is written without growing.
+        let mut cmd = redis::Cmd::with_capacity(
+            10,
+            128 + hash.len() + self.key.as_ref().map_or(0, String::len) + self.job.len(),
+        );
+        cmd.arg("EVALSHA").arg(hash);
         match &self.key {
             Some(key) => cmd.arg(2).arg(STREAM).arg(key),
             None => cmd.arg(1).arg(STREAM),
@@ -449,7 +453,7 @@ impl Queue {
     ) -> Result<Enqueued, QueueError> {
         // Past this, the request has stopped waiting (below): the job must not land.
         let job = Enqueue {
-            id: alert.id.to_string(),
+            id: alert.id,
             key: alert.dedup_key.as_deref().map(dedup_key),
             ttl: dedup_ttl,
             job: job(alert),
@@ -498,7 +502,7 @@ impl Queue {
         pipe.load_script(&self.enqueue_once).ignore();
         for (alert, (key, ttl)) in alerts.iter().zip(keys) {
             let job = Enqueue {
-                id: alert.id.to_string(),
+                id: alert.id,
                 key: Some(key),
                 ttl,
                 job: job(alert),
@@ -580,6 +584,13 @@ fn enqueued((queued, value): (i64, String)) -> Option<Enqueued> {
         3 => return None,
         _ => Enqueued::Duplicate { first: value },
     })
+}
+
+/// An id as a command's argument: its hyphenated text.
+impl redis::ToRedisArgs for EventId {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        out.write_arg(self.text().as_str().as_bytes());
+    }
 }
 
 /// The stream field that carries an alert's job.
@@ -696,16 +707,13 @@ impl Consumer {
         }
         let mut conn = self.conn.clone();
         let replies: Vec<Vec<bool>> = bounded(self.timeout, pipe.query_async(&mut conn)).await?;
-        let marked: std::collections::HashSet<&String> = groups
+        let marked: std::collections::HashSet<&EventId> = groups
             .iter()
             .zip(&replies)
             .flat_map(|((_, ids), found)| ids.iter().zip(found).filter(|(_, f)| **f))
             .map(|(id, _)| id)
             .collect();
-        Ok(alerts
-            .iter()
-            .map(|a| marked.contains(&a.id.to_string()))
-            .collect())
+        Ok(alerts.iter().map(|a| marked.contains(&a.id)).collect())
     }
 
     /// Acknowledges entries and deletes them from the stream in one transaction: once a

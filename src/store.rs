@@ -934,8 +934,21 @@ fn body_json(audit: &Document) -> Option<Value> {
 /// record's `signal` (`extra` holding those Pyron does not name), so the parsed body is
 /// not kept twice.
 fn audit_record(alert: &Alert, arrival: &Arrival) -> RawDocumentBuf {
-    let mut record = RawDocumentBuf::new();
-    record.append("_id", alert.id.to_string());
+    let strings = [
+        Some(&alert.source),
+        Some(&alert.content_type),
+        Some(&alert.body),
+        alert.sender.as_ref(),
+        alert.dedup_key.as_ref(),
+    ];
+    let arrived = match arrival {
+        Arrival::Queued { entry: Some(entry) } => entry.len(),
+        Arrival::Duplicate { first } => first.len(),
+        Arrival::Queued { entry: None } | Arrival::KeptInMongo => 0,
+    };
+    let mut record =
+        document(256 + arrived + strings.iter().flatten().map(|s| s.len()).sum::<usize>());
+    record.append_ref("_id", alert.id.text().as_str());
     record.append_ref(
         "received_at",
         bson::DateTime::from_chrono(alert.received_at),
@@ -982,15 +995,30 @@ fn write_errors(reply: &Document) -> &[Bson] {
 
 /// The `jobs` record of a first delivery.
 fn job_document(outcome: &Outcome) -> RawDocumentBuf {
-    let mut document = RawDocumentBuf::new();
-    document.append("_id", outcome.id.to_string());
+    let signal = outcome.result.as_ref().map(signal_document);
+    let result = match &signal {
+        Ok(signal) => signal.as_bytes().len(),
+        Err(error) => error.len(),
+    };
+    let strings = [&outcome.source, &outcome.entry, &outcome.worker];
+    let mut document = document(256 + result + strings.iter().map(|s| s.len()).sum::<usize>());
+    document.append_ref("_id", outcome.id.text().as_str());
     job_fields(outcome, &mut document);
     document.append_ref("attempts", 1_i64);
-    match &outcome.result {
-        Ok(signal) => document.append_ref("signal", &signal_document(signal)),
+    match &signal {
+        Ok(signal) => document.append_ref("signal", signal),
         Err(error) => document.append_ref("error", error.as_str()),
     };
     document
+}
+
+/// An empty document with room for `capacity` bytes, so that appending to it does not
+/// grow it time and again (`RawDocumentBuf::new` starts at five).
+fn document(capacity: usize) -> RawDocumentBuf {
+    let mut bytes = Vec::with_capacity(capacity);
+    bytes.extend_from_slice(&5_i32.to_le_bytes());
+    bytes.push(0);
+    RawDocumentBuf::from_bytes(bytes).expect("an empty document is a document")
 }
 
 fn job_fields(outcome: &Outcome, document: &mut RawDocumentBuf) {
@@ -1033,7 +1061,7 @@ fn job_update(outcome: &Outcome) -> Document {
 
 /// The signal with its time as a BSON date, so it sorts and filters as one.
 fn signal_document(signal: &Signal) -> RawDocumentBuf {
-    let mut document = RawDocumentBuf::new();
+    let mut document = document(512);
     let strings = [
         ("ticker", &signal.ticker),
         ("exchange", &signal.exchange),

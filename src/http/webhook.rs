@@ -15,6 +15,7 @@ use serde::Serialize;
 use super::{ApiError, AppState, Counters, Peer};
 use crate::{
     delivery::{Receipt, Unavailable},
+    domain::EventId,
     ingest::{self, Rejection},
     stats::Tallied,
 };
@@ -22,7 +23,7 @@ use crate::{
 /// The answer to an accepted alert.
 #[derive(Debug, Serialize)]
 pub struct Ack {
-    pub id: String,
+    pub id: EventId,
     pub status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duplicate_of: Option<String>,
@@ -35,7 +36,7 @@ impl From<&Receipt> for Ack {
             Receipt::Duplicate { first, .. } => ("duplicate", Some(first.clone())),
         };
         Ack {
-            id: receipt.id().to_string(),
+            id: receipt.id(),
             status,
             duplicate_of,
         }
