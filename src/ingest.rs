@@ -17,7 +17,7 @@
 //! strictly (`check_json`) but builds only the top-level fields it needs (the passphrase,
 //! the idempotency field), not the whole tree.
 
-use std::cell::Cell;
+use std::{cell::Cell, fmt::Write, net::IpAddr};
 
 use chrono::{DateTime, Utc};
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
@@ -41,6 +41,15 @@ pub const REDACTED: &str = "[redacted]";
 /// How many `{` of a text body are tried as the start of a JSON object. Text around the
 /// JSON rarely holds a brace; the bound keeps a body full of them cheap to read.
 const MAX_JSON_STARTS: usize = 8;
+
+/// An address as the records keep it, written in one allocation (`to_string` grows its
+/// string as it writes).
+fn address_text(address: IpAddr) -> String {
+    // The longest an address reads (INET6_ADDRSTRLEN, less its NUL).
+    let mut text = String::with_capacity(45);
+    write!(text, "{address}").expect("writing to a String does not fail");
+    text
+}
 
 /// Why an alert was refused. Each maps to one HTTP status and one stable code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -128,7 +137,8 @@ pub struct Request<'a> {
     pub path_token: Option<&'a [u8]>,
     pub idempotency_key: Option<&'a [u8]>,
     pub body: &'a [u8],
-    pub sender: Option<String>,
+    /// The sender's address, as the HTTP layer found it (`SenderRules::client`).
+    pub sender: Option<IpAddr>,
     /// The subject of the client certificate the trusted proxy verified, if any.
     pub client_subject: Option<&'a str>,
 }
@@ -236,7 +246,7 @@ impl Intake {
             },
         };
         let credentials = Credentials {
-            sender: req.sender.as_deref().and_then(|s| s.parse().ok()),
+            sender: req.sender,
             client_subject: req.client_subject,
         };
         source
@@ -270,7 +280,7 @@ impl Intake {
             body,
             json: None,
             dedup_key,
-            sender: req.sender,
+            sender: req.sender.map(address_text),
         })
     }
 

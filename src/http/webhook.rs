@@ -1,7 +1,7 @@
 //! `POST /webhook` and `POST /webhook/{token}`: read the body within the limit, let
 //! `ingest` judge it and `delivery` make it durable, answer 202.
 
-use std::{sync::Arc, time::Duration, time::Instant};
+use std::{net::IpAddr, sync::Arc, time::Duration, time::Instant};
 
 use axum::{
     Json,
@@ -79,16 +79,15 @@ pub(super) async fn handle(
 ) -> Result<(StatusCode, Json<Ack>), ApiError> {
     let started = Instant::now();
     let client = app.senders.client(peer, headers);
-    let sender = client.map(|addr| addr.to_string());
     let result = if app.senders.allows(client) {
-        accept(app, peer, sender.clone(), token, headers, body).await
+        accept(app, peer, client, token, headers, body).await
     } else {
         Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "sender_not_allowed",
             format!(
                 "sender {} is not on the allowlist",
-                sender.as_deref().unwrap_or("unknown")
+                client.map_or_else(|| "unknown".to_owned(), |addr| addr.to_string())
             ),
         ))
     };
@@ -118,7 +117,7 @@ pub(super) async fn handle(
             tracing::info!(
                 code = err.code,
                 status = err.status.as_u16(),
-                sender,
+                sender = client.map(tracing::field::display),
                 "alert rejected"
             );
             (err.status != StatusCode::SERVICE_UNAVAILABLE).then_some(Tallied::Rejected)
@@ -134,7 +133,7 @@ pub(super) async fn handle(
 async fn accept(
     app: &AppState,
     peer: &Peer,
-    sender: Option<String>,
+    sender: Option<IpAddr>,
     token: Option<&[u8]>,
     headers: &HeaderMap,
     body: Body,
