@@ -241,7 +241,14 @@ fn shorten(text: &str, limit: usize) -> String {
 /// (`{{close}}`), with where it stands: such a value was never a value, and is not sent
 /// on as one.
 pub fn placeholder(job: &Job) -> Option<String> {
-    fn find(value: &Value, path: &str) -> Option<String> {
+    /// A step from a value to one inside it.
+    enum Step<'a> {
+        Key(&'a str),
+        Index(usize),
+    }
+    /// The placeholder, and the steps to it from the innermost out: the path is written
+    /// only once one is found (every delivery is checked, few hold one).
+    fn find(value: &Value) -> Option<(&str, Vec<Step<'_>>)> {
         match value {
             Value::String(s) => {
                 let start = s.find("{{")?;
@@ -252,26 +259,40 @@ pub fn placeholder(job: &Job) -> Option<String> {
                     && inner
                         .bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b"._".contains(&b));
-                plausible.then(|| format!("{} in {path}", &s[start..end]))
+                plausible.then(|| (&s[start..end], Vec::new()))
             }
             Value::Object(map) => map.iter().find_map(|(k, v)| {
-                find(
-                    v,
-                    &if path.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{path}.{k}")
-                    },
-                )
+                let (found, mut steps) = find(v)?;
+                steps.push(Step::Key(k));
+                Some((found, steps))
             }),
-            Value::Array(items) => items
-                .iter()
-                .enumerate()
-                .find_map(|(i, v)| find(v, &format!("{path}[{i}]"))),
+            Value::Array(items) => items.iter().enumerate().find_map(|(i, v)| {
+                let (found, mut steps) = find(v)?;
+                steps.push(Step::Index(i));
+                Some((found, steps))
+            }),
             _ => None,
         }
     }
-    find(&job.signal, "").or_else(|| find(&job.alert, "alert"))
+    let (found, steps, mut path) = match find(&job.signal) {
+        Some((found, steps)) => (found, steps, String::new()),
+        None => {
+            let (found, steps) = find(&job.alert)?;
+            (found, steps, "alert".to_owned())
+        }
+    };
+    for step in steps.iter().rev() {
+        match step {
+            Step::Key(key) => {
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(key);
+            }
+            Step::Index(i) => path.push_str(&format!("[{i}]")),
+        }
+    }
+    Some(format!("{found} in {path}"))
 }
 
 #[cfg(test)]
@@ -384,6 +405,19 @@ mod tests {
         assert_eq!(
             placeholder(&job(json!({"ticker": "BTCUSDT", "comment": "a {{ b c }}"}))),
             None
+        );
+        assert_eq!(
+            placeholder(&job(json!({"levels": [1, {"tp": "{{plot_1}}"}]}))).as_deref(),
+            Some("{{plot_1}} in levels[1].tp")
+        );
+        // Found in what the alert carried when the signal has none.
+        let mut text = job(json!({"ticker": "BTCUSDT"}));
+        text.alert = json!("BTCUSDT {{close}}");
+        assert_eq!(placeholder(&text).as_deref(), Some("{{close}} in alert"));
+        text.alert = json!({"notes": ["ok", "{{volume}}"]});
+        assert_eq!(
+            placeholder(&text).as_deref(),
+            Some("{{volume}} in alert.notes[1]")
         );
     }
 
