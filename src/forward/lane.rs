@@ -426,13 +426,14 @@ impl Forwarder {
                 }
             };
             let Some((entry, permit)) = next else { return };
-            let outcome = self.deliver(&entry).await;
+            let outcome = self.deliver(&key, &entry).await;
             self.recorder.finish(entry, outcome, permit);
         }
     }
 
-    /// Every attempt at one delivery, until it is delivered, expired or dead.
-    async fn deliver(&self, entry: &Entry) -> Outcome {
+    /// Every attempt at one delivery of lane `lane`, until it is delivered, expired or
+    /// dead.
+    async fn deliver(&self, lane: &LaneKey, entry: &Entry) -> Outcome {
         let Ok(job) = &entry.job else {
             unreachable!("dispatched only when readable")
         };
@@ -458,7 +459,7 @@ impl Forwarder {
             None => {}
         }
         if job.replay.is_none()
-            && let Some(newest) = self.newest.lock().expect("newest lock").get(&job.lane())
+            && let Some(newest) = self.newest.lock().expect("newest lock").get(lane)
             && job.received_at < *newest
         {
             return Outcome::Expired {
@@ -540,8 +541,12 @@ impl Forwarder {
             match attempt {
                 Attempt::Delivered { code } => {
                     let mut newest = self.newest.lock().expect("newest lock");
-                    let lane = newest.entry(job.lane()).or_insert(job.received_at);
-                    *lane = (*lane).max(job.received_at);
+                    match newest.get_mut(lane) {
+                        Some(newest) => *newest = (*newest).max(job.received_at),
+                        None => {
+                            newest.insert(lane.clone(), job.received_at);
+                        }
+                    }
                     return Outcome::Delivered {
                         attempts,
                         code,
