@@ -193,7 +193,7 @@ impl Breaker {
 fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/webhook", post(webhook::receive))
-        .route("/webhook/{token}", post(webhook::receive_with_token))
+        .route("/webhook/{token}", post(webhook::receive))
         .route("/healthz", get(health::alive))
         .route("/readyz", get(health::ready))
         .route("/", get(dashboard::index))
@@ -254,8 +254,9 @@ fn headers_too_large(app: &AppState, request: &Request) -> Option<Response> {
 /// peer's address and the path's token as request extensions, a clone of each route's
 /// boxed service, a boxed future per layer): a quarter of pyron-api's allocations per
 /// alert. The answers are the router's, but for a token that is not UTF-8 once decoded:
-/// a wrong secret (401), where axum's `Path` answered 400 in plain text. The webhook
-/// tests run through this path.
+/// a wrong secret (401), where axum's `Path` answered 400 in plain text (the router's
+/// webhook routes now decode the token as this does). The webhook tests run through
+/// this path.
 ///
 /// As axum's make-service (`axum::serve`), it hands each connection a copy that knows
 /// the connection's peer.
@@ -297,6 +298,14 @@ fn webhook_target(path: &str) -> Option<Option<&str>> {
     (!token.is_empty() && !token.contains('/')).then_some(Some(token))
 }
 
+/// The token of a `/webhook/{token}` path, percent-decoded as axum's `Path` would, but
+/// to bytes: a token that is not UTF-8 is no source's secret, refused as any wrong one is.
+fn path_token(path: &str) -> Option<std::borrow::Cow<'_, [u8]>> {
+    webhook_target(path)
+        .flatten()
+        .map(|raw| percent_encoding::percent_decode_str(raw).into())
+}
+
 impl tower::Service<Request> for Dispatch {
     type Response = Response;
     type Error = std::convert::Infallible;
@@ -323,17 +332,7 @@ impl tower::Service<Request> for Dispatch {
                 if let Some(refusal) = headers_too_large(&app, &request) {
                     return Ok(refusal);
                 }
-                let (parts, body) = request.into_parts();
-                // Decoded as the router's `Path` would, but to bytes: a token that is not
-                // UTF-8 is no source's secret, refused as any wrong one is.
-                let token: Option<std::borrow::Cow<'_, [u8]>> = webhook_target(parts.uri.path())
-                    .flatten()
-                    .map(|raw| percent_encoding::percent_decode_str(raw).into());
-                Ok(
-                    webhook::handle(&app, &peer, token.as_deref(), &parts.headers, body)
-                        .await
-                        .into_response(),
-                )
+                Ok(webhook::serve(&app, &peer, request).await)
             }));
         }
         request

@@ -6,8 +6,9 @@ use std::{net::IpAddr, sync::Arc, time::Duration, time::Instant};
 use axum::{
     Json,
     body::Body,
-    extract::{ConnectInfo, Path, Request, State},
+    extract::{ConnectInfo, Request, State},
     http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
 };
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Serialize;
@@ -49,28 +50,28 @@ impl From<Unavailable> for ApiError {
     }
 }
 
-// The request is taken whole, not as `HeaderMap` and `Body`: axum's `HeaderMap` extractor
-// clones every header.
+/// The router's handler of both webhook routes. `Dispatch` takes every `POST` to them
+/// before the router sees it (`serve`, the same way): the routes are there so that the
+/// router answers other methods on their paths 405.
 pub async fn receive(
     State(app): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     request: Request,
-) -> Result<(StatusCode, Json<Ack>), ApiError> {
-    let (parts, body) = request.into_parts();
-    handle(&app, &peer, None, &parts.headers, body).await
+) -> Response {
+    serve(&app, &peer, request).await
 }
 
-pub async fn receive_with_token(
-    State(app): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    Path(token): Path<String>,
-    request: Request,
-) -> Result<(StatusCode, Json<Ack>), ApiError> {
+/// Answers one `POST /webhook` or `POST /webhook/{token}`. The request is taken whole,
+/// not as `HeaderMap` and `Body`: axum's `HeaderMap` extractor clones every header.
+pub(super) async fn serve(app: &AppState, peer: &Peer, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    handle(&app, &peer, Some(token.as_bytes()), &parts.headers, body).await
+    let token = super::path_token(parts.uri.path());
+    handle(app, peer, token.as_deref(), &parts.headers, body)
+        .await
+        .into_response()
 }
 
-pub(super) async fn handle(
+async fn handle(
     app: &AppState,
     peer: &Peer,
     token: Option<&[u8]>,
