@@ -116,7 +116,8 @@ impl Job {
         if matches.is_empty() {
             return Vec::new();
         }
-        let event = alert.id.to_string();
+        let event = alert.id.text();
+        let event = event.as_str();
         let carried = match &alert.json {
             Some(json) => Carried::Json(json),
             None => Carried::Text(&alert.body),
@@ -128,7 +129,7 @@ impl Job {
                 let id = format!("{event}:{}:{}", m.route.name, m.destination.name);
                 let job = serde_json::to_string(&Outgoing {
                     id: &id,
-                    event: &event,
+                    event,
                     route: &m.route.name,
                     destination: &m.destination.name,
                     source: &alert.source,
