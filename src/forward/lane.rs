@@ -604,7 +604,10 @@ impl Forwarder {
             code: None,
             error,
         };
-        let signal = crate::signal::Signal::from_json(&job.signal)
+        let signal = job
+            .signal
+            .value()
+            .and_then(|signal| crate::signal::Signal::from_json(&signal).map_err(|e| e.to_string()))
             .map_err(|e| refuse(format!("replay: {e}")))?;
         let matched = self
             .routing

@@ -38,7 +38,7 @@ pub use lane::Forwarder;
 pub use outbox::Replay;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Value, value::RawValue};
 
 use crate::{ingest::Alert, route::Match, signal::Signal};
 
@@ -60,13 +60,60 @@ pub struct Job {
     /// replay "as it was".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline: Option<i64>,
-    pub signal: Value,
+    pub signal: RawJson,
     /// The JSON the alert carried, without its passphrase, or its text.
     #[serde(default)]
-    pub alert: Value,
+    pub alert: RawJson,
     /// Set when an operator replayed it (read from the entry, not stored in the job).
     #[serde(skip)]
     pub replay: Option<Replay>,
+}
+
+/// JSON kept as the text the worker wrote, read into values only where a delivery needs
+/// them (a template, a chat message, a replay, a placeholder to report). The default
+/// `http` body, most deliveries, embeds the text as it is, so the forwarder does not
+/// build and free a tree of the signal and the alert per delivery.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RawJson(Box<RawValue>);
+
+impl RawJson {
+    /// The JSON text, as the job holds it (compact, as serde_json writes it).
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The JSON as a value. The worker wrote it from a value, so it reads; the error is
+    /// for a job written by hand.
+    pub fn value(&self) -> Result<Value, String> {
+        serde_json::from_str(self.get()).map_err(|e| e.to_string())
+    }
+}
+
+impl From<&Value> for RawJson {
+    fn from(value: &Value) -> RawJson {
+        RawJson(serde_json::value::to_raw_value(value).expect("JSON values always serialize"))
+    }
+}
+
+impl From<Value> for RawJson {
+    fn from(value: Value) -> RawJson {
+        RawJson::from(&value)
+    }
+}
+
+/// A job written before jobs carried the alert has `null` for it.
+impl Default for RawJson {
+    fn default() -> RawJson {
+        RawJson::from(Value::Null)
+    }
+}
+
+/// The same text: the worker writes one value one way.
+impl PartialEq for RawJson {
+    fn eq(&self, other: &RawJson) -> bool {
+        self.get() == other.get()
+    }
 }
 
 /// A delivery as the worker queues it: its id, and its job as the stream carries it.
@@ -223,11 +270,12 @@ mod tests {
                     ticker: signal.ticker.clone(),
                     received_at,
                     deadline: Some(received_at + m.max_age.as_millis() as i64),
-                    signal: signal.to_json(),
+                    signal: signal.to_json().into(),
                     alert: alert
                         .json
                         .clone()
-                        .unwrap_or_else(|| Value::String(alert.body.clone())),
+                        .unwrap_or_else(|| Value::String(alert.body.clone()))
+                        .into(),
                     replay: None,
                 };
                 assert_eq!(read, expected);

@@ -440,8 +440,8 @@ mod tests {
             ticker: Some("BTCUSDT".into()),
             received_at: 1_764_400_000_000,
             deadline: Some(1_764_400_060_000),
-            signal: serde_json::json!({"ticker": "BTCUSDT"}),
-            alert: serde_json::json!({"ticker": "BTCUSDT"}),
+            signal: serde_json::json!({"ticker": "BTCUSDT"}).into(),
+            alert: serde_json::json!({"ticker": "BTCUSDT"}).into(),
             replay: None,
         }
     }

@@ -13,7 +13,7 @@
 use minijinja::{Environment, UndefinedBehavior};
 use serde_json::{Value, json};
 
-use super::Job;
+use super::{Job, RawJson};
 use crate::route::{Kind, Routing};
 
 /// The instructions a template may run per rendering.
@@ -99,7 +99,7 @@ impl Renderer {
         let text = match template {
             Some(template) => {
                 let text = template
-                    .render(minijinja::value::Serde(context(job)))
+                    .render(minijinja::value::Serde(context(job)?))
                     .map_err(|e| format!("template: {e}"))?;
                 if text.len() > MAX_RENDERED {
                     return Err(format!(
@@ -130,17 +130,19 @@ impl Renderer {
     }
 }
 
-fn context(job: &Job) -> Value {
-    json!({
+/// What a template reads: the names, and the signal and the alert as values.
+fn context(job: &Job) -> Result<Value, String> {
+    let read = |json: &RawJson| json.value().map_err(|e| format!("template: {e}"));
+    Ok(json!({
         "id": job.id,
         "event_id": job.event,
         "source": job.source,
         "route": job.route,
         "destination": job.destination,
         "received_at": received_at(job),
-        "signal": job.signal,
-        "alert": job.alert,
-    })
+        "signal": read(&job.signal)?,
+        "alert": read(&job.alert)?,
+    }))
 }
 
 fn received_at(job: &Job) -> String {
@@ -149,7 +151,8 @@ fn received_at(job: &Job) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-/// The JSON an `http` destination gets without a template.
+/// The JSON an `http` destination gets without a template: the signal goes in as the
+/// text the worker wrote.
 fn default_body(job: &Job) -> String {
     #[derive(serde::Serialize)]
     struct Body<'a> {
@@ -158,7 +161,7 @@ fn default_body(job: &Job) -> String {
         source: &'a str,
         route: &'a str,
         received_at: String,
-        signal: &'a Value,
+        signal: &'a serde_json::value::RawValue,
     }
     serde_json::to_string(&Body {
         id: &job.id,
@@ -166,7 +169,7 @@ fn default_body(job: &Job) -> String {
         source: &job.source,
         route: &job.route,
         received_at: received_at(job),
-        signal: &job.signal,
+        signal: &job.signal.0,
     })
     .expect("JSON values always serialize")
 }
@@ -174,7 +177,7 @@ fn default_body(job: &Job) -> String {
 /// `BUY BTCUSDT @ 96412.5`, then quantity, interval, strategy and position, then the
 /// order comment; a text alert is its text.
 fn default_message(job: &Job) -> String {
-    let s = &job.signal;
+    let s = job.signal.value().unwrap_or_default();
     let field = |name: &str| -> Option<String> {
         match s.get(name)? {
             Value::String(v) if !v.is_empty() => Some(v.clone()),
@@ -213,9 +216,9 @@ fn default_message(job: &Job) -> String {
         lines.push(text);
     }
     if lines.is_empty() {
-        lines.push(match &job.alert {
-            Value::String(text) => text.clone(),
-            other => other.to_string(),
+        lines.push(match job.alert.value() {
+            Ok(Value::String(text)) => text,
+            _ => job.alert.get().to_owned(),
         });
     }
     lines.push(format!("{} · {}", job.source, job.route));
@@ -239,7 +242,8 @@ fn shorten(text: &str, limit: usize) -> String {
 
 /// The first TradingView placeholder left unexpanded in what the alert carried
 /// (`{{close}}`), with where it stands: such a value was never a value, and is not sent
-/// on as one.
+/// on as one. Every delivery is checked and few hold one: JSON without `{{` in its text
+/// (nor an escape that could write one) is not read into a value.
 pub fn placeholder(job: &Job) -> Option<String> {
     /// A step from a value to one inside it.
     enum Step<'a> {
@@ -274,10 +278,19 @@ pub fn placeholder(job: &Job) -> Option<String> {
             _ => None,
         }
     }
-    let (found, steps, mut path) = match find(&job.signal) {
+    fn read(json: &RawJson) -> Option<Value> {
+        let text = json.get();
+        (text.contains("{{") || text.contains("\\u"))
+            .then(|| json.value().ok())
+            .flatten()
+    }
+    let signal = read(&job.signal);
+    let alert;
+    let (found, steps, mut path) = match signal.as_ref().and_then(find) {
         Some((found, steps)) => (found, steps, String::new()),
         None => {
-            let (found, steps) = find(&job.alert)?;
+            alert = read(&job.alert)?;
+            let (found, steps) = find(&alert)?;
             (found, steps, "alert".to_owned())
         }
     };
@@ -314,8 +327,8 @@ mod tests {
                 .map(str::to_owned),
             received_at: 1_764_400_000_000,
             deadline: Some(1_764_400_060_000),
-            signal: signal.clone(),
-            alert: signal,
+            signal: RawJson::from(&signal),
+            alert: signal.into(),
             replay: None,
         }
     }
@@ -351,7 +364,7 @@ mod tests {
         )))
         .unwrap();
         let mut job = job(json!({"ticker": "ETH\"USDT", "action": "sell"}));
-        job.alert = json!({"note": "from \"tv\""});
+        job.alert = json!({"note": "from \"tv\""}).into();
         let rendered = renderer.render(&job, Kind::Http).unwrap();
         assert!(rendered.json, "{}", rendered.body);
         let value: Value = serde_json::from_str(&rendered.body).unwrap();
@@ -412,13 +425,21 @@ mod tests {
         );
         // Found in what the alert carried when the signal has none.
         let mut text = job(json!({"ticker": "BTCUSDT"}));
-        text.alert = json!("BTCUSDT {{close}}");
+        text.alert = json!("BTCUSDT {{close}}").into();
         assert_eq!(placeholder(&text).as_deref(), Some("{{close}} in alert"));
-        text.alert = json!({"notes": ["ok", "{{volume}}"]});
+        text.alert = json!({"notes": ["ok", "{{volume}}"]}).into();
         assert_eq!(
             placeholder(&text).as_deref(),
             Some("{{volume}} in alert.notes[1]")
         );
+        // Braces written as JSON escapes are braces all the same.
+        text.alert = serde_json::from_str(r#"{"note":"\u007b\u007bclose}}"}"#).unwrap();
+        assert_eq!(
+            placeholder(&text).as_deref(),
+            Some("{{close}} in alert.note")
+        );
+        text.alert = json!({"note": "{ {close} }"}).into();
+        assert_eq!(placeholder(&text), None);
     }
 
     #[test]
