@@ -16,7 +16,10 @@
 
 use std::time::{Duration, Instant};
 
-use reqwest::{Client, StatusCode, header};
+use reqwest::{
+    Client, StatusCode,
+    header::{self, HeaderName, HeaderValue},
+};
 use serde_json::{Value, json};
 
 use super::{render::Rendered, sign::SigningKey};
@@ -42,13 +45,23 @@ pub enum Attempt {
     },
 }
 
+/// The Standard Webhooks headers, named once (a name built from a string per request
+/// is a copy per request).
+const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
+const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
+const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
+
 /// How much of an error answer's body is kept.
 const ANSWER_EXCERPT: usize = 200;
 
-/// The HTTP client every delivery shares: no redirects, no proxy from the environment.
+/// The HTTP client every delivery shares: no redirects, no proxy from the environment,
+/// and no retries of its own. The lanes retry, on their backoff and within the deadline;
+/// reqwest's default retries only HTTP/2 and HTTP/3 refusals, which this HTTP/1.1 client
+/// never sees, and its policy copied every request's headers in case it would.
 pub fn client() -> Client {
     Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        .retry(reqwest::retry::never().max_retries_per_request(0))
         .no_proxy()
         .user_agent(concat!("pyron/", env!("CARGO_PKG_VERSION")))
         .pool_idle_timeout(Duration::from_secs(60))
@@ -78,21 +91,21 @@ pub async fn send(
             let timestamp = chrono::Utc::now().timestamp();
             let mut request = client.post(url).body(rendered.body.clone()).header(
                 header::CONTENT_TYPE,
-                if rendered.json {
+                HeaderValue::from_static(if rendered.json {
                     "application/json"
                 } else {
                     "text/plain; charset=utf-8"
-                },
+                }),
             );
             for (name, value) in &destination.headers {
                 request = request.header(name, value);
             }
             request = request
-                .header("webhook-id", id)
-                .header("webhook-timestamp", timestamp.to_string());
+                .header(WEBHOOK_ID, id)
+                .header(WEBHOOK_TIMESTAMP, HeaderValue::from(timestamp));
             if let Some(key) = key {
                 request = request.header(
-                    "webhook-signature",
+                    WEBHOOK_SIGNATURE,
                     key.sign(id, timestamp, rendered.body.as_bytes()),
                 );
             }

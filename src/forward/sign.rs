@@ -11,9 +11,10 @@ use base64::{Engine, engine::general_purpose::STANDARD};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-/// A decoded signing key. Never printed.
+/// A decoded signing key, keyed into HMAC once (every signature starts from a copy).
+/// Never printed.
 #[derive(Clone)]
-pub struct SigningKey(Vec<u8>);
+pub struct SigningKey(Hmac<Sha256>);
 
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -36,18 +37,30 @@ impl SigningKey {
                 key.len()
             ));
         }
-        Ok(SigningKey(key))
+        Ok(SigningKey(
+            Hmac::new_from_slice(&key).expect("HMAC takes any key length"),
+        ))
     }
 
     /// The `webhook-signature` header's value.
     pub fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
-        mac.update(id.as_bytes());
-        mac.update(b".");
-        mac.update(timestamp.to_string().as_bytes());
-        mac.update(b".");
+        /// Text written straight into the MAC, without a string between.
+        struct Feed<'a>(&'a mut Hmac<Sha256>);
+        impl std::fmt::Write for Feed<'_> {
+            fn write_str(&mut self, text: &str) -> std::fmt::Result {
+                self.0.update(text.as_bytes());
+                Ok(())
+            }
+        }
+        let mut mac = self.0.clone();
+        std::fmt::Write::write_fmt(&mut Feed(&mut mac), format_args!("{id}.{timestamp}."))
+            .expect("writing into a MAC does not fail");
         mac.update(body);
-        format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+        // "v1," and the 44 characters of a SHA-256 in base64.
+        let mut signature = String::with_capacity(47);
+        signature.push_str("v1,");
+        STANDARD.encode_string(mac.finalize().into_bytes(), &mut signature);
+        signature
     }
 }
 
