@@ -164,7 +164,8 @@ impl Gate {
     }
 }
 
-type LaneKey = (String, String, String);
+/// A lane's key, as `Job::lane_key` writes it.
+type LaneKey = String;
 
 /// The forwarder: reads deliveries, runs the lanes, hands outcomes to the recorder.
 pub struct Forwarder {
@@ -279,6 +280,7 @@ impl Forwarder {
         let mut outage = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut pending = Some("0".to_owned());
         let mut last_claim = Instant::now();
+        let mut key = String::new();
         while !stop.is_cancelled() {
             self.heartbeat.beat();
             // Entries read again (held before a restart, or claimed from another
@@ -351,7 +353,7 @@ impl Forwarder {
                     self.recorder.settle_recorded(entry, permit);
                     continue;
                 }
-                self.dispatch(entry, permit);
+                self.dispatch(entry, permit, &mut key);
             }
         }
     }
@@ -375,7 +377,14 @@ impl Forwarder {
         }
     }
 
-    fn dispatch(self: &Arc<Self>, entry: Entry, permit: tokio::sync::OwnedSemaphorePermit) {
+    /// Hands an entry to its lane, which starts if it is not running; `key` is a buffer
+    /// for the lane's key.
+    fn dispatch(
+        self: &Arc<Self>,
+        entry: Entry,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        key: &mut String,
+    ) {
         let job = match &entry.job {
             Ok(job) => job,
             Err(reason) => {
@@ -386,10 +395,10 @@ impl Forwarder {
                 return;
             }
         };
-        let key = job.lane();
+        job.lane_key(key);
         let mut lanes = self.lanes.lock().expect("lanes lock");
         let item = (entry, permit);
-        let item = match lanes.get(&key) {
+        let item = match lanes.get(key.as_str()) {
             Some(lane) => match lane.send(item) {
                 Ok(()) => return,
                 Err(mpsc::error::SendError(item)) => item,
@@ -398,6 +407,7 @@ impl Forwarder {
         };
         let (tx, rx) = mpsc::unbounded_channel();
         tx.send(item).expect("receiver held");
+        let key = key.clone();
         lanes.insert(key.clone(), tx);
         let this = self.clone();
         tokio::spawn(async move { this.lane(key, rx).await });

@@ -193,13 +193,16 @@ impl Job {
     }
 
     /// The lane it travels in: deliveries to one destination for one source and ticker
-    /// go in order.
-    fn lane(&self) -> (String, String, String) {
-        (
-            self.destination.clone(),
-            self.source.clone(),
-            self.ticker.clone().unwrap_or_default(),
-        )
+    /// go in order. Written into `key` (the caller's buffer, so that looking up a lane
+    /// that exists copies nothing) as `<destination>\n<source>\n<ticker>`: names hold
+    /// no line break (`route::check_name`), so the ticker, last, may hold anything.
+    fn lane_key(&self, key: &mut String) {
+        key.clear();
+        key.push_str(&self.destination);
+        key.push('\n');
+        key.push_str(&self.source);
+        key.push('\n');
+        key.push_str(self.ticker.as_deref().unwrap_or_default());
     }
 }
 
@@ -229,6 +232,47 @@ mod tests {
             dedup_key: None,
             sender: None,
         }
+    }
+
+    /// One lane per destination, source and ticker: a key for each, whatever the
+    /// ticker holds, and the buffer holds only the last key written.
+    #[test]
+    fn a_lane_key_tells_destination_source_and_ticker_apart() {
+        let job = |destination: &str, source: &str, ticker: Option<&str>| Job {
+            id: String::new(),
+            event: String::new(),
+            route: "all".into(),
+            destination: destination.into(),
+            source: source.into(),
+            ticker: ticker.map(str::to_owned),
+            received_at: 0,
+            deadline: None,
+            signal: RawJson::default(),
+            alert: RawJson::default(),
+            replay: None,
+        };
+        let jobs = [
+            job("hook", "tv", Some("BTCUSDT")),
+            job("hook", "tv", Some("ETHUSDT")),
+            job("hook", "tv", Some("BTCUSDT\nx")),
+            job("hook", "tv", Some("")),
+            job("hook", "tv", None),
+            job("hook", "tv2", Some("BTCUSDT")),
+            job("chat", "tv", Some("BTCUSDT")),
+        ];
+        let mut key = String::from("left over from before");
+        let keys: Vec<String> = jobs
+            .iter()
+            .map(|j| {
+                j.lane_key(&mut key);
+                key.clone()
+            })
+            .collect();
+        assert_eq!(keys[0], "hook\ntv\nBTCUSDT");
+        // No ticker and an empty one are the same lane; every other pair differs.
+        assert_eq!(keys[3], keys[4]);
+        let distinct: std::collections::HashSet<&String> = keys.iter().collect();
+        assert_eq!(distinct.len(), keys.len() - 1, "{keys:?}");
     }
 
     /// The job the forwarder reads is the alert's, field for field.
