@@ -161,7 +161,7 @@ fn default_body(job: &Job) -> String {
         source: &'a str,
         route: &'a str,
         received_at: String,
-        signal: &'a serde_json::value::RawValue,
+        signal: &'a RawJson,
     }
     serde_json::to_string(&Body {
         id: &job.id,
@@ -169,7 +169,7 @@ fn default_body(job: &Job) -> String {
         source: &job.source,
         route: &job.route,
         received_at: received_at(job),
-        signal: &job.signal.0,
+        signal: &job.signal,
     })
     .expect("JSON values always serialize")
 }
