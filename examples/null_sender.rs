@@ -16,6 +16,9 @@
 
 use std::time::{Duration, Instant};
 
+use pyron::forward::send::{WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP};
+use reqwest::header::{CONTENT_TYPE, HeaderValue};
+
 const BURST_EVERY: Duration = Duration::from_millis(50);
 
 #[tokio::main(flavor = "current_thread")]
@@ -39,17 +42,16 @@ async fn main() {
         owed += per_burst;
         while owed >= 1.0 {
             owed -= 1.0;
+            // The headers made as pyron-forwarder makes them (names and the content
+            // type without parsing; the id, timestamp and signature as values).
             let answer = client
                 .post(url.clone())
-                .header("content-type", "application/json")
+                .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+                .header(WEBHOOK_ID, "019ad1c5-7e3a-7c41-9b6e-3f2a1d0c8b7a:all:sink")
+                .header(WEBHOOK_TIMESTAMP, HeaderValue::from(1_764_460_799_i64))
                 .header(
-                    "webhook-id",
-                    "019ad1c5-7e3a-7c41-9b6e-3f2a1d0c8b7a:all:sink",
-                )
-                .header("webhook-timestamp", "1764460799")
-                .header(
-                    "webhook-signature",
-                    "v1,K5oZfzN95Z9UVu1EsfQmfVNQhnkZ2pj9o9NDN/H/pI4=",
+                    WEBHOOK_SIGNATURE,
+                    String::from("v1,K5oZfzN95Z9UVu1EsfQmfVNQhnkZ2pj9o9NDN/H/pI4="),
                 )
                 .body(body)
                 .timeout(Duration::from_secs(10))
