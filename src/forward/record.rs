@@ -2,7 +2,7 @@
 //! only then settles its stream entry (acknowledged, or moved to the dead letters).
 //!
 //! Writes go in batches, as the lanes finish, so that a busy forwarder makes one
-//! round trip for many deliveries. Outcomes are written with the journaled write concern
+//! round trip for many deliveries; under load the batch gathers for `WINDOW` first. Outcomes are written with the journaled write concern
 //! (they end the entry); a failed attempt's `retrying` record is written without it (the
 //! entry is still pending, and the next write supersedes it). While MongoDB is down the
 //! batch is kept and retried, and the entries stay pending in Redis.
@@ -85,6 +85,11 @@ pub struct Recorder {
 
 /// Most outcomes written in one command.
 const BATCH: usize = 500;
+/// Under load (the last batch held more than one message), how long outcomes gather
+/// before they are written: MongoDB then takes a few large inserts rather than many
+/// small ones, and Redis a few settling pipelines. The deliveries themselves are not
+/// held: only their records and acknowledgements wait.
+const WINDOW: Duration = Duration::from_millis(20);
 
 impl Recorder {
     pub fn spawn(outbox: Outbox, store: Store, in_hand: InHand) -> Recorder {
@@ -131,7 +136,13 @@ async fn run(
         .iter()
         .map(|bound| format!("~latency:le_{bound}"))
         .collect();
+    let mut loaded = false;
     while rx.recv_many(&mut buffer, BATCH).await > 0 {
+        if loaded {
+            let until = tokio::time::Instant::now() + WINDOW;
+            crate::batch::gather(&mut rx, &mut buffer, BATCH, until).await;
+        }
+        loaded = buffer.len() > 1;
         let mut finished = Vec::new();
         let mut progress = Vec::new();
         let mut breakers = Vec::new();
