@@ -2,10 +2,11 @@
 //! only then settles its stream entry (acknowledged, or moved to the dead letters).
 //!
 //! Writes go in batches, as the lanes finish, so that a busy forwarder makes one
-//! round trip for many deliveries; under load the batch gathers for `WINDOW` first. Outcomes are written with the journaled write concern
-//! (they end the entry); a failed attempt's `retrying` record is written without it (the
-//! entry is still pending, and the next write supersedes it). While MongoDB is down the
-//! batch is kept and retried, and the entries stay pending in Redis.
+//! round trip for many deliveries; under load the batch gathers for `WINDOW` first.
+//! Outcomes are written with the journaled write concern (they end the entry); a failed
+//! attempt's `retrying` record is written without it (the entry is still pending, and the
+//! next write supersedes it). While MongoDB is down the batch is kept and retried, and
+//! the entries stay pending in Redis.
 
 use std::time::Duration;
 
